@@ -1,0 +1,63 @@
+"""What changed between two snapshots, for the reload log and the events stream.
+
+``diff(old, new)`` compares entries by kind and key (suspension id, queue
+name, schedule id, endpoint id). An entry whose only difference is its
+``source`` (its lines moved by an edit above it) has not changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+
+from .snapshot import Snapshot
+
+Action = Literal["added", "removed", "changed"]
+
+
+class Change(msgspec.Struct, frozen=True):
+    kind: str
+    action: Action
+    key: str
+    before: Any = None
+    after: Any = None
+
+
+def _sourceless(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_sourceless(v) for v in value)
+    if isinstance(value, msgspec.Struct) and hasattr(value, "source"):
+        return msgspec.structs.replace(value, source="")
+    if isinstance(value, msgspec.Struct):
+        return tuple(_sourceless(v) for v in msgspec.structs.astuple(value))
+    return value
+
+
+def _compare(kind: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    changes = []
+    for key, before in old.items():
+        after = new.get(key)
+        if after is None:
+            changes.append(Change(kind, "removed", key, before=before))
+        elif before != after and _sourceless(before) != _sourceless(after):
+            changes.append(Change(kind, "changed", key, before=before, after=after))
+    for key, after in new.items():
+        if key not in old:
+            changes.append(Change(kind, "added", key, after=after))
+    return changes
+
+
+def diff(old: Snapshot, new: Snapshot) -> list[Change]:
+    """Every entry added, removed or changed from ``old`` to ``new``.
+
+    Suspensions come as Suspension values, queues as QueueView, schedules and
+    endpoints as ScheduleView and EndpointView.
+    """
+    return (
+        _compare("suspension", old.suspensions, new.suspensions)
+        + _compare("queue", old.queues, new.queues)
+        + _compare("schedule", old.schedules, new.schedules)
+        + _compare("endpoint", old.endpoints, new.endpoints)
+    )

@@ -1,0 +1,487 @@
+"""Untrusted mappings (a TOML table, a JSON object) -> policy objects.
+
+Every builder reads the whole mapping and reports every problem it finds at
+once, as ``EntryInvalid.problems``: (key, message, code) triples where key is
+relative to the entry ("" when the entry as a whole is at fault). Callers add
+their own context: ``files.py`` the file, line and ``suspension[3]`` prefix,
+the HTTP layer the error envelope.
+
+Three modes, because the same tables arrive from three places:
+    file      a policy file: ``id`` optional (a stable one is derived),
+              ``expires`` may lie in the past (the entry simply never matches)
+    runtime   the daemon's own state: ``id``, ``created_at``, ``created_by``
+    api       a request: ``duration`` allowed, ``expires`` must be in the
+              future, ``id`` not accepted (the daemon assigns it)
+Unknown keys are always an error: a typo must never widen a rule.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import uuid
+from datetime import date, datetime, time, timedelta
+from typing import Any, Literal, Mapping, NamedTuple
+from urllib.parse import urlsplit
+
+from croniter import croniter
+
+from . import queue_name
+from .duration import parse_duration
+from .errors import InvalidQueueName, PolicyError, ValidationError
+from .model import (
+    RUNTIME,
+    Endpoint,
+    Pause,
+    QueuePolicy,
+    Schedule,
+    Suspension,
+    file_suspension_id,
+)
+
+Mode = Literal["file", "runtime", "api"]
+
+DEFAULT_SUSPENSION = timedelta(minutes=5)
+MAX_REASON = 1000
+SCHEDULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+ENDPOINT_ID = re.compile(r"ep_[a-f0-9]{32}\Z")
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Problem(NamedTuple):
+    key: str
+    message: str
+    code: str = "INVALID_REQUEST"
+
+
+class EntryInvalid(ValidationError):
+    """An entry was refused; ``problems`` holds every reason."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = tuple(problems)
+        first = self.problems[0]
+        message = "; ".join(f"{p.key}: {p.message}" if p.key else p.message for p in problems)
+        super().__init__(message, field=first.key, code=first.code)
+
+
+def _type_name(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, datetime):
+        return "a date-time"
+    if isinstance(value, (date, time)):
+        return "a date or time without a date-time"
+    return type(value).__name__
+
+
+class _Reader:
+    """Reads one mapping, collecting problems instead of stopping at the first."""
+
+    def __init__(self, data: object, allowed: tuple[str, ...], what: str) -> None:
+        self.problems: list[Problem] = []
+        if not isinstance(data, Mapping):
+            self.problems.append(Problem("", f"expected a {what} table, got {_type_name(data)}"))
+            data = {}
+        self.data: Mapping[str, Any] = data
+        for key in data:
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), allowed, n=1)
+                also = f" (did you mean {hint[0]!r}?)" if hint else ""
+                self.problems.append(
+                    Problem(
+                        str(key),
+                        f"unknown field{also}; a {what} has: {', '.join(allowed)}",
+                    )
+                )
+
+    def fail(self, key: str, message: str, code: str = "INVALID_REQUEST") -> None:
+        self.problems.append(Problem(key, message, code))
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def text(self, key: str, *, required: bool = False, limit: int = 255) -> str | None:
+        if key not in self.data:
+            if required:
+                self.fail(key, "is required")
+            return None
+        value = self.data[key]
+        if not isinstance(value, str):
+            self.fail(key, f"expected a string, got {_type_name(value)}")
+            return None
+        if not value.strip():
+            self.fail(key, "must not be empty")
+            return None
+        if _CONTROL.search(value):
+            self.fail(key, "must not contain control characters such as newlines")
+            return None
+        if len(value) > limit:
+            self.fail(key, f"is {len(value)} characters long; at most {limit}")
+            return None
+        return value
+
+    def boolean(self, key: str) -> bool | None:
+        if key not in self.data:
+            return None
+        value = self.data[key]
+        if not isinstance(value, bool):
+            self.fail(key, f"expected true or false, got {_type_name(value)}")
+            return None
+        return value
+
+    def integer(self, key: str, minimum: int, maximum: int) -> int | None:
+        if key not in self.data:
+            return None
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(key, f"expected an integer, got {_type_name(value)}")
+            return None
+        if not minimum <= value <= maximum:
+            self.fail(key, f"must be from {minimum} to {maximum}, got {value}")
+            return None
+        return value
+
+    def moment(self, key: str) -> datetime | None:
+        """An aware datetime: a TOML offset date-time or an RFC 3339 string."""
+        if key not in self.data:
+            return None
+        value = self.data[key]
+        expected = "an RFC 3339 date-time with an offset, such as 2026-11-23T12:00:00Z"
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value.strip())
+            except ValueError:
+                self.fail(key, f"expected {expected}, got {self.data[key]!r}")
+                return None
+        if not isinstance(value, datetime):
+            self.fail(key, f"expected {expected}, got {_type_name(value)}")
+            return None
+        if value.tzinfo is None:
+            self.fail(key, f"has no UTC offset; expected {expected}")
+            return None
+        return value
+
+    def component(self, key: str) -> str | None:
+        value = self.text(key)
+        if value is None:
+            return None
+        try:
+            return queue_name.check_component(value, key)
+        except InvalidQueueName as exc:
+            self.fail(key, exc.message, exc.code)
+            return None
+
+    def domain(self, key: str) -> str | None:
+        value = self.text(key)
+        if value is None:
+            return None
+        try:
+            return queue_name.normalise_domain(value, key)
+        except InvalidQueueName as exc:
+            self.fail(key, exc.message, exc.code)
+            return None
+
+    def queue(self, key: str, *, required: bool = False) -> str | None:
+        if key not in self.data:
+            if required:
+                self.fail(key, "is required")
+            return None
+        value = self.data[key]
+        if not isinstance(value, str):
+            self.fail(key, f"expected a queue name string, got {_type_name(value)}")
+            return None
+        try:
+            return queue_name.normalise(value)
+        except InvalidQueueName as exc:
+            self.fail(key, exc.message, exc.code)
+            return None
+
+    def queue_list(self, key: str) -> tuple[str, ...] | None:
+        if key not in self.data:
+            return None
+        value = self.data[key]
+        if not isinstance(value, (list, tuple)):
+            self.fail(key, f"expected an array of queue names, got {_type_name(value)}")
+            return None
+        if not value:
+            self.fail(key, "must list at least one queue name")
+            return None
+        names: dict[str, None] = {}
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                self.fail(f"{key}[{i}]", f"expected a queue name string, got {_type_name(item)}")
+                continue
+            try:
+                names[queue_name.normalise(item)] = None
+            except InvalidQueueName as exc:
+                self.fail(f"{key}[{i}]", exc.message, exc.code)
+        return tuple(names)
+
+    def uuid(self, key: str, *, required: bool = False) -> str | None:
+        value = self.text(key, required=required)
+        if value is None:
+            return None
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            self.fail(key, f"expected a UUID, got {value!r}")
+            return None
+
+    def done(self) -> None:
+        if self.problems:
+            raise EntryInvalid(self.problems)
+
+
+def _build(reader: _Reader, cls: type, **values: Any) -> Any:
+    reader.done()
+    try:
+        return cls(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        raise EntryInvalid([Problem(exc.field, exc.message, exc.code)]) from None
+
+
+_SUSPENSION_KEYS = {
+    "file": ("id", "campaign", "tenant", "domain", "queue_names", "everything", "reason", "expires"),
+    "runtime": (
+        "id", "campaign", "tenant", "domain", "queue_names", "everything", "reason",
+        "expires", "created_at", "created_by",
+    ),
+    "api": (
+        "campaign", "tenant", "domain", "queue_names", "everything", "reason", "duration",
+        "expires",
+    ),
+}
+
+
+def suspension_from(
+    data: object,
+    *,
+    mode: Mode,
+    now: datetime | None = None,
+    file_name: str = "",
+    source: str = RUNTIME,
+) -> Suspension:
+    """Build a Suspension from a mapping; raises EntryInvalid with every problem.
+
+    ``now`` is required in api mode, where ``duration`` (default five
+    minutes) is turned into ``expires``.
+    """
+    r = _Reader(data, _SUSPENSION_KEYS[mode], "suspension")
+    campaign = r.component("campaign")
+    tenant = r.component("tenant")
+    domain = r.domain("domain")
+    names = r.queue_list("queue_names")
+    everything = r.boolean("everything")
+    reason = r.text("reason", required=True, limit=MAX_REASON)
+    expires = r.moment("expires")
+    ident = r.uuid("id", required=mode == "runtime")
+    created_at = r.moment("created_at")
+    created_by = r.text("created_by") if r.has("created_by") else None
+
+    if names is not None and any(r.has(k) for k in ("campaign", "tenant", "domain")):
+        r.fail("queue_names", "cannot be combined with campaign, tenant or domain")
+    criteria = any(r.has(k) for k in ("campaign", "tenant", "domain", "queue_names"))
+    if everything is True and criteria:
+        r.fail("everything", "cannot be combined with other criteria")
+    if everything is not True and not criteria and not r.problems:
+        r.fail(
+            "",
+            "a suspension needs campaign, tenant, domain or queue_names "
+            "(or everything = true to suspend all queues)",
+        )
+
+    if mode == "api":
+        assert now is not None, "api mode needs now"
+        if r.has("duration") and r.has("expires"):
+            r.fail("duration", "give either duration or expires, not both")
+        elif r.has("duration"):
+            try:
+                expires = now + timedelta(seconds=parse_duration(r.data["duration"]))
+            except PolicyError as exc:
+                r.fail("duration", exc.message, exc.code)
+        elif expires is not None:
+            if expires <= now:
+                r.fail("expires", f"{expires.isoformat()} is in the past")
+        elif not r.has("expires"):
+            expires = now + DEFAULT_SUSPENSION
+
+    r.done()
+    values = dict(
+        campaign=campaign,
+        tenant=tenant,
+        domain=domain,
+        queue_names=names,
+        everything=everything or None,
+        reason=reason,
+        expires=expires,
+        created_at=created_at,
+        created_by=created_by,
+        source=source,
+    )
+    if ident is None:
+        probe = Suspension(id="", **{k: v for k, v in values.items() if v is not None})
+        ident = (
+            file_suspension_id(file_name, probe.criteria_key)
+            if mode == "file"
+            else str(uuid.uuid4())
+        )
+    return _build(r, Suspension, id=ident, **values)
+
+
+_QUEUE_KEYS = {
+    "file": ("name", "paused", "reason", "parallelism"),
+    "runtime": (
+        "name", "paused", "reason", "parallelism", "created_at", "created_by", "updated_at",
+    ),
+    "api": ("reason", "parallelism"),
+}
+
+
+def queue_from(
+    data: object, *, mode: Mode, name: str | None = None, source: str = RUNTIME
+) -> QueuePolicy:
+    """Build a QueuePolicy; in api mode ``name`` comes from the path, not the body.
+
+    In a policy file ``paused`` is required, so that a table meant to pause a
+    queue cannot silently leave it running.
+    """
+    r = _Reader(data, _QUEUE_KEYS[mode], "queue")
+    if mode == "api":
+        try:
+            normal = queue_name.normalise(name or "")
+        except InvalidQueueName as exc:
+            r.fail("name", exc.message, exc.code)
+            normal = None
+    else:
+        normal = r.queue("name", required=True)
+    paused = r.boolean("paused")
+    if mode == "file" and not r.has("paused"):
+        r.fail("paused", "is required (true to pause the queue, false to only set parallelism)")
+    return _build(
+        r,
+        QueuePolicy,
+        name=normal,
+        paused=paused,
+        reason=r.text("reason", limit=MAX_REASON),
+        parallelism=r.integer("parallelism", 1, 1_000_000),
+        created_at=r.moment("created_at"),
+        created_by=r.text("created_by"),
+        updated_at=r.moment("updated_at"),
+        source=source,
+    )
+
+
+def check_schedule_id(value: object) -> str:
+    """Return a valid schedule id or raise ValidationError."""
+    if not isinstance(value, str) or SCHEDULE_ID.match(value) is None:
+        raise ValidationError(
+            "schedule id must be 1 to 128 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit; got {value!r}",
+            field="id",
+        )
+    return value
+
+
+def check_endpoint_id(value: object) -> str:
+    """Return a valid endpoint id or raise ValidationError (HookBridge's message)."""
+    if not isinstance(value, str) or ENDPOINT_ID.match(value) is None:
+        raise ValidationError(
+            f"endpoint_id must be in format ep_xxx (ep_ and 32 lowercase hex digits), got {value!r}",
+            field="id",
+        )
+    return value
+
+
+def _checked(r: _Reader, key: str, check: Any) -> str | None:
+    if key not in r.data:
+        r.fail(key, "is required")
+        return None
+    try:
+        return check(r.data[key])
+    except ValidationError as exc:
+        r.fail(key, exc.message)
+        return None
+
+
+def _https_url(r: _Reader, key: str, *, required: bool) -> str | None:
+    value = r.text(key, required=required, limit=2048)
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        r.fail(key, f"expected an https:// URL, got {value!r}")
+        return None
+    return value
+
+
+def schedule_from(data: object, *, source: str = RUNTIME) -> Schedule:
+    """Build a Schedule from a policy file table; the cron is checked by croniter."""
+    r = _Reader(
+        data,
+        ("id", "cron", "description", "destination", "method", "retries", "paused", "reason"),
+        "schedule",
+    )
+    ident = _checked(r, "id", check_schedule_id)
+    cron = r.text("cron")
+    if cron is not None and not croniter.is_valid(cron):
+        r.fail("cron", f"{cron!r} is not a valid cron expression")
+    method = r.text("method")
+    if method is not None and method not in HTTP_METHODS:
+        r.fail("method", f"expected one of {', '.join(HTTP_METHODS)}, got {method!r}")
+    return _build(
+        r,
+        Schedule,
+        id=ident,
+        cron=cron,
+        description=r.text("description", limit=MAX_REASON),
+        destination=_https_url(r, "destination", required=False),
+        method=method,
+        retries=r.integer("retries", 0, 100),
+        paused=r.boolean("paused"),
+        reason=r.text("reason", limit=MAX_REASON),
+        source=source,
+    )
+
+
+def endpoint_from(data: object, *, source: str = RUNTIME) -> Endpoint:
+    """Build an Endpoint from a policy file table."""
+    r = _Reader(data, ("id", "url", "name", "description", "paused", "reason"), "endpoint")
+    return _build(
+        r,
+        Endpoint,
+        id=_checked(r, "id", check_endpoint_id),
+        url=_https_url(r, "url", required=True),
+        name=r.text("name"),
+        description=r.text("description", limit=MAX_REASON),
+        paused=r.boolean("paused"),
+        reason=r.text("reason", limit=MAX_REASON),
+        source=source,
+    )
+
+
+def pause_from(data: object, *, kind: Literal["schedule", "endpoint"]) -> Pause:
+    """Build a runtime Pause of a schedule or endpoint from the daemon's state."""
+    r = _Reader(data, ("id", "paused", "reason", "created_at", "created_by"), kind)
+    check = check_schedule_id if kind == "schedule" else check_endpoint_id
+    ident = _checked(r, "id", check)
+    if r.boolean("paused") is False:
+        r.fail("paused", "a runtime entry records a pause; remove it to resume")
+    return _build(
+        r,
+        Pause,
+        kind=kind,
+        id=ident,
+        reason=r.text("reason", limit=MAX_REASON),
+        created_at=r.moment("created_at"),
+        created_by=r.text("created_by"),
+    )
+

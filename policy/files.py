@@ -1,0 +1,265 @@
+"""TOML text -> policy entries, with every problem located.
+
+How this works
+--------------
+A file is parsed with tomli, then every ``[[suspension]]``, ``[[queue]]``,
+``[[schedule]]`` and ``[[endpoint]]`` table is built by ``fields.py``. The
+parser gives no positions, so lines are found in the source text: the n-th
+``[[kind]]`` header is the n-th table of that kind, and a key's line is the
+first ``key =`` line below that header and above the next one. Where no
+single key is at fault the header's line is given.
+
+Nothing stops at the first problem: each table is checked in full, every
+table of the file is checked, and ``combine`` adds the problems that span
+files (an id or a name given twice).
+
+Runtime state (the daemon's own files) has the same tables plus
+``created_at`` and ``created_by``; ``parse_runtime`` reads it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import msgspec
+import tomli
+
+from .errors import FileProblem, PolicyLoadError
+from .fields import (
+    EntryInvalid,
+    Mode,
+    endpoint_from,
+    pause_from,
+    queue_from,
+    schedule_from,
+    suspension_from,
+)
+from .model import Endpoint, Pause, QueuePolicy, Schedule, Suspension
+
+KINDS = ("suspension", "queue", "schedule", "endpoint")
+_HEADER = re.compile(r"\s*\[\[\s*\"?([A-Za-z0-9_-]+)\"?\s*\]\]")
+_ANY_HEADER = re.compile(r"\s*\[")
+
+
+class ParsedFile(msgspec.Struct, frozen=True):
+    """What one file holds: its entries, or the problems that keep it out."""
+
+    name: str
+    suspensions: tuple[Suspension, ...] = ()
+    queues: tuple[QueuePolicy, ...] = ()
+    schedules: tuple[Schedule, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    pauses: tuple[Pause, ...] = ()
+    problems: tuple[FileProblem, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "suspensions": len(self.suspensions),
+            "queues": len(self.queues),
+            "schedules": len(self.schedules),
+            "endpoints": len(self.endpoints),
+            "pauses": len(self.pauses),
+        }
+
+
+class PolicySet(msgspec.Struct, frozen=True):
+    """Entries of several files combined, each id and name checked to be unique."""
+
+    suspensions: tuple[Suspension, ...] = ()
+    queues: tuple[QueuePolicy, ...] = ()
+    schedules: tuple[Schedule, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    pauses: tuple[Pause, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+class _Lines:
+    """Finds the line of a table or key in TOML source text."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        self.headers: dict[str, list[int]] = {}
+        self.starts: list[int] = []
+        for number, line in enumerate(self.lines, 1):
+            if _ANY_HEADER.match(line):
+                self.starts.append(number)
+                match = _HEADER.match(line)
+                if match:
+                    self.headers.setdefault(match.group(1), []).append(number)
+
+    def table(self, kind: str, index: int) -> int | None:
+        found = self.headers.get(kind, ())
+        return found[index] if index < len(found) else None
+
+    def key(self, kind: str, index: int, key: str) -> int | None:
+        start = self.table(kind, index)
+        if start is None:
+            return None
+        end = next((s for s in self.starts if s > start), len(self.lines) + 1)
+        pattern = re.compile(rf"\s*\"?{re.escape(key)}\"?\s*=")
+        for number in range(start + 1, end):
+            if pattern.match(self.lines[number - 1]):
+                return number
+        return start
+
+    def top(self, key: str) -> int | None:
+        pattern = re.compile(rf"\s*(\[\[?\s*\"?{re.escape(key)}\"?\s*[\].]|\"?{re.escape(key)}\"?\s*=)")
+        for number, line in enumerate(self.lines, 1):
+            if pattern.match(line):
+                return number
+        return None
+
+
+def _decode(text: str, name: str) -> tuple[dict[str, Any] | None, FileProblem | None]:
+    try:
+        return tomli.loads(text), None
+    except tomli.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        msg = getattr(exc, "msg", str(exc))
+        col = getattr(exc, "colno", None)
+        where = f" (column {col})" if col else ""
+        return None, FileProblem(name, line, "", f"TOML syntax error: {msg}{where}")
+
+
+def _parse(text: str, name: str, mode: Mode) -> ParsedFile:
+    doc, problem = _decode(text, name)
+    if doc is None:
+        return ParsedFile(name=name, problems=(problem,))
+    lines = _Lines(text)
+    problems: list[FileProblem] = []
+    built: dict[str, list[Any]] = {kind: [] for kind in KINDS}
+    pauses: list[Pause] = []
+
+    for key, value in doc.items():
+        if key not in KINDS:
+            hint = difflib.get_close_matches(key, KINDS, n=1)
+            also = f" (did you mean [[{hint[0]}]]?)" if hint else ""
+            problems.append(
+                FileProblem(
+                    name,
+                    lines.top(key),
+                    key,
+                    f"unknown table{also}; a policy file holds "
+                    + ", ".join(f"[[{k}]]" for k in KINDS),
+                )
+            )
+            continue
+        if not isinstance(value, list):
+            problems.append(
+                FileProblem(
+                    name,
+                    lines.top(key),
+                    key,
+                    f"expected an array of tables, written [[{key}]], one per entry",
+                )
+            )
+            continue
+        for index, table in enumerate(value):
+            line = lines.table(key, index)
+            source = f"{name}:{line}" if line is not None else name
+            try:
+                if mode == "runtime" and key in ("schedule", "endpoint"):
+                    pauses.append(pause_from(table, kind=key))
+                    continue
+                built[key].append(_BUILDERS[key](table, mode, name, source))
+            except EntryInvalid as exc:
+                for p in exc.problems:
+                    base = p.key.split("[", 1)[0]
+                    at = lines.key(key, index, base) if base else line
+                    path = f"{key}[{index}]" + (f".{p.key}" if p.key else "")
+                    problems.append(FileProblem(name, at, path, p.message))
+    if mode == "runtime":
+        # The daemon's own entries: their source is the runtime state.
+        built["suspension"] = [
+            msgspec.structs.replace(s, source="runtime") for s in built["suspension"]
+        ]
+        built["queue"] = [msgspec.structs.replace(q, source="runtime") for q in built["queue"]]
+    return ParsedFile(
+        name=name,
+        suspensions=tuple(built["suspension"]),
+        queues=tuple(built["queue"]),
+        schedules=tuple(built["schedule"]),
+        endpoints=tuple(built["endpoint"]),
+        pauses=tuple(pauses),
+        problems=tuple(problems),
+    )
+
+
+_BUILDERS: dict[str, Callable[[Any, Mode, str, str], Any]] = {
+    "suspension": lambda t, mode, name, source: suspension_from(
+        t, mode=mode, file_name=name, source=source
+    ),
+    "queue": lambda t, mode, name, source: queue_from(t, mode=mode, source=source),
+    "schedule": lambda t, mode, name, source: schedule_from(t, source=source),
+    "endpoint": lambda t, mode, name, source: endpoint_from(t, source=source),
+}
+
+
+def parse_policy(text: str, name: str) -> ParsedFile:
+    """Parse one policy file's text. ``name`` is the file's name (ids derive from it)."""
+    return _parse(text, name, "file")
+
+
+def parse_runtime(text: str, name: str) -> ParsedFile:
+    """Parse a runtime-state file written by the daemon (or edited by hand)."""
+    return _parse(text, name, "runtime")
+
+
+def _where(source: str) -> tuple[str, int | None]:
+    path, _, line = source.rpartition(":")
+    if path and line.isdigit():
+        return path, int(line)
+    return source, None
+
+
+def combine(files: Sequence[ParsedFile]) -> PolicySet:
+    """Merge parsed files in order; raises PolicyLoadError with every problem.
+
+    Problems inside files come first, then ids, queue names, schedule ids and
+    endpoint ids given more than once (each naming where it was first seen).
+    """
+    problems = [p for f in files for p in f.problems]
+    seen: dict[tuple[str, str], str] = {}
+
+    def unique(kind: str, key: str, source: str, what: str) -> None:
+        first = seen.setdefault((kind, key), source)
+        if first is not source:
+            path, line = _where(source)
+            problems.append(
+                FileProblem(path, line, kind, f"{what} {key!r} is also defined at {first}")
+            )
+
+    for f in files:
+        for s in f.suspensions:
+            unique("suspension", s.id, s.source, "suspension id")
+        for q in f.queues:
+            unique("queue", q.name, q.source, "queue")
+        for sc in f.schedules:
+            unique("schedule", sc.id, sc.source, "schedule id")
+        for e in f.endpoints:
+            unique("endpoint", e.id, e.source, "endpoint id")
+    if problems:
+        raise PolicyLoadError(problems)
+    return PolicySet(
+        suspensions=tuple(s for f in files for s in f.suspensions),
+        queues=tuple(q for f in files for q in f.queues),
+        schedules=tuple(s for f in files for s in f.schedules),
+        endpoints=tuple(e for f in files for e in f.endpoints),
+        pauses=tuple(p for f in files for p in f.pauses),
+        files=tuple(f.name for f in files),
+    )
+
+
+_DROPPINGS = re.compile(r"(^[.#])|(~$)|(\.sw[a-p]$)|(^4913$)")
+
+
+def is_policy_file(name: str) -> bool:
+    """Whether a file in the policy directory is read: ``*.toml``, no editor droppings."""
+    return name.endswith(".toml") and _DROPPINGS.search(name) is None

@@ -1,0 +1,157 @@
+"""The policy objects: frozen, slotted, checked when built.
+
+Values held here are already normalised (queue names and domains in their
+normal form, datetimes aware). ``fields.py`` turns untrusted mappings into
+these objects and reports every problem; the checks in ``__post_init__`` are
+the invariants no object may break, whoever builds it.
+
+``source`` says who owns an entry: ``"runtime"`` for the daemon's own state,
+or ``"<file>:<line>"`` for an entry written in a policy file.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from .errors import ValidationError
+from .queue_name import QueueName
+
+RUNTIME = "runtime"
+
+# Ids of file suspensions without an explicit id: uuid5(namespace, file + criteria).
+FILE_ID_NAMESPACE = uuid.UUID("6f0b7c52-3f7e-5a59-9a43-7b3e1f0e8a11")
+
+
+def is_file_source(source: str) -> bool:
+    return source != RUNTIME
+
+
+class Suspension(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A suspension (KumoMTA admin suspend semantics)."""
+
+    id: str
+    reason: str
+    campaign: str | None = None
+    tenant: str | None = None
+    domain: str | None = None
+    queue_names: tuple[str, ...] = ()
+    everything: bool = False
+    expires: datetime | None = None
+    created_at: datetime | None = None
+    created_by: str | None = None
+    source: str = RUNTIME
+
+    def __post_init__(self) -> None:
+        has_fields = (
+            self.campaign is not None or self.tenant is not None or self.domain is not None
+        )
+        if self.everything and (has_fields or self.queue_names):
+            raise ValidationError("everything cannot be combined with other criteria")
+        if self.queue_names and has_fields:
+            raise ValidationError(
+                "queue_names cannot be combined with campaign, tenant or domain"
+            )
+        if not (self.everything or self.queue_names or has_fields):
+            raise ValidationError(
+                "a suspension needs campaign, tenant, domain or queue_names "
+                "(or everything = true to suspend all queues)"
+            )
+        if not self.reason:
+            raise ValidationError("reason must not be empty", field="reason")
+        if self.expires is not None and self.expires.tzinfo is None:
+            raise ValidationError("expires must carry a UTC offset", field="expires")
+
+    @property
+    def criteria_key(self) -> str:
+        """A canonical text of what this suspension matches; equal criteria, equal key."""
+        if self.everything:
+            return "everything"
+        if self.queue_names:
+            return "queue_names=" + ",".join(sorted(self.queue_names))
+        return msgspec.json.encode([self.campaign, self.tenant, self.domain]).decode()
+
+    @property
+    def expires_at(self) -> float | None:
+        """Expiry as seconds since the epoch, or None for no expiry."""
+        return None if self.expires is None else self.expires.timestamp()
+
+    def is_active(self, now: float) -> bool:
+        return self.expires is None or self.expires.timestamp() > now
+
+    def matches(self, queue: QueueName) -> bool:
+        """Whether this suspension's criteria cover ``queue``, time aside."""
+        if self.everything:
+            return True
+        if self.queue_names:
+            return queue.name in self.queue_names
+        return (
+            (self.campaign is None or self.campaign == queue.campaign)
+            and (self.tenant is None or self.tenant == queue.tenant)
+            and (self.domain is None or self.domain == queue.domain)
+        )
+
+
+def file_suspension_id(file_name: str, criteria_key: str) -> str:
+    """The stable id of a file suspension written without one."""
+    return str(uuid.uuid5(FILE_ID_NAMESPACE, f"{file_name}\n{criteria_key}"))
+
+
+class QueuePolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A queue's pause state and settings (QStash queue semantics)."""
+
+    name: str
+    paused: bool = False
+    reason: str | None = None
+    parallelism: int | None = None
+    created_at: datetime | None = None
+    created_by: str | None = None
+    updated_at: datetime | None = None
+    source: str = RUNTIME
+
+    def __post_init__(self) -> None:
+        if self.parallelism is not None and self.parallelism < 1:
+            raise ValidationError("parallelism must be at least 1", field="parallelism")
+
+
+class Schedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A named recurring trigger declared in a policy file (QStash schedule)."""
+
+    id: str
+    cron: str | None = None
+    description: str | None = None
+    destination: str | None = None
+    method: str = "POST"
+    retries: int = 3
+    paused: bool = False
+    reason: str | None = None
+    source: str = RUNTIME
+
+
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A delivery endpoint declared in a policy file (HookBridge endpoint)."""
+
+    id: str
+    url: str
+    name: str | None = None
+    description: str | None = None
+    paused: bool = False
+    reason: str | None = None
+    source: str = RUNTIME
+
+
+class Pause(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A runtime pause of a file-declared schedule or endpoint."""
+
+    kind: Literal["schedule", "endpoint"]
+    id: str
+    reason: str | None = None
+    created_at: datetime | None = None
+    created_by: str | None = None
+    source: str = RUNTIME
+
+
+Entry = Suspension | QueuePolicy | Schedule | Endpoint | Pause

@@ -1,0 +1,367 @@
+"""The effective policy: files and runtime state merged into one immutable value.
+
+How this works
+--------------
+A Snapshot is built from a PolicySet (what the files say) and a Runtime (what
+the daemon was told through its API), and carries a generation number. It is
+never changed: a reload or a runtime change builds a new snapshot and the
+daemon swaps it in with one assignment, so a reader always sees one whole
+policy.
+
+Where both sources speak of one thing:
+- suspensions are a union; an id in both (only possible by a hand edit of the
+  runtime state) is the file's;
+- a queue is paused if either source pauses it; the file's pause is listed as
+  the hold (lifting it means editing the file); a runtime ``parallelism``
+  overrides the file's;
+- schedules and endpoints exist only in files; the runtime only pauses them.
+
+``decide`` takes ``now`` in seconds since the epoch: the core owns no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+import msgspec
+from croniter import croniter
+
+from . import queue_name
+from .files import PolicySet
+from .index import SuspensionIndex
+from .model import Endpoint, Pause, QueuePolicy, Schedule, Suspension
+
+
+class Runtime(msgspec.Struct, frozen=True):
+    """The daemon's own entries, keyed by id or name. Treated as immutable."""
+
+    suspensions: Mapping[str, Suspension] = msgspec.field(default_factory=dict)
+    queues: Mapping[str, QueuePolicy] = msgspec.field(default_factory=dict)
+    schedule_pauses: Mapping[str, Pause] = msgspec.field(default_factory=dict)
+    endpoint_pauses: Mapping[str, Pause] = msgspec.field(default_factory=dict)
+
+    @classmethod
+    def from_set(cls, entries: PolicySet) -> Runtime:
+        return cls(
+            suspensions={s.id: s for s in entries.suspensions},
+            queues={q.name: q for q in entries.queues},
+            schedule_pauses={p.id: p for p in entries.pauses if p.kind == "schedule"},
+            endpoint_pauses={p.id: p for p in entries.pauses if p.kind == "endpoint"},
+        )
+
+
+class QueueView(msgspec.Struct, frozen=True):
+    """A queue as both sources describe it."""
+
+    name: str
+    file: QueuePolicy | None = None
+    runtime: QueuePolicy | None = None
+
+    @property
+    def holder(self) -> QueuePolicy | None:
+        """The entry that pauses this queue (the file's first), or None if running."""
+        if self.file is not None and self.file.paused:
+            return self.file
+        if self.runtime is not None and self.runtime.paused:
+            return self.runtime
+        return None
+
+    @property
+    def paused(self) -> bool:
+        return self.holder is not None
+
+    @property
+    def parallelism(self) -> int | None:
+        if self.runtime is not None and self.runtime.parallelism is not None:
+            return self.runtime.parallelism
+        return self.file.parallelism if self.file is not None else None
+
+
+class ScheduleView(msgspec.Struct, frozen=True):
+    schedule: Schedule
+    pause: Pause | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.schedule.paused or self.pause is not None
+
+    @property
+    def holder_source(self) -> str | None:
+        if self.schedule.paused:
+            return self.schedule.source
+        return None if self.pause is None else self.pause.source
+
+    def next_fire(self, now: datetime) -> datetime | None:
+        """The next time the cron fires after ``now`` (None without a cron)."""
+        if self.schedule.cron is None:
+            return None
+        return croniter(self.schedule.cron, now).get_next(datetime)
+
+
+class EndpointView(msgspec.Struct, frozen=True):
+    endpoint: Endpoint
+    pause: Pause | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.endpoint.paused or self.pause is not None
+
+    @property
+    def holder_source(self) -> str | None:
+        if self.endpoint.paused:
+            return self.endpoint.source
+        return None if self.pause is None else self.pause.source
+
+
+class Hold(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One reason not to deliver, as listed in a decision."""
+
+    kind: str
+    id: str | None
+    reason: str | None
+    expires: datetime | None
+    source: str
+    queue: str | None = None
+
+
+class Decision(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The answer to "may I deliver to this queue now?"."""
+
+    queue: str
+    deliver: bool
+    holds: tuple[Hold, ...]
+    retry_after: int | None
+    generation: int
+    parallelism: int | None = None
+
+
+class ScheduleDecision(msgspec.Struct, frozen=True):
+    schedule: str
+    run: bool
+    holds: tuple[Hold, ...]
+    generation: int
+
+
+class EndpointDecision(msgspec.Struct, frozen=True):
+    endpoint: str
+    deliver: bool
+    holds: tuple[Hold, ...]
+    generation: int
+
+
+def _suspension_hold(s: Suspension) -> Hold:
+    return Hold(kind="suspension", id=s.id, reason=s.reason, expires=s.expires, source=s.source)
+
+
+def _merge_suspensions(policy: PolicySet, runtime: Runtime) -> dict[str, Suspension]:
+    """Files first, in the order written, then runtime entries; an id in both is the file's."""
+    merged = {s.id: s for s in policy.suspensions}
+    for ident, s in runtime.suspensions.items():
+        merged.setdefault(ident, s)
+    return merged
+
+
+def _merge_queues(policy: PolicySet, runtime: Runtime) -> dict[str, QueueView]:
+    files = {q.name: q for q in policy.queues}
+    return {
+        name: QueueView(name=name, file=files.get(name), runtime=runtime.queues.get(name))
+        for name in files.keys() | runtime.queues.keys()
+    }
+
+
+class Snapshot:
+    """One immutable effective policy with its generation number."""
+
+    __slots__ = (
+        "generation",
+        "policy",
+        "runtime",
+        "suspensions",
+        "queues",
+        "schedules",
+        "endpoints",
+        "_index",
+    )
+
+    def __init__(
+        self,
+        *,
+        generation: int,
+        policy: PolicySet,
+        runtime: Runtime,
+        suspensions: Mapping[str, Suspension],
+        queues: Mapping[str, QueueView],
+        index: SuspensionIndex,
+    ) -> None:
+        self.generation = generation
+        self.policy = policy
+        self.runtime = runtime
+        self.suspensions = suspensions
+        self.queues = queues
+        self._index = index
+        self.schedules = {
+            s.id: ScheduleView(schedule=s, pause=runtime.schedule_pauses.get(s.id))
+            for s in policy.schedules
+        }
+        self.endpoints = {
+            e.id: EndpointView(endpoint=e, pause=runtime.endpoint_pauses.get(e.id))
+            for e in policy.endpoints
+        }
+
+    @classmethod
+    def build(
+        cls, policy: PolicySet, runtime: Runtime | None = None, generation: int = 1
+    ) -> Snapshot:
+        """Merge ``policy`` and ``runtime`` into a new snapshot."""
+        runtime = runtime if runtime is not None else Runtime()
+        suspensions = _merge_suspensions(policy, runtime)
+        return cls(
+            generation=generation,
+            policy=policy,
+            runtime=runtime,
+            suspensions=suspensions,
+            queues=_merge_queues(policy, runtime),
+            index=SuspensionIndex.build(suspensions.values()),
+        )
+
+    def with_policy(self, policy: PolicySet, generation: int) -> Snapshot:
+        """The same runtime state under new policy files."""
+        return Snapshot.build(policy, self.runtime, generation)
+
+    def with_runtime(
+        self,
+        runtime: Runtime,
+        generation: int,
+        *,
+        put: Iterable[Suspension] = (),
+        drop: Iterable[Suspension] = (),
+    ) -> Snapshot:
+        """The same files under new runtime state.
+
+        ``put`` and ``drop`` are the runtime suspensions that differ between
+        ``self.runtime`` and ``runtime`` (an update is a drop and a put), so
+        the index is evolved rather than rebuilt.
+        """
+        current = self.suspensions
+        put = [s for s in put if current.get(s.id, s).source == "runtime"]
+        drop = [s for s in drop if current.get(s.id, s).source == "runtime"]
+        suspensions = dict(current)
+        for s in drop:
+            suspensions.pop(s.id, None)
+        for s in put:
+            suspensions[s.id] = s
+        queues = (
+            self.queues
+            if runtime.queues is self.runtime.queues
+            else _merge_queues(self.policy, runtime)
+        )
+        return Snapshot(
+            generation=generation,
+            policy=self.policy,
+            runtime=runtime,
+            suspensions=suspensions,
+            queues=queues,
+            index=self._index.evolve(add=put, remove=drop),
+        )
+
+    def decide(self, name: str | queue_name.QueueName, now: float) -> Decision:
+        """Every hold on queue ``name`` at ``now`` (seconds since the epoch).
+
+        Raises InvalidQueueName for a name that does not parse.
+        """
+        q = name if isinstance(name, queue_name.QueueName) else queue_name.parse(name)
+        found = self._index.lookup(q, now)
+        view = self.queues.get(q.name)
+        parallelism = None
+        holds = [_suspension_hold(e[2]) for e in found]
+        latest = max((e[0] for e in found), default=0.0)
+        if view is not None:
+            parallelism = view.parallelism
+            holder = view.holder
+            if holder is not None:
+                holds.append(
+                    Hold(
+                        kind="queue_pause",
+                        id=None,
+                        reason=holder.reason,
+                        expires=None,
+                        source=holder.source,
+                        queue=q.name,
+                    )
+                )
+                latest = math.inf
+        if not holds:
+            return Decision(
+                queue=q.name,
+                deliver=True,
+                holds=(),
+                retry_after=None,
+                generation=self.generation,
+                parallelism=parallelism,
+            )
+        return Decision(
+            queue=q.name,
+            deliver=False,
+            holds=tuple(holds),
+            retry_after=None if latest == math.inf else max(1, math.ceil(latest - now)),
+            generation=self.generation,
+            parallelism=parallelism,
+        )
+
+    def decide_schedule(self, schedule_id: str) -> ScheduleDecision | None:
+        """Whether a schedule's trigger may run; None for an unknown schedule."""
+        view = self.schedules.get(schedule_id)
+        if view is None:
+            return None
+        holds: tuple[Hold, ...] = ()
+        if view.paused:
+            reason = view.schedule.reason if view.schedule.paused else view.pause.reason
+            holds = (
+                Hold(
+                    kind="schedule_pause",
+                    id=schedule_id,
+                    reason=reason,
+                    expires=None,
+                    source=view.holder_source or "runtime",
+                ),
+            )
+        return ScheduleDecision(
+            schedule=schedule_id, run=not holds, holds=holds, generation=self.generation
+        )
+
+    def decide_endpoint(self, endpoint_id: str) -> EndpointDecision | None:
+        """Whether messages for an endpoint may be delivered; None for an unknown one."""
+        view = self.endpoints.get(endpoint_id)
+        if view is None:
+            return None
+        holds: tuple[Hold, ...] = ()
+        if view.paused:
+            reason = view.endpoint.reason if view.endpoint.paused else view.pause.reason
+            holds = (
+                Hold(
+                    kind="endpoint_pause",
+                    id=endpoint_id,
+                    reason=reason,
+                    expires=None,
+                    source=view.holder_source or "runtime",
+                ),
+            )
+        return EndpointDecision(
+            endpoint=endpoint_id, deliver=not holds, holds=holds, generation=self.generation
+        )
+
+    def active_suspensions(self, now: float) -> list[Suspension]:
+        """Suspensions in force at ``now``, files first, then runtime by creation."""
+        return [s for s in self.suspensions.values() if s.is_active(now)]
+
+    def counts(self, now: float) -> dict[str, int]:
+        return {
+            "suspensions": sum(1 for s in self.suspensions.values() if s.is_active(now)),
+            "paused_queues": sum(1 for q in self.queues.values() if q.paused),
+            "schedules": len(self.schedules),
+            "paused_schedules": sum(1 for s in self.schedules.values() if s.paused),
+            "endpoints": len(self.endpoints),
+            "paused_endpoints": sum(1 for e in self.endpoints.values() if e.paused),
+        }
