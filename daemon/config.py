@@ -1,0 +1,140 @@
+"""sluiced.toml: the daemon's own settings.
+
+Relative paths are resolved against the directory of the config file, so the
+example in ``etc/`` runs from a clone. Unknown keys are an error, as in
+policy files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import tomli
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid; the message says where."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class AdminConfig(_Section):
+    socket: str = "/run/sluice/admin.sock"
+    mode: str = "0660"
+    group: str = ""
+
+
+class PostfixConfig(_Section):
+    socket: str = "/run/sluice/policy.sock"
+    mode: str = "0666"
+    listen: str = ""
+    tenant_attribute: str = "sasl_username"
+    on_hold: Literal["defer", "hold"] = "defer"
+
+
+class HttpConfig(_Section):
+    listen: str = ""
+    tokens_file: str = ""
+    trusted_hosts: tuple[str, ...] = ()
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+class ReloadConfig(_Section):
+    debounce_ms: int = 50
+
+
+class LogConfig(_Section):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class EtcdConfig(_Section):
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    prefix: str = "/sluice/"
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    password: str = ""
+
+
+class StateConfig(_Section):
+    backend: Literal["files", "etcd"] = "files"
+    etcd: EtcdConfig = EtcdConfig()
+
+
+class Config(_Section):
+    policy_dir: str = "/etc/sluice/policy.d"
+    state_dir: str = "/var/lib/sluice"
+    admin: AdminConfig = AdminConfig()
+    postfix: PostfixConfig = PostfixConfig()
+    http: HttpConfig = HttpConfig()
+    reload: ReloadConfig = ReloadConfig()
+    log: LogConfig = LogConfig()
+    state: StateConfig = StateConfig()
+    # Where the file was read from; relative paths resolve against its directory.
+    base_dir: str = ""
+
+    def path(self, value: str) -> Path:
+        """Resolve a configured path against the config file's directory."""
+        return Path(self.base_dir, value) if value else Path()
+
+    @property
+    def policy_path(self) -> Path:
+        return self.path(self.policy_dir)
+
+    @property
+    def state_path(self) -> Path:
+        return self.path(self.state_dir)
+
+    @property
+    def admin_socket(self) -> Path | None:
+        return self.path(self.admin.socket) if self.admin.socket else None
+
+    @property
+    def postfix_socket(self) -> Path | None:
+        return self.path(self.postfix.socket) if self.postfix.socket else None
+
+
+def _mode(value: str, key: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise ConfigError(f"{key} must be an octal mode such as \"0660\", got {value!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(f"{key} must be between 0000 and 0777, got {value!r}")
+    return mode
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a config file; raises ConfigError naming the file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        raw = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    if "base_dir" in raw:
+        raise ConfigError(f"{path}: unknown key base_dir")
+    raw["base_dir"] = str(path.resolve().parent)
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    _mode(config.admin.mode, "admin.mode")
+    _mode(config.postfix.mode, "postfix.mode")
+    if config.reload.debounce_ms < 0:
+        raise ConfigError(f"{path}: reload.debounce_ms must not be negative")
+    return config
+
+
+def socket_mode(value: str) -> int:
+    return _mode(value, "mode")

@@ -1,0 +1,78 @@
+"""Reading the policy directory: every ``*.toml`` directly inside, in name order.
+
+A PolicyReader remembers each file's content digest and parsed result, so a
+reload parses again only the files whose bytes changed. Reading is plain
+blocking I/O; the daemon calls it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from policy.errors import FileProblem, PolicyLoadError
+from policy.files import ParsedFile, PolicySet, combine, is_policy_file, parse_policy
+
+
+class PolicyReader:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._cache: dict[str, tuple[bytes, ParsedFile]] = {}
+        self.parsed_last = 0  # how many files the last read() had to parse
+
+    def names(self) -> list[str]:
+        """The policy files in the directory, in name order."""
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            raise PolicyLoadError(
+                [FileProblem(str(self.directory), None, "", "policy directory does not exist")]
+            ) from None
+        except NotADirectoryError:
+            raise PolicyLoadError(
+                [FileProblem(str(self.directory), None, "", "policy path is not a directory")]
+            ) from None
+        return sorted(
+            e.name for e in entries if is_policy_file(e.name) and e.is_file(follow_symlinks=True)
+        )
+
+    def read(self) -> list[ParsedFile]:
+        """Parse every policy file (from cache where unchanged); problems stay inside."""
+        files: list[ParsedFile] = []
+        cache: dict[str, tuple[bytes, ParsedFile]] = {}
+        parsed = 0
+        for name in self.names():
+            path = self.directory / name
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue  # removed between listing and reading: it is gone
+            except OSError as exc:
+                files.append(ParsedFile(name=name, problems=(FileProblem(name, None, "", f"cannot read: {exc.strerror}"),)))
+                continue
+            digest = hashlib.blake2b(data, digest_size=16).digest()
+            hit = self._cache.get(name)
+            if hit is not None and hit[0] == digest:
+                result = hit[1]
+            else:
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    line = data[: exc.start].count(b"\n") + 1
+                    result = ParsedFile(
+                        name=name,
+                        problems=(FileProblem(name, line, "", "file is not valid UTF-8"),),
+                    )
+                else:
+                    result = parse_policy(text, name)
+                parsed += 1
+            cache[name] = (digest, result)
+            files.append(result)
+        self._cache = cache
+        self.parsed_last = parsed
+        return files
+
+    def load(self) -> PolicySet:
+        """The combined policy; raises PolicyLoadError listing every problem."""
+        return combine(self.read())
