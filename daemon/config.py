@@ -7,6 +7,7 @@ policy files.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -82,7 +83,7 @@ class Config(_Section):
 
     def path(self, value: str) -> Path:
         """Resolve a configured path against the config file's directory."""
-        return Path(self.base_dir, value) if value else Path()
+        return Path(os.path.normpath(Path(self.base_dir, value))) if value else Path()
 
     @property
     def policy_path(self) -> Path:

@@ -1,0 +1,50 @@
+"""Change broadcast: every consumer gets every event, through a bounded buffer.
+
+A consumer that falls more than ``buffer`` events behind is cut off: its
+channel is closed and it is marked ``overflowed``, so the stream can say so
+and end. Publishing never waits and never grows memory without bound.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import trio
+
+
+class Subscription:
+    def __init__(self, receive: trio.MemoryReceiveChannel) -> None:
+        self.receive = receive
+        self.overflowed = False
+
+
+class Broadcaster:
+    def __init__(self, buffer: int = 1000) -> None:
+        self._buffer = buffer
+        self._subscribers: dict[Subscription, trio.MemorySendChannel] = {}
+
+    def subscribe(self) -> Subscription:
+        send, receive = trio.open_memory_channel(self._buffer)
+        sub = Subscription(receive)
+        self._subscribers[sub] = send
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        send = self._subscribers.pop(sub, None)
+        if send is not None:
+            send.close()
+
+    def publish(self, event: str, generation: int, **fields: Any) -> None:
+        message = {"event": event, "generation": generation, "at": time.time(), **fields}
+        for sub, send in list(self._subscribers.items()):
+            try:
+                send.send_nowait(message)
+            except trio.WouldBlock:
+                sub.overflowed = True
+                self.unsubscribe(sub)
+            except trio.BrokenResourceError:
+                self.unsubscribe(sub)
+
+    def __len__(self) -> int:
+        return len(self._subscribers)

@@ -1,0 +1,58 @@
+"""Who is on the other end of a connection: unix peer credentials or a TCP address."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+import struct
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Peer:
+    uid: int | None = None
+    gid: int | None = None
+    pid: int | None = None
+    address: str | None = None
+    token: str | None = None  # the name of the token presented, never the token
+
+    @property
+    def user(self) -> str | None:
+        if self.uid is None:
+            return None
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return str(self.uid)
+
+    def __str__(self) -> str:
+        if self.uid is not None:
+            return f"uid={self.uid}({self.user}) pid={self.pid}"
+        if self.token is not None:
+            return f"token={self.token} address={self.address}"
+        return f"address={self.address}"
+
+
+def unix_peer(sock: socket.socket) -> Peer:
+    """The credentials of the process at the other end of a unix socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    return Peer(uid=uid, gid=gid, pid=pid)
+
+
+def may_change(peer: Peer, admin_gid: int | None) -> bool:
+    """Whether a unix peer may make changes: root, our own user, or the admin group."""
+    if peer.uid is None:
+        return False
+    if peer.uid in (0, os.geteuid()):
+        return True
+    if admin_gid is None:
+        return False
+    if peer.gid == admin_gid:
+        return True
+    try:
+        name = pwd.getpwuid(peer.uid).pw_name
+        return admin_gid in os.getgrouplist(name, peer.gid if peer.gid is not None else -1)
+    except KeyError:
+        return False

@@ -1,0 +1,84 @@
+"""The route table: (method, path pattern) -> handler, and dispatch.
+
+Patterns are literal paths with ``{name}`` segments. A path that matches a
+pattern under another method is 405 with ``Allow``; no match at all is 404.
+Routes marked ``change=True`` need a peer allowed to change state (403
+otherwise); the check is one function given to the router.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import structlog
+
+from .peer import Peer
+from .server import Handler, HttpError, Request, Response, map_error
+
+log = structlog.get_logger("sluice.http")
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: str
+    handler: Handler
+    change: bool
+    regex: re.Pattern[str]
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{[a-z_]+\})", pattern)
+    regex = "".join(
+        f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts
+    )
+    return re.compile(regex + r"\Z")
+
+
+class Router:
+    def __init__(self, may_change: Callable[[Peer], bool]) -> None:
+        self.routes: list[Route] = []
+        self.may_change = may_change
+
+    def add(self, method: str, pattern: str, handler: Handler, *, change: bool = False) -> None:
+        self.routes.append(Route(method, pattern, handler, change, _compile(pattern)))
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        allowed = []
+        for route in self.routes:
+            m = route.regex.match(path)
+            if m is None:
+                continue
+            if route.method == method or (method == "HEAD" and route.method == "GET"):
+                return route, {k: unquote(v) for k, v in m.groupdict().items()}
+            allowed.append(route.method)
+        if allowed:
+            raise HttpError(
+                405,
+                "METHOD_NOT_ALLOWED",
+                f"{method} is not allowed on {path}; allowed: {', '.join(sorted(set(allowed)))}",
+            )
+        raise HttpError(404, "NOT_FOUND", f"no such route: {path}")
+
+    async def dispatch(self, request: Request) -> Response:
+        try:
+            route, params = self.match(request.method, request.path)
+            if route.change and not self.may_change(request.peer):
+                raise HttpError(
+                    403, "FORBIDDEN", f"{request.peer} may read but not change state"
+                )
+            request.params = params
+            response = await route.handler(request)
+        except Exception as exc:  # noqa: BLE001 - mapped in one place, re-raised if unknown
+            try:
+                response = map_error(exc, request.request_id)
+            except Exception:
+                log.exception("handler_failed", path=request.path)
+                response = map_error(
+                    HttpError(500, "INTERNAL", "internal error; see the daemon's log"),
+                    request.request_id,
+                )
+        return response

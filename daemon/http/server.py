@@ -1,0 +1,407 @@
+"""A thin trio adapter around h11: connections, limits, the error envelope.
+
+How this works
+--------------
+Each connection runs ``serve_connection``: h11 parses, this module moves
+bytes and enforces the limits a hostile client would test:
+    headers over ``max_header`` bytes      431 (h11's max_incomplete_event_size)
+    a body over ``max_body`` bytes         413 (Content-Length, or counted)
+    a request not complete in time         408
+    a keep-alive connection idle too long  closed quietly
+    a connection over the cap              503 and closed, by ``serve_listener``
+Handlers get a ``Request`` and return a ``Response``; a PolicyError or an
+HttpError raised by a handler becomes the error envelope
+``{"error": {"code", "message"}, "meta": {"request_id"}}``, here and only
+here. Every response carries ``X-Request-Id``, and every request is logged
+once with method, path, status, duration and peer.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import msgspec
+import structlog
+import trio
+
+from policy.errors import PolicyError
+
+from .peer import Peer
+
+log = structlog.get_logger("sluice.http")
+
+SERVER_NAME = b"sluice"
+_json = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header: int = 16 * 1024
+    max_body: int = 64 * 1024
+    request_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 256
+
+
+class HttpError(Exception):
+    """An error the HTTP layer answers with its own status and code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+    peer: Peer
+    request_id: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+    def json(self, *, optional: bool = False) -> Any:
+        """The body as JSON; 415 if it says it is something else, 400 if it is broken."""
+        if not self.body.strip():
+            if optional:
+                return None
+            raise HttpError(400, "INVALID_REQUEST", "a JSON body is required")
+        ctype = self.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        # curl -d labels a JSON body as a form; that body is still taken if it is JSON.
+        lenient = ctype == "application/x-www-form-urlencoded"
+        if ctype and ctype != "application/json" and not ctype.endswith("+json") and not lenient:
+            raise HttpError(
+                415, "UNSUPPORTED_MEDIA_TYPE", f"expected application/json, got {ctype!r}"
+            )
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            if lenient:
+                raise HttpError(
+                    415, "UNSUPPORTED_MEDIA_TYPE", "expected a JSON body (application/json)"
+                ) from None
+            raise HttpError(400, "INVALID_JSON", f"body is not valid JSON: {exc}") from None
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    stream: AsyncIterator[bytes] | None = None
+
+    @classmethod
+    def json(cls, value: Any, status: int = 200) -> Response:
+        return cls(status=status, body=_json.encode(value) + b"\n")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Drain:
+    """Counts connections, and closes idle ones at once when shutdown begins.
+
+    A connection waiting for its next request is idle; one reading or
+    answering a request is not, and is left to finish.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.active = 0
+        self._idle: set[trio.CancelScope] = set()
+        self._empty = trio.Event()
+
+    @contextmanager
+    def connection(self) -> Iterator[None]:
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if self.draining and self.active == 0:
+                self._empty.set()
+
+    @contextmanager
+    def idle(self) -> Iterator[trio.CancelScope]:
+        with trio.CancelScope() as scope:
+            if self.draining:
+                scope.cancel()
+            self._idle.add(scope)
+            try:
+                yield scope
+            finally:
+                self._idle.discard(scope)
+
+    def start(self) -> None:
+        self.draining = True
+        for scope in list(self._idle):
+            scope.cancel()
+        if self.active == 0:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(8)
+
+
+def error_body(code: str, message: str, request_id: str) -> bytes:
+    return (
+        _json.encode({"error": {"code": code, "message": message}, "meta": {"request_id": request_id}})
+        + b"\n"
+    )
+
+
+def error_response(status: int, code: str, message: str, request_id: str) -> Response:
+    return Response(status=status, body=error_body(code, message, request_id))
+
+
+async def _send(conn: h11.Connection, stream: trio.abc.Stream, event: Any) -> None:
+    data = conn.send(event)
+    if data:
+        await stream.send_all(data)
+
+
+async def _respond(
+    conn: h11.Connection, stream: trio.abc.Stream, response: Response, request_id: str
+) -> None:
+    headers = [
+        ("Server", SERVER_NAME),
+        ("X-Request-Id", request_id),
+        ("Content-Type", response.content_type),
+        *response.headers,
+    ]
+    if response.stream is None:
+        headers.append(("Content-Length", str(len(response.body))))
+    await _send(conn, stream, h11.Response(status_code=response.status, headers=headers))
+    if response.stream is not None:
+        async for chunk in response.stream:
+            await _send(conn, stream, h11.Data(data=chunk))
+    elif response.body:
+        await _send(conn, stream, h11.Data(data=response.body))
+    await _send(conn, stream, h11.EndOfMessage())
+
+
+_PROTOCOL_CODES = {431: "HEADERS_TOO_LARGE", 400: "BAD_REQUEST", 505: "HTTP_VERSION_NOT_SUPPORTED"}
+
+
+async def serve_connection(
+    stream: trio.abc.Stream,
+    dispatch: Callable[[Request], Awaitable[Response]],
+    peer: Peer,
+    limits: Limits = Limits(),
+    drain: Drain | None = None,
+) -> None:
+    """Serve HTTP/1.1 requests on ``stream`` until the client is done or misbehaves."""
+    drain = drain if drain is not None else Drain()
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header)
+    try:
+        while True:
+            request_id = new_request_id()
+            idle_deadline = trio.current_time() + limits.idle_timeout
+            request_deadline: float | None = None
+            head: h11.Request | None = None
+            body = bytearray()
+            try:
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        if request_deadline is None:
+                            # idle: wait for a new request, or close quietly
+                            with drain.idle() as idle:
+                                idle.deadline = idle_deadline
+                                data = await stream.receive_some(65536)
+                            if idle.cancelled_caught:
+                                return
+                            request_deadline = trio.current_time() + limits.request_timeout
+                            conn.receive_data(data)
+                            continue
+                        with trio.move_on_at(request_deadline):
+                            conn.receive_data(await stream.receive_some(65536))
+                            continue
+                        raise HttpError(408, "REQUEST_TIMEOUT", f"request not complete within {limits.request_timeout:g} s")
+                    if isinstance(event, h11.Request):
+                        head = event
+                        length = dict(event.headers).get(b"content-length")
+                        if length is not None and int(length) > limits.max_body:
+                            raise HttpError(
+                                413, "BODY_TOO_LARGE", f"body over {limits.max_body} bytes"
+                            )
+                        if request_deadline is None:
+                            request_deadline = trio.current_time() + limits.request_timeout
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                        if len(body) > limits.max_body:
+                            raise HttpError(
+                                413, "BODY_TOO_LARGE", f"body over {limits.max_body} bytes"
+                            )
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                        return
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                code = _PROTOCOL_CODES.get(status, "BAD_REQUEST")
+                message = str(exc) or "malformed request"
+                if status == 431:
+                    message = f"request headers over {limits.max_header} bytes"
+                await _fail(conn, stream, status, code, message, request_id, peer)
+                return
+            except HttpError as exc:
+                await _fail(conn, stream, exc.status, exc.code, exc.message, request_id, peer, head)
+                return
+
+            assert head is not None
+            started = time.perf_counter()
+            target = head.target.decode("latin-1")
+            split = urlsplit(target)
+            request = Request(
+                method=head.method.decode("ascii"),
+                target=target,
+                path=split.path,
+                query=parse_qs(split.query),
+                headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers},
+                body=bytes(body),
+                peer=peer,
+                request_id=request_id,
+            )
+            structlog.contextvars.bind_contextvars(request_id=request_id)
+            try:
+                response = await dispatch(request)
+            finally:
+                structlog.contextvars.unbind_contextvars("request_id")
+            await _respond(conn, stream, response, request_id)
+            log.info(
+                "request",
+                method=request.method,
+                path=request.path,
+                status=response.status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                peer=str(peer),
+                request_id=request_id,
+            )
+            if drain.draining or h11.MUST_CLOSE in (conn.our_state, conn.their_state):
+                return
+            conn.start_next_cycle()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+        return
+    finally:
+        with trio.move_on_after(1) as cleanup:
+            cleanup.shield = True
+            await stream.aclose()
+
+
+async def _fail(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    status: int,
+    code: str,
+    message: str,
+    request_id: str,
+    peer: Peer,
+    head: h11.Request | None = None,
+) -> None:
+    """Answer a broken request with the error envelope, then the connection closes."""
+    log.info(
+        "request",
+        method=head.method.decode("ascii", "replace") if head else None,
+        path=head.target.decode("latin-1") if head else None,
+        status=status,
+        error=code,
+        peer=str(peer),
+        request_id=request_id,
+    )
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    response = error_response(status, code, message, request_id)
+    response.headers.append(("Connection", "close"))
+    try:
+        await _respond(conn, stream, response, request_id)
+    except h11.LocalProtocolError:
+        # h11 refuses to answer some garbage at all; write the bytes ourselves.
+        raw = (
+            f"HTTP/1.1 {status} {code}\r\nContent-Type: application/json\r\n"
+            f"X-Request-Id: {request_id}\r\nConnection: close\r\n"
+            f"Content-Length: {len(response.body)}\r\n\r\n"
+        ).encode() + response.body
+        await stream.send_all(raw)
+
+
+def map_error(exc: Exception, request_id: str) -> Response:
+    """The one place that turns an exception into an error response."""
+    if isinstance(exc, HttpError):
+        return error_response(exc.status, exc.code, exc.message, request_id)
+    if isinstance(exc, PolicyError):
+        return error_response(exc.status_hint, exc.code, exc.message, request_id)
+    raise exc
+
+
+async def serve_listener(
+    listener: trio.abc.Listener,
+    handle: Callable[[trio.abc.Stream], Awaitable[None]],
+    limits: Limits,
+    drain: Drain,
+    handlers: trio.Nursery,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections until cancelled, each handled in ``handlers``.
+
+    Over ``limits.max_connections`` a connection is answered 503 and closed.
+    Cancelling this task stops accepting without touching connections.
+    """
+
+    async def run(stream: trio.abc.Stream) -> None:
+        with drain.connection():
+            await handle(stream)
+
+    async with listener:
+        task_status.started()
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept_failed", error=str(exc))
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            if drain.active >= limits.max_connections:
+                handlers.start_soon(_refuse, stream)
+                continue
+            handlers.start_soon(run, stream)
+
+
+async def _refuse(stream: trio.abc.Stream) -> None:
+    body = error_body("TOO_MANY_CONNECTIONS", "connection limit reached; try again", new_request_id())
+    raw = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with trio.move_on_after(1):
+        try:
+            await stream.send_all(raw)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await trio.aclose_forcefully(stream)

@@ -1,0 +1,304 @@
+"""sluiced: load the policy, bind the sockets, serve until told to stop.
+
+The nursery tree mirrors the lifecycle:
+
+    serve
+    ├── background: policy watcher, runtime-state watcher, sweeper, watchdog
+    ├── signals: SIGHUP -> reload; SIGTERM/SIGINT -> shutdown
+    └── connections: one listener task per socket, one task per connection
+
+On SIGTERM the listeners stop accepting, idle connections are closed, and
+requests in flight get ``GRACE`` seconds; every acknowledged change is
+already on disk. Sockets the daemon bound are removed; sockets systemd
+passed in are systemd's to remove.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+import trio
+
+from policy import __version__
+from policy.errors import PolicyLoadError
+from policy.snapshot import Snapshot
+
+from . import logs
+from .config import Config, ConfigError, load_config, socket_mode
+from .current import Current, ReloadResult
+from .events import Broadcaster
+from .http.admin import add_admin_routes
+from .http.peer import Peer, may_change, unix_peer
+from .http.routes import Router
+from .http.server import Drain, Limits, serve_connection, serve_listener
+from .mutations import Mutations
+from .policy_dir import PolicyReader
+from .reload import Reloader, debounced, follow, watch_tree
+from .state.files import FileStore
+from .systemd import Notifier, listen_fds, watchdog_interval
+
+log = structlog.get_logger("sluice")
+
+EX_CONFIG = 78
+GRACE = 5.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why. Exit status EX_CONFIG."""
+
+
+@dataclass
+class Sockets:
+    """The listening sockets and the paths this process bound (and must remove)."""
+
+    admin: socket.socket | None = None
+    postfix: socket.socket | None = None
+    bound: list[Path] = field(default_factory=list)
+
+
+def bind_unix(path: Path, mode: int, group: str = "") -> socket.socket:
+    """Bind a unix stream socket at ``path`` with ``mode`` and ``group``.
+
+    A stale socket file is replaced only if it is a socket and nothing
+    answers on it; any other file there is an error.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            os.unlink(path)  # stale: nobody listens
+        else:
+            raise StartupError(f"{path}: another process is listening on it")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, mode)
+        if group:
+            try:
+                gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise StartupError(f"group {group!r} does not exist") from None
+            os.chown(path, -1, gid)
+        sock.listen(512)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot bind {path}: {exc.strerror}") from None
+    return sock
+
+
+def open_sockets(config: Config) -> Sockets:
+    passed = listen_fds()
+    sockets = Sockets()
+    if passed.get("admin"):
+        sockets.admin = passed["admin"][0]
+    elif config.admin_socket is not None:
+        sockets.admin = bind_unix(config.admin_socket, socket_mode(config.admin.mode), config.admin.group)
+        sockets.bound.append(config.admin_socket)
+    if passed.get("policy"):
+        sockets.postfix = passed["policy"][0]
+    return sockets
+
+
+def admin_gid(config: Config) -> int | None:
+    if not config.admin.group:
+        return None
+    try:
+        return grp.getgrnam(config.admin.group).gr_gid
+    except KeyError:
+        raise StartupError(f"admin.group {config.admin.group!r} does not exist") from None
+
+
+async def _watchdog(notifier: Notifier, interval: float, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    task_status.started()
+    while True:
+        notifier.watchdog()
+        await trio.sleep(interval)
+
+
+async def _sweeper(mutations: Mutations, clock, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    task_status.started()
+    while True:
+        wake = mutations.expiry_changed
+        at = mutations.next_expiry()
+        delay = 60.0 if at is None else max(0.0, at - clock())
+        with trio.move_on_after(delay):
+            await wake.wait()
+        try:
+            await mutations.sweep()
+        except OSError:
+            log.exception("sweep_failed")
+            await trio.sleep(1)
+
+
+async def serve(
+    config: Config,
+    *,
+    clock=time.time,
+    task_status: trio.TaskStatus[Current] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the daemon until SIGTERM/SIGINT. Raises StartupError if it cannot start."""
+    notifier = Notifier()
+    reader = PolicyReader(config.policy_path)
+    try:
+        policy = await trio.to_thread.run_sync(reader.load)
+    except PolicyLoadError as exc:
+        raise StartupError("invalid policy:\n" + "\n".join(str(p) for p in exc.problems)) from None
+    store = FileStore(config.state_path)
+    try:
+        runtime, problems = await trio.to_thread.run_sync(store.load)
+    except OSError as exc:
+        raise StartupError(f"cannot read runtime state in {store.directory}: {exc.strerror}") from None
+    if problems:
+        raise StartupError(
+            "invalid runtime state (fix or remove the file):\n"
+            + "\n".join(f"{store.directory}/{p}" for p in problems)
+        )
+    current = Current(Snapshot.build(policy, runtime, generation=1))
+    current.last_reload = ReloadResult(ok=True, at=clock(), generation=1, files=policy.files)
+    events = Broadcaster()
+    mutations = Mutations(current, store, events, clock=clock)
+    reloader = Reloader(reader, current, events, notifier, clock=clock)
+    gid = admin_gid(config)
+    router = Router(may_change=lambda peer: may_change(peer, gid))
+    add_admin_routes(router, current=current, mutations=mutations, reload=reloader.reload, clock=clock)
+    sockets = open_sockets(config)
+    limits = Limits()
+    drain = Drain()
+    stop = trio.Event()
+
+    async def handle_admin(stream: trio.SocketStream) -> None:
+        try:
+            peer = unix_peer(stream.socket)
+        except OSError:
+            peer = Peer()
+        await serve_connection(stream, router.dispatch, peer, limits, drain)
+
+    async def on_policy_change(batch) -> None:
+        await reloader.reload("watch")
+
+    async def on_state_change(batch) -> None:
+        names = {Path(path).name for _change, path in batch if Path(path).parent == store.directory}
+        if names:
+            await mutations.apply_disk_changes(names)
+
+    try:
+        async with trio.open_nursery() as background:
+            delay = config.reload.debounce_ms / 1000
+            await background.start(
+                follow, debounced(watch_tree(config.policy_path, stop), delay), on_policy_change
+            )
+            store.directory.mkdir(parents=True, exist_ok=True)
+            await background.start(
+                follow, debounced(watch_tree(store.directory, stop), delay), on_state_change
+            )
+            await background.start(_sweeper, mutations, clock)
+            interval = watchdog_interval()
+            if interval:
+                await background.start(_watchdog, notifier, interval)
+
+            async with trio.open_nursery() as connections:
+                listeners = trio.CancelScope()
+
+                async def run_listeners(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                    with listeners:
+                        async with trio.open_nursery() as accepting:
+                            if sockets.admin is not None:
+                                listener = trio.SocketListener(
+                                    trio.socket.from_stdlib_socket(sockets.admin)
+                                )
+                                await accepting.start(
+                                    serve_listener, listener, handle_admin, limits, drain,
+                                    connections,
+                                )
+                            task_status.started()
+
+                await connections.start(run_listeners)
+                notifier.ready(current.status_line(clock()))
+                log.info(
+                    "ready",
+                    version=__version__,
+                    generation=current.snapshot.generation,
+                    admin=str(config.admin_socket),
+                    files=list(policy.files),
+                )
+                task_status.started(current)
+
+                with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            background.start_soon(reloader.reload, "SIGHUP")
+                            continue
+                        log.info("stopping", signal=signal.Signals(signum).name)
+                        notifier.stopping()
+                        break
+                listeners.cancel()
+                for path in sockets.bound:
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                drain.start()  # idle connections close; requests in flight finish
+                with trio.move_on_after(GRACE):
+                    await drain.wait_empty()
+                connections.cancel_scope.cancel()
+            stop.set()
+            background.cancel_scope.cancel()
+    finally:
+        for path in sockets.bound:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        notifier.close()
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sluiced", description="sluice delivery-policy daemon")
+    parser.add_argument("--config", default="/etc/sluice/sluiced.toml", help="path to sluiced.toml")
+    parser.add_argument("--check", action="store_true", help="check the config and policy, then exit")
+    parser.add_argument("--version", action="version", version=f"sluiced {__version__}")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"sluiced: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if args.check:
+        from .ctl import validate
+
+        return validate(config.policy_path)
+    logs.configure(config.log.format, config.log.level)
+    try:
+        trio.run(serve, config)
+    except StartupError as exc:
+        print(f"sluiced: {exc}", file=sys.stderr)
+        log.error("startup_failed", error=str(exc))
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

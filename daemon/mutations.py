@@ -1,0 +1,427 @@
+"""The one way to change runtime state: validate, store durably, swap, announce.
+
+How this works
+--------------
+Every change, from any route, comes here. Under one lock a change is checked
+against the snapshot in force, written to the store (durable before the
+call returns), applied to a new snapshot that is swapped in, and published
+on the events stream. Changes are serialised, so none is lost and each gets
+its own generation.
+
+Holds written in policy files are not the runtime's to lift: lifting one is
+``Conflict(DEFINED_IN_FILE)`` naming the file and line.
+
+``clock`` gives wall-clock seconds since the epoch; tests pass their own.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+
+from policy.errors import Conflict, NotFound, ValidationError
+from policy.fields import check_endpoint_id, check_schedule_id, queue_from, suspension_from
+from policy.model import Entry, Pause, QueuePolicy, Suspension
+from policy.snapshot import Runtime
+
+from .current import Current
+from .events import Broadcaster
+from .state.files import FileStore, entry_key, key_of
+
+log = structlog.get_logger("sluice.mutations")
+
+
+def _where(source: str) -> str:
+    path, _, line = source.rpartition(":")
+    return f"{path} line {line}" if line.isdigit() else source
+
+
+def defined_in_file(what: str, source: str) -> Conflict:
+    return Conflict(
+        f"{what} is defined in {_where(source)}; edit that file to lift it",
+        code="DEFINED_IN_FILE",
+    )
+
+
+def _without(mapping: Any, key: str) -> dict:
+    copy = dict(mapping)
+    copy.pop(key, None)
+    return copy
+
+
+def _with(mapping: Any, key: str, value: Any) -> dict:
+    copy = dict(mapping)
+    copy[key] = value
+    return copy
+
+
+class Mutations:
+    def __init__(
+        self,
+        current: Current,
+        store: FileStore,
+        events: Broadcaster,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.current = current
+        self.store = store
+        self.events = events
+        self.clock = clock
+        self.lock = trio.Lock()
+        self.expiry_changed = trio.Event()
+        self._expiries: list[tuple[float, str]] = []
+        self._by_criteria: dict[str, str] = {}
+        self._index_runtime(current.snapshot.runtime)
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), timezone.utc)
+
+    def _index_runtime(self, runtime: Runtime) -> None:
+        self._by_criteria = {s.criteria_key: s.id for s in runtime.suspensions.values()}
+        self._expiries = [
+            (s.expires.timestamp(), s.id)
+            for s in runtime.suspensions.values()
+            if s.expires is not None
+        ]
+        heapq.heapify(self._expiries)
+        self._wake_sweeper()
+
+    def _wake_sweeper(self) -> None:
+        self.expiry_changed.set()
+        self.expiry_changed = trio.Event()
+
+    def _apply(
+        self,
+        runtime: Runtime,
+        event: str,
+        *,
+        put: tuple[Suspension, ...] = (),
+        drop: tuple[Suspension, ...] = (),
+        **fields: Any,
+    ) -> int:
+        generation = self.current.next_generation()
+        self.current.swap(
+            self.current.snapshot.with_runtime(runtime, generation, put=put, drop=drop)
+        )
+        for s in drop:
+            if self._by_criteria.get(s.criteria_key) == s.id:
+                del self._by_criteria[s.criteria_key]
+        for s in put:
+            self._by_criteria[s.criteria_key] = s.id
+            if s.expires is not None:
+                heapq.heappush(self._expiries, (s.expires.timestamp(), s.id))
+                self._wake_sweeper()
+        self.events.publish(event, generation, **fields)
+        log.info(event, generation=generation, **fields)
+        return generation
+
+    # -- suspensions -------------------------------------------------------
+
+    async def suspend(self, body: Any, actor: str) -> tuple[Suspension, bool]:
+        """Create a suspension, or update the active runtime one with equal criteria.
+
+        Returns the stored suspension and whether it is new.
+        """
+        now = self._now()
+        async with self.lock:
+            new = suspension_from(body, mode="api", now=now)
+            runtime = self.current.snapshot.runtime
+            existing_id = self._by_criteria.get(new.criteria_key)
+            existing = runtime.suspensions.get(existing_id) if existing_id else None
+            if existing is not None and existing.is_active(now.timestamp()):
+                stored = msgspec.structs.replace(
+                    existing, reason=new.reason, expires=new.expires
+                )
+                drop: tuple[Suspension, ...] = (existing,)
+                event = "suspension_updated"
+            else:
+                stored = msgspec.structs.replace(new, created_at=now, created_by=actor)
+                drop = (existing,) if existing is not None else ()
+                event = "suspension_added"
+            await self.store.put(stored)
+            if drop and drop[0].id != stored.id:
+                await self.store.remove("suspension", drop[0].id)
+            runtime = msgspec.structs.replace(
+                runtime,
+                suspensions=_with(
+                    _without(runtime.suspensions, drop[0].id) if drop else runtime.suspensions,
+                    stored.id,
+                    stored,
+                ),
+            )
+            self._apply(
+                runtime, event, put=(stored,), drop=drop, id=stored.id, by=actor,
+                **_criteria(stored),
+            )
+            return stored, event == "suspension_added"
+
+    async def cancel_suspension(self, ident: Any, actor: str) -> Suspension:
+        """Remove a runtime suspension; 404 for unknown or expired, 409 for a file's."""
+        if not isinstance(ident, str):
+            raise ValidationError("id must be a string", field="id")
+        async with self.lock:
+            snapshot = self.current.snapshot
+            found = snapshot.suspensions.get(ident)
+            if found is None or not found.is_active(self.clock()):
+                raise NotFound(
+                    f"no active suspension with id {ident!r}", code="SUSPENSION_NOT_FOUND"
+                )
+            if found.source != "runtime":
+                raise defined_in_file(f"suspension {ident}", found.source)
+            await self.store.remove("suspension", ident)
+            runtime = msgspec.structs.replace(
+                snapshot.runtime, suspensions=_without(snapshot.runtime.suspensions, ident)
+            )
+            self._apply(
+                runtime, "suspension_removed", drop=(found,), id=ident, by=actor,
+                **_criteria(found),
+            )
+            return found
+
+    def next_expiry(self) -> float | None:
+        """When the earliest runtime suspension expires (None if none will)."""
+        runtime = self.current.snapshot.runtime
+        while self._expiries:
+            at, ident = self._expiries[0]
+            s = runtime.suspensions.get(ident)
+            if s is None or s.expires is None or s.expires.timestamp() != at:
+                heapq.heappop(self._expiries)  # stale: removed or changed since
+                continue
+            return at
+        return None
+
+    async def sweep(self) -> int:
+        """Remove expired runtime suspensions from the store; returns how many."""
+        async with self.lock:
+            now = self.clock()
+            runtime = self.current.snapshot.runtime
+            expired = []
+            while (at := self.next_expiry()) is not None and at <= now:
+                _, ident = heapq.heappop(self._expiries)
+                expired.append(runtime.suspensions[ident])
+            if not expired:
+                return 0
+            for s in expired:
+                await self.store.remove("suspension", s.id)
+            suspensions = dict(runtime.suspensions)
+            for s in expired:
+                del suspensions[s.id]
+            generation = self.current.next_generation()
+            self.current.swap(
+                self.current.snapshot.with_runtime(
+                    msgspec.structs.replace(runtime, suspensions=suspensions),
+                    generation,
+                    drop=tuple(expired),
+                )
+            )
+            for s in expired:
+                if self._by_criteria.get(s.criteria_key) == s.id:
+                    del self._by_criteria[s.criteria_key]
+                self.events.publish("suspension_expired", generation, id=s.id, **_criteria(s))
+                log.info("suspension_expired", id=s.id, generation=generation)
+            return len(expired)
+
+    # -- queues --------------------------------------------------------------
+
+    async def pause_queue(self, name: str, body: Any, actor: str) -> QueuePolicy:
+        """Pause a queue (idempotent). Returns the runtime entry, new or as it was."""
+        async with self.lock:
+            wanted = queue_from(body or {}, mode="api", name=name)
+            snapshot = self.current.snapshot
+            view = snapshot.queues.get(wanted.name)
+            if view is not None and view.paused:
+                return view.holder
+            now = self._now()
+            before = view.runtime if view is not None else None
+            entry = QueuePolicy(
+                name=wanted.name,
+                paused=True,
+                reason=wanted.reason,
+                parallelism=wanted.parallelism
+                if wanted.parallelism is not None
+                else (before.parallelism if before else None),
+                created_at=before.created_at if before and before.created_at else now,
+                created_by=actor,
+                updated_at=now,
+            )
+            await self._store_queue(entry, "queue_paused", actor)
+            return entry
+
+    async def resume_queue(self, name: str, actor: str) -> QueuePolicy | None:
+        """Resume a queue (idempotent); 409 if a policy file pauses it."""
+        async with self.lock:
+            normal = queue_from({}, mode="api", name=name).name
+            view = self.current.snapshot.queues.get(normal)
+            if view is None or not view.paused:
+                return None
+            if view.file is not None and view.file.paused:
+                raise defined_in_file(f"the pause of queue {normal}", view.file.source)
+            before = view.runtime
+            if before.parallelism is not None:
+                entry = msgspec.structs.replace(before, paused=False, updated_at=self._now())
+                await self._store_queue(entry, "queue_resumed", actor)
+                return entry
+            await self.store.remove("queue", normal)
+            runtime = self.current.snapshot.runtime
+            self._apply(
+                msgspec.structs.replace(runtime, queues=_without(runtime.queues, normal)),
+                "queue_resumed",
+                queue=normal,
+                by=actor,
+            )
+            return None
+
+    async def _store_queue(self, entry: QueuePolicy, event: str, actor: str) -> None:
+        await self.store.put(entry)
+        runtime = self.current.snapshot.runtime
+        self._apply(
+            msgspec.structs.replace(runtime, queues=_with(runtime.queues, entry.name, entry)),
+            event,
+            queue=entry.name,
+            reason=entry.reason,
+            by=actor,
+        )
+
+    # -- schedules and endpoints ------------------------------------------------
+
+    async def pause_schedule(self, ident: str, reason: str | None, actor: str) -> bool:
+        """Pause a schedule (idempotent); returns whether anything changed."""
+        check_schedule_id(ident)
+        async with self.lock:
+            view = self.current.snapshot.schedules.get(ident)
+            if view is None:
+                raise NotFound(f"schedule {ident!r} not found", code="SCHEDULE_NOT_FOUND")
+            if view.paused:
+                return False
+            await self._store_pause("schedule", ident, reason, actor)
+            return True
+
+    async def resume_schedule(self, ident: str, actor: str) -> bool:
+        check_schedule_id(ident)
+        async with self.lock:
+            view = self.current.snapshot.schedules.get(ident)
+            if view is None:
+                raise NotFound(f"schedule {ident!r} not found", code="SCHEDULE_NOT_FOUND")
+            if view.schedule.paused:
+                raise defined_in_file(f"the pause of schedule {ident}", view.schedule.source)
+            if view.pause is None:
+                return False
+            await self._remove_pause("schedule", ident, actor)
+            return True
+
+    async def pause_endpoint(self, ident: str, reason: str | None, actor: str) -> None:
+        """Pause an endpoint; 409 ALREADY_PAUSED if it is (HookBridge semantics)."""
+        check_endpoint_id(ident)
+        async with self.lock:
+            view = self.current.snapshot.endpoints.get(ident)
+            if view is None:
+                raise NotFound(f"endpoint {ident} not found", code="ENDPOINT_NOT_FOUND")
+            if view.paused:
+                raise Conflict(f"endpoint {ident} is already paused", code="ALREADY_PAUSED")
+            await self._store_pause("endpoint", ident, reason, actor)
+
+    async def resume_endpoint(self, ident: str, actor: str) -> None:
+        """Resume an endpoint; 409 NOT_PAUSED if it is not, DEFINED_IN_FILE if a file pauses it."""
+        check_endpoint_id(ident)
+        async with self.lock:
+            view = self.current.snapshot.endpoints.get(ident)
+            if view is None:
+                raise NotFound(f"endpoint {ident} not found", code="ENDPOINT_NOT_FOUND")
+            if not view.paused:
+                raise Conflict(f"endpoint {ident} is not paused", code="NOT_PAUSED")
+            if view.endpoint.paused:
+                raise defined_in_file(f"the pause of endpoint {ident}", view.endpoint.source)
+            await self._remove_pause("endpoint", ident, actor)
+
+    async def _store_pause(self, kind: str, ident: str, reason: str | None, actor: str) -> None:
+        entry = Pause(kind=kind, id=ident, reason=reason, created_at=self._now(), created_by=actor)
+        await self.store.put(entry)
+        runtime = self.current.snapshot.runtime
+        field = f"{kind}_pauses"
+        self._apply(
+            msgspec.structs.replace(runtime, **{field: _with(getattr(runtime, field), ident, entry)}),
+            f"{kind}_paused",
+            id=ident,
+            reason=reason,
+            by=actor,
+        )
+
+    async def _remove_pause(self, kind: str, ident: str, actor: str) -> None:
+        await self.store.remove(kind, ident)
+        runtime = self.current.snapshot.runtime
+        field = f"{kind}_pauses"
+        self._apply(
+            msgspec.structs.replace(runtime, **{field: _without(getattr(runtime, field), ident)}),
+            f"{kind}_resumed",
+            id=ident,
+            by=actor,
+        )
+
+    # -- hand edits of the runtime state --------------------------------------
+
+    async def apply_disk_changes(self, names: set[str]) -> int:
+        """Take in runtime files changed by hand; returns how many entries changed.
+
+        The daemon's own writes are recognised and skipped. A broken file is
+        logged and its previous entry kept.
+        """
+        async with self.lock:
+            changed = await trio.to_thread.run_sync(self.store.changed_on_disk, names)
+            if not changed:
+                return 0
+            entries, problems = await trio.to_thread.run_sync(self.store.reread, changed)
+            for problem in problems:
+                log.error("runtime_file_invalid", problem=str(problem))
+            if not entries:
+                return 0
+            runtime = self.current.snapshot.runtime
+            maps = {
+                "suspension": dict(runtime.suspensions),
+                "queue": dict(runtime.queues),
+                "schedule": dict(runtime.schedule_pauses),
+                "endpoint": dict(runtime.endpoint_pauses),
+            }
+            put, drop = [], []
+            for name, entry in entries.items():
+                kind_key = key_of(name)
+                if kind_key is None or kind_key[0] not in maps:
+                    continue
+                kind, key = kind_key
+                old = maps[kind].pop(key, None)
+                if entry is not None:
+                    maps[kind][entry_key(entry)[1]] = entry
+                if kind == "suspension":
+                    if old is not None:
+                        drop.append(old)
+                    if entry is not None:
+                        put.append(entry)
+            new_runtime = Runtime(
+                suspensions=maps["suspension"],
+                queues=maps["queue"],
+                schedule_pauses=maps["schedule"],
+                endpoint_pauses=maps["endpoint"],
+            )
+            self._apply(new_runtime, "runtime_reloaded", put=tuple(put), drop=tuple(drop),
+                        files=sorted(entries))
+            self._index_runtime(new_runtime)
+            return len(entries)
+
+
+def _criteria(s: Suspension) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for key in ("campaign", "tenant", "domain"):
+        value = getattr(s, key)
+        if value is not None:
+            fields[key] = value
+    if s.queue_names:
+        fields["queue_names"] = list(s.queue_names)
+    if s.everything:
+        fields["everything"] = True
+    return fields

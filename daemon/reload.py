@@ -1,0 +1,182 @@
+"""Reloads: watcher and SIGHUP and the API -> parse off the loop -> swap whole.
+
+How this works
+--------------
+``Reloader.reload`` is the one reload function. Under a lock it tells
+systemd RELOADING=1, reads the policy directory in a worker thread (only
+changed files are parsed again), and either swaps in a new snapshot with the
+next generation and logs the diff, or keeps the snapshot in force and
+records the errors. Either way systemd then hears READY=1 and a STATUS=.
+
+Change sets come from an async iterator: ``watch_tree`` (watchfiles on the
+directory that holds the watched one, so deleting and recreating the
+directory itself is seen) in production, a scripted fake in tests.
+``debounced`` groups change sets that arrive within the debounce window,
+measured on trio's clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import structlog
+import trio
+
+from policy.diff import diff
+from policy.errors import PolicyLoadError
+
+from .current import Current, ReloadResult
+from .events import Broadcaster
+from .policy_dir import PolicyReader
+from .systemd import Notifier
+
+log = structlog.get_logger("sluice.reload")
+
+ChangeSet = set[tuple[object, str]]
+
+
+class Reloader:
+    def __init__(
+        self,
+        reader: PolicyReader,
+        current: Current,
+        events: Broadcaster,
+        notifier: Notifier,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.reader = reader
+        self.current = current
+        self.events = events
+        self.notifier = notifier
+        self.clock = clock
+        self.lock = trio.Lock()
+
+    async def reload(self, trigger: str) -> ReloadResult:
+        """Reload the policy files now; returns how it went."""
+        async with self.lock:
+            self.notifier.reloading()
+            started = time.perf_counter()
+            try:
+                policy = await trio.to_thread.run_sync(self.reader.load)
+            except PolicyLoadError as exc:
+                errors = tuple(str(p) for p in exc.problems)
+                result = ReloadResult(
+                    ok=False,
+                    at=self.clock(),
+                    generation=self.current.snapshot.generation,
+                    errors=errors,
+                    files=self.current.snapshot.policy.files,
+                )
+                self.current.last_reload = result
+                log.error("reload_failed", trigger=trigger, errors=list(errors))
+                self.events.publish(
+                    "reload_failed", result.generation, errors=list(errors), trigger=trigger
+                )
+            else:
+                old = self.current.snapshot
+                new = old.with_policy(policy, old.generation + 1)
+                changes = diff(old, new)
+                self.current.swap(new)
+                result = ReloadResult(
+                    ok=True,
+                    at=self.clock(),
+                    generation=new.generation,
+                    changes=len(changes),
+                    files=policy.files,
+                )
+                self.current.last_reload = result
+                log.info(
+                    "reload_applied",
+                    trigger=trigger,
+                    generation=new.generation,
+                    parsed=self.reader.parsed_last,
+                    files=len(policy.files),
+                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                    added=[f"{c.kind} {c.key}" for c in changes if c.action == "added"],
+                    removed=[f"{c.kind} {c.key}" for c in changes if c.action == "removed"],
+                    changed=[f"{c.kind} {c.key}" for c in changes if c.action == "changed"],
+                )
+                self.events.publish(
+                    "reload_applied",
+                    new.generation,
+                    trigger=trigger,
+                    changes=[
+                        {"kind": c.kind, "action": c.action, "key": c.key} for c in changes
+                    ],
+                )
+            self.notifier.ready(self.current.status_line(self.clock()))
+            return result
+
+
+async def debounced(
+    changes: AsyncIterator[ChangeSet], delay: float
+) -> AsyncIterator[ChangeSet]:
+    """Group change sets that arrive less than ``delay`` seconds apart."""
+    send, receive = trio.open_memory_channel[ChangeSet](0)
+
+    async def pump() -> None:
+        async with send:
+            async for change in changes:
+                await send.send(change)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump)
+        async with receive:
+            while True:
+                try:
+                    batch = set(await receive.receive())
+                except trio.EndOfChannel:
+                    return
+                ended = False
+                while True:
+                    with trio.move_on_after(delay) as quiet:
+                        try:
+                            batch |= await receive.receive()
+                        except trio.EndOfChannel:
+                            ended = True
+                    if quiet.cancelled_caught or ended:
+                        break
+                yield batch
+                if ended:
+                    return
+
+
+async def watch_tree(directory: Path, stop: trio.Event) -> AsyncIterator[ChangeSet]:
+    """Change sets for ``directory`` and anything in it, surviving its deletion.
+
+    watchfiles watches the parent directory, recursively, and only paths
+    inside ``directory`` (or the directory itself) are passed on.
+    """
+    import watchfiles
+
+    directory = directory.resolve()
+    parent = directory.parent
+    prefix = str(directory)
+    async for changes in watchfiles.awatch(
+        parent,
+        stop_event=stop,
+        debounce=50,
+        step=10,
+        recursive=True,
+        watch_filter=lambda _change, path: path == prefix or path.startswith(prefix + "/"),
+        rust_timeout=1000,
+        yield_on_timeout=False,
+    ):
+        yield {(change, path) for change, path in changes}
+
+
+async def follow(
+    changes: AsyncIterator[ChangeSet],
+    apply: Callable[[ChangeSet], Awaitable[object]],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Call ``apply`` for every (debounced) change set, forever."""
+    task_status.started()
+    async for batch in changes:
+        try:
+            await apply(batch)
+        except Exception:  # a watcher must outlive any one bad change
+            log.exception("change_handling_failed")

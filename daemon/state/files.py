@@ -1,0 +1,238 @@
+"""Runtime state on local disk: one small TOML file per runtime object.
+
+How this works
+--------------
+``<state_dir>/runtime/`` holds one file per object, named after it:
+``suspension-<id>.toml``, ``queue-<quoted name>.toml``, ``schedule-<id>.toml``,
+``endpoint-<id>.toml``. Each holds the object's table in the policy-file
+format plus ``created_at`` and ``created_by``, written with tomli-w.
+
+A write is durable before it returns: the text goes to a temporary file in
+the same directory, which is fsynced, renamed over the object's file, and the
+directory is fsynced. A crash at any instant leaves the old file or the new
+one, never a torn one; a leftover temporary file is ignored and cleaned up.
+One change writes one small file, whatever the number of objects.
+
+The store remembers the digest of what it last wrote to each file, so the
+daemon's own writes are not mistaken for hand edits by the watcher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import msgspec
+import tomli_w
+import trio
+
+from policy.errors import FileProblem
+from policy.files import ParsedFile, is_policy_file, parse_runtime
+from policy.model import Entry, Pause, QueuePolicy, Suspension
+from policy.snapshot import Runtime
+
+TMP_SUFFIX = ".tmp"
+
+
+def file_name(entry: Entry) -> str:
+    """The file that holds ``entry``."""
+    kind, key = entry_key(entry)
+    return f"{kind}-{quote(key, safe='')}.toml"
+
+
+def entry_key(entry: Entry) -> tuple[str, str]:
+    if isinstance(entry, Suspension):
+        return "suspension", entry.id
+    if isinstance(entry, QueuePolicy):
+        return "queue", entry.name
+    if isinstance(entry, Pause):
+        return entry.kind, entry.id
+    raise TypeError(f"not a runtime entry: {entry!r}")
+
+
+def name_for(kind: str, key: str) -> str:
+    return f"{kind}-{quote(key, safe='')}.toml"
+
+
+def to_table(entry: Entry) -> tuple[str, dict[str, Any]]:
+    """The TOML table of a runtime entry: its fields, without defaults or source."""
+    kind, _ = entry_key(entry)
+    table = {}
+    for field, value in msgspec.structs.asdict(entry).items():
+        if field in ("source", "kind") or value is None or value == () or value is False:
+            continue
+        table[field] = list(value) if isinstance(value, tuple) else value
+    if isinstance(entry, Pause):
+        table["paused"] = True
+    if isinstance(entry, QueuePolicy):
+        table["paused"] = entry.paused
+    return kind, table
+
+
+def render(entry: Entry) -> bytes:
+    kind, table = to_table(entry)
+    return tomli_w.dumps({kind: [table]}).encode()
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileStore:
+    """The embedded runtime-state backend (the default)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.directory = state_dir / "runtime"
+        self._written: dict[str, bytes | None] = {}
+
+    # -- reading -----------------------------------------------------------
+
+    def _parse(self, name: str) -> ParsedFile | None:
+        """Parse one runtime file; None if it is gone."""
+        try:
+            data = (self.directory / name).read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            parsed = parse_runtime(data.decode("utf-8"), name)
+        except UnicodeDecodeError:
+            return ParsedFile(name=name, problems=(FileProblem(name, None, "", "not valid UTF-8"),))
+        if parsed.ok:
+            entries = [*parsed.suspensions, *parsed.queues, *parsed.pauses]
+            if len(entries) != 1 or file_name(entries[0]) != name:
+                expected = ", ".join(file_name(e) for e in entries) or "nothing"
+                return ParsedFile(
+                    name=name,
+                    problems=(
+                        FileProblem(
+                            name,
+                            None,
+                            "",
+                            "a runtime file holds exactly one entry, named after it "
+                            f"(this one holds {expected})",
+                        ),
+                    ),
+                )
+        return parsed
+
+    def load(self) -> tuple[Runtime, list[FileProblem]]:
+        """Read every runtime file. Blocking; run it in a thread.
+
+        Returns the runtime state and the problems of files that could not be
+        read (their entries are left out; the caller decides what that means).
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        entries: list[Entry] = []
+        problems: list[FileProblem] = []
+        for item in os.scandir(self.directory):
+            if item.name.endswith(TMP_SUFFIX):
+                os.unlink(item.path)  # a write that never completed
+                continue
+            if not is_policy_file(item.name):
+                continue
+            parsed = self._parse(item.name)
+            if parsed is None:
+                continue
+            problems.extend(parsed.problems)
+            entries.extend([*parsed.suspensions, *parsed.queues, *parsed.pauses])
+        return runtime_from(entries), problems
+
+    def changed_on_disk(self, names: set[str]) -> set[str]:
+        """Of ``names``, those whose content is not what this store last wrote."""
+        changed = set()
+        for name in names:
+            if not is_policy_file(name):
+                continue
+            try:
+                current = _digest((self.directory / name).read_bytes())
+            except FileNotFoundError:
+                current = None
+            if name not in self._written or self._written[name] != current:
+                changed.add(name)
+        return changed
+
+    def reread(self, names: set[str]) -> tuple[dict[str, Entry | None], list[FileProblem]]:
+        """Re-read hand-edited files: name -> entry (None if removed), and problems.
+
+        A file with problems is left out of the result, so the caller keeps
+        the entry it had: a broken edit never drops a hold.
+        """
+        result: dict[str, Entry | None] = {}
+        problems: list[FileProblem] = []
+        for name in names:
+            parsed = self._parse(name)
+            if parsed is None:
+                result[name] = None
+            elif parsed.problems:
+                problems.extend(parsed.problems)
+            else:
+                [entry] = [*parsed.suspensions, *parsed.queues, *parsed.pauses]
+                result[name] = entry
+        return result, problems
+
+    # -- writing -----------------------------------------------------------
+
+    def _write_sync(self, name: str, data: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        target = self.directory / name
+        tmp = self.directory / (name + TMP_SUFFIX)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, target)
+        _fsync_dir(self.directory)
+
+    def _remove_sync(self, name: str) -> None:
+        try:
+            os.unlink(self.directory / name)
+        except FileNotFoundError:
+            return
+        _fsync_dir(self.directory)
+
+    async def put(self, entry: Entry) -> None:
+        """Store ``entry`` durably (returns once it is on disk)."""
+        name, data = file_name(entry), render(entry)
+        self._written[name] = _digest(data)
+        await trio.to_thread.run_sync(self._write_sync, name, data)
+
+    async def remove(self, kind: str, key: str) -> None:
+        """Remove an entry durably; removing a missing one is not an error."""
+        name = name_for(kind, key)
+        self._written[name] = None
+        await trio.to_thread.run_sync(self._remove_sync, name)
+
+
+def runtime_from(entries: list[Entry]) -> Runtime:
+    return Runtime(
+        suspensions={e.id: e for e in entries if isinstance(e, Suspension)},
+        queues={e.name: e for e in entries if isinstance(e, QueuePolicy)},
+        schedule_pauses={
+            e.id: e for e in entries if isinstance(e, Pause) and e.kind == "schedule"
+        },
+        endpoint_pauses={
+            e.id: e for e in entries if isinstance(e, Pause) and e.kind == "endpoint"
+        },
+    )
+
+
+def key_of(name: str) -> tuple[str, str] | None:
+    """(kind, key) from a runtime file name, or None if it is not one."""
+    stem = name[: -len(".toml")] if name.endswith(".toml") else None
+    if stem is None or "-" not in stem:
+        return None
+    kind, _, key = stem.partition("-")
+    return kind, unquote(key)
