@@ -107,7 +107,10 @@ def bind_unix(path: Path, mode: int, group: str = "") -> socket.socket:
 
 
 def open_sockets(config: Config) -> Sockets:
-    passed = listen_fds()
+    try:
+        passed = listen_fds()
+    except OSError as exc:
+        raise StartupError(str(exc)) from None
     sockets = Sockets()
     if passed.get("admin"):
         sockets.admin = passed["admin"][0]
@@ -202,67 +205,70 @@ async def serve(
             await mutations.apply_disk_changes(names)
 
     try:
-        async with trio.open_nursery() as background:
-            delay = config.reload.debounce_ms / 1000
-            await background.start(
-                follow, debounced(watch_tree(config.policy_path, stop), delay), on_policy_change
-            )
-            store.directory.mkdir(parents=True, exist_ok=True)
-            await background.start(
-                follow, debounced(watch_tree(store.directory, stop), delay), on_state_change
-            )
-            await background.start(_sweeper, mutations, clock)
-            interval = watchdog_interval()
-            if interval:
-                await background.start(_watchdog, notifier, interval)
-
-            async with trio.open_nursery() as connections:
-                listeners = trio.CancelScope()
-
-                async def run_listeners(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
-                    with listeners:
-                        async with trio.open_nursery() as accepting:
-                            if sockets.admin is not None:
-                                listener = trio.SocketListener(
-                                    trio.socket.from_stdlib_socket(sockets.admin)
-                                )
-                                await accepting.start(
-                                    serve_listener, listener, handle_admin, limits, drain,
-                                    connections,
-                                )
-                            task_status.started()
-
-                await connections.start(run_listeners)
-                notifier.ready(current.status_line(clock()))
-                log.info(
-                    "ready",
-                    version=__version__,
-                    generation=current.snapshot.generation,
-                    admin=str(config.admin_socket),
-                    files=list(policy.files),
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as received:
+            async with trio.open_nursery() as background:
+                delay = config.reload.debounce_ms / 1000
+                await background.start(
+                    follow, debounced(watch_tree(config.policy_path, stop), delay), on_policy_change
                 )
-                task_status.started(current)
+                store.directory.mkdir(parents=True, exist_ok=True)
+                await background.start(
+                    follow, debounced(watch_tree(store.directory, stop), delay), on_state_change
+                )
+                await background.start(_sweeper, mutations, clock)
+                interval = watchdog_interval()
+                if interval:
+                    await background.start(_watchdog, notifier, interval)
 
-                with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-                    async for signum in signals:
+                async with trio.open_nursery() as connections:
+                    listeners = trio.CancelScope()
+
+                    async def run_listeners(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                        with listeners:
+                            async with trio.open_nursery() as accepting:
+                                if sockets.admin is not None:
+                                    listener = trio.SocketListener(
+                                        trio.socket.from_stdlib_socket(sockets.admin)
+                                    )
+                                    await accepting.start(
+                                        serve_listener, listener, handle_admin, limits, drain,
+                                        connections,
+                                    )
+                                task_status.started()
+
+                    await connections.start(run_listeners)
+                    notifier.ready(current.status_line(clock()))
+                    log.info(
+                        "ready",
+                        version=__version__,
+                        generation=current.snapshot.generation,
+                        admin=str(config.admin_socket),
+                        files=list(policy.files),
+                    )
+                    task_status.started(current)
+
+                    async for signum in received:
                         if signum == signal.SIGHUP:
                             background.start_soon(reloader.reload, "SIGHUP")
                             continue
                         log.info("stopping", signal=signal.Signals(signum).name)
                         notifier.stopping()
                         break
-                listeners.cancel()
-                for path in sockets.bound:
-                    try:
-                        os.unlink(path)
-                    except FileNotFoundError:
-                        pass
-                drain.start()  # idle connections close; requests in flight finish
-                with trio.move_on_after(GRACE):
-                    await drain.wait_empty()
-                connections.cancel_scope.cancel()
-            stop.set()
-            background.cancel_scope.cancel()
+                    listeners.cancel()
+                    for path in sockets.bound:
+                        try:
+                            os.unlink(path)
+                        except FileNotFoundError:
+                            pass
+                    drain.start()  # idle connections close; requests in flight finish
+                    with trio.move_on_after(GRACE):
+                        await drain.wait_empty()
+                    connections.cancel_scope.cancel()
+                stop.set()
+                background.cancel_scope.cancel()
+        # Shutdown is under way: a second SIGTERM must not turn exit 0 into a kill.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     finally:
         for path in sockets.bound:
             try:

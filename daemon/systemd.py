@@ -86,8 +86,11 @@ def listen_fds() -> dict[str, list[socket.socket]]:
     labels = names.split(":") if names else []
     for i in range(int(count)):
         fd = SD_LISTEN_FDS_START + i
-        os.set_inheritable(fd, False)
-        sock = socket.socket(fileno=fd)
+        try:
+            os.set_inheritable(fd, False)
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise OSError(f"LISTEN_FDS: fd {fd} is not a usable socket ({exc.strerror})") from None
         label = labels[i] if i < len(labels) and labels[i] else "unknown"
         found.setdefault(label, []).append(sock)
     return found

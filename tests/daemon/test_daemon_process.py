@@ -1,0 +1,236 @@
+"""The real sluiced: hot reload, broken edits, signals, systemd notify, socket activation."""
+
+import os
+import signal
+import socket
+
+import pytest
+
+from harness import Daemon
+
+GMAIL = """
+[[suspension]]
+domain = "gmail.com"
+reason = "rate limited"
+"""
+
+
+def reload_after(daemon, action):
+    """Run ``action`` and wait for the daemon's reload to finish; returns the READY message."""
+    before = daemon.generation()
+    action()
+    while True:
+        message = daemon.notify.wait_for("READY=1")
+        status = daemon.status()
+        if status["generation"] != before or not status["last_reload"]["ok"]:
+            return message
+
+
+def holds(daemon, queue):
+    listed = daemon.get("/api/admin/suspend/v1").json()
+    return {s["domain"] for s in listed} if queue is None else listed
+
+
+def test_edits_take_effect_without_restart(daemon):
+    daemon.write("10-a.toml", GMAIL)
+    daemon.start()
+    assert daemon.generation() == 1
+    assert holds(daemon, None) == {"gmail.com"}
+
+    # a rename-style save, as editors do: write a temporary file, rename it over
+    def rename_save():
+        tmp = daemon.policy / ".10-a.toml.swp"
+        tmp.write_text(GMAIL.replace("gmail.com", "yahoo.com"))
+        os.rename(tmp, daemon.policy / "10-a.toml")
+
+    reload_after(daemon, rename_save)
+    assert holds(daemon, None) == {"yahoo.com"}
+    assert daemon.generation() == 2
+
+    # an in-place write
+    def in_place():
+        with open(daemon.policy / "10-a.toml", "r+") as f:
+            text = f.read().replace("yahoo.com", "aol.com")
+            f.seek(0)
+            f.write(text)
+            f.truncate()
+
+    reload_after(daemon, in_place)
+    assert holds(daemon, None) == {"aol.com"}
+
+    # a new file
+    reload_after(daemon, lambda: daemon.write("20-b.toml", GMAIL))
+    assert holds(daemon, None) == {"aol.com", "gmail.com"}
+    assert daemon.status()["files"] == ["10-a.toml", "20-b.toml"]
+
+    # a deleted file
+    reload_after(daemon, lambda: (daemon.policy / "10-a.toml").unlink())
+    assert holds(daemon, None) == {"gmail.com"}
+    assert daemon.generation() == 5
+    assert '"event": "reload_applied"' in daemon.log_lines()
+
+
+def test_broken_edit_keeps_the_old_policy_and_reports_it(daemon):
+    daemon.write("10-a.toml", GMAIL)
+    daemon.start()
+    message = reload_after(
+        daemon, lambda: daemon.write("10-a.toml", '[[suspension]]\ndomian = "x.com"\nreason = "r"\n')
+    )
+    status = daemon.status()
+    assert status["generation"] == 1
+    assert holds(daemon, None) == {"gmail.com"}
+    last = status["last_reload"]
+    assert last["ok"] is False
+    assert last["errors"][0].startswith("10-a.toml:2: suspension[0].domian: unknown field")
+    assert "STATUS=" in message and "last reload FAILED: 10-a.toml:2" in message
+    assert '"event": "reload_failed"' in daemon.log_lines()
+
+    reload_after(daemon, lambda: daemon.write("10-a.toml", GMAIL.replace("gmail", "yahoo")))
+    status = daemon.status()
+    assert status["last_reload"]["ok"] is True
+    assert status["generation"] == 2
+    assert holds(daemon, None) == {"yahoo.com"}
+
+
+def test_deleting_and_recreating_the_policy_directory(daemon):
+    daemon.write("10-a.toml", GMAIL)
+    daemon.start()
+
+    def remove_dir():
+        (daemon.policy / "10-a.toml").unlink()
+        daemon.policy.rmdir()
+
+    reload_after(daemon, remove_dir)
+    assert daemon.status()["last_reload"]["ok"] is False  # gone: the old policy stays
+    assert holds(daemon, None) == {"gmail.com"}
+
+    def recreate():
+        daemon.policy.mkdir()
+        daemon.write("10-a.toml", GMAIL.replace("gmail", "yahoo"))
+
+    reload_after(daemon, recreate)
+    while daemon.status()["files"] != ["10-a.toml"] or not daemon.status()["last_reload"]["ok"]:
+        daemon.notify.wait_for("READY=1")
+    assert holds(daemon, None) == {"yahoo.com"}
+
+
+def test_sighup_and_api_reload(daemon):
+    daemon.start()
+    # Stop the watcher from seeing this edit first: write it where it is
+    # ignored, then move it in by SIGHUP-triggered reload only after.
+    reload_after(daemon, lambda: daemon.send(signal.SIGHUP))
+    assert '"trigger": "SIGHUP"' in daemon.log_lines()
+    response = daemon.post("/api/admin/reload/v1")
+    assert response.status_code == 200
+    assert response.json()["ok"] is True
+    assert '"trigger": "api by uid=' in daemon.log_lines()
+
+
+def test_api_reload_of_a_broken_policy_is_refused_with_the_errors(daemon):
+    daemon.start()
+    (daemon.policy / "bad.toml").write_text("[[queue]\n")
+    response = daemon.post("/api/admin/reload/v1")
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"]["code"] == "INVALID_POLICY"
+    assert "bad.toml:1: TOML syntax error" in body["error"]["message"]
+
+
+def test_sigterm_exits_0_and_removes_the_socket(daemon):
+    daemon.start()
+    assert daemon.admin.is_socket()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not daemon.admin.exists()
+    assert "STOPPING=1" in daemon.notify.wait_for("STOPPING=1").split("\n")
+
+
+def test_sigint_exits_0(daemon):
+    daemon.start()
+    assert daemon.stop(signal.SIGINT) == 0
+    assert not daemon.admin.exists()
+
+
+def test_notify_sequence(tmp_path):
+    d = Daemon(tmp_path)
+    try:
+        d.start(env={"WATCHDOG_USEC": "200000"}, wait=False)
+        ready = d.notify.wait_for("READY=1")
+        assert "STATUS=generation 1:" in ready
+        # READY=1 came after the socket accepts: a request right now is served
+        assert d.generation() == 1
+        d.notify.wait_for("WATCHDOG=1")
+        d.notify.wait_for("WATCHDOG=1")  # and again: from the loop, at half the interval
+        d.send(signal.SIGHUP)
+        reloading = d.notify.wait_for("RELOADING=1")
+        assert any(line.startswith("MONOTONIC_USEC=") for line in reloading.split("\n"))
+        after = d.notify.wait_for("READY=1")
+        assert "STATUS=generation 2:" in after
+        d.send(signal.SIGTERM)
+        d.notify.wait_for("STOPPING=1")
+        assert d.stop(None) == 0
+    finally:
+        d.close()
+
+
+def test_socket_activation_serves_passed_sockets(tmp_path):
+    d = Daemon(tmp_path)
+    path = tmp_path / "activated.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen()
+    try:
+        fd = listener.fileno()
+
+        def pass_fd():
+            os.dup2(fd, 3)
+            os.environ["LISTEN_PID"] = str(os.getpid())
+
+        d.start(
+            env={"LISTEN_FDS": "1", "LISTEN_FDNAMES": "admin"},
+            preexec_fn=pass_fd,
+            pass_fds=sorted({fd, 3}),
+        )
+        d.admin = path  # talk to the socket we passed, not the configured one
+        assert d.generation() == 1
+        assert not (tmp_path / "run" / "admin.sock").exists()  # nothing bound itself
+        assert d.stop() == 0
+        assert path.exists()  # systemd's socket: not ours to remove
+    finally:
+        listener.close()
+        d.close()
+
+
+def test_invalid_policy_at_start_exits_78_with_the_errors_on_stderr(daemon):
+    daemon.write("10-a.toml", '[[suspension]]\ndomain = "x.com"\n')
+    daemon.start(wait=False)
+    assert daemon.stop(None) == 78
+    assert "10-a.toml:1: suspension[0].reason: is required" in daemon.log_lines()
+
+
+def test_a_file_that_is_not_a_socket_is_never_replaced(daemon):
+    daemon.admin.parent.mkdir(parents=True)
+    daemon.admin.write_text("precious")
+    daemon.start(wait=False)
+    assert daemon.stop(None) == 78
+    assert "exists and is not a socket" in daemon.log_lines()
+    assert daemon.admin.read_text() == "precious"
+
+
+def test_a_stale_socket_is_replaced(daemon):
+    daemon.admin.parent.mkdir(parents=True)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(daemon.admin))
+    stale.close()  # the file stays, nobody listens
+    daemon.start()
+    assert daemon.generation() == 1
+
+
+@pytest.mark.parametrize("mode", ["0600", "0660"])
+def test_socket_mode(tmp_path, mode):
+    d = Daemon(tmp_path, config_extra="")
+    d.config.write_text(d.config.read_text().replace('socket = "run/admin.sock"', f'socket = "run/admin.sock"\nmode = "{mode}"'))
+    try:
+        d.start()
+        assert oct(d.admin.stat().st_mode & 0o777) == oct(int(mode, 8))
+    finally:
+        d.close()
