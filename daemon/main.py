@@ -38,6 +38,7 @@ from .config import Config, ConfigError, load_config, socket_mode
 from .current import Current, ReloadResult
 from .events import Broadcaster
 from .http.admin import add_admin_routes
+from .http.check import add_check_routes
 from .http.peer import Peer, may_change, unix_peer
 from .http.routes import Router
 from .http.server import Drain, Limits, serve_connection, serve_listener
@@ -184,6 +185,7 @@ async def serve(
     gid = admin_gid(config)
     router = Router(may_change=lambda peer: may_change(peer, gid))
     add_admin_routes(router, current=current, mutations=mutations, reload=reloader.reload, clock=clock)
+    add_check_routes(router, current=current, events=events, clock=clock)
     sockets = open_sockets(config)
     limits = Limits()
     drain = Drain()

@@ -40,6 +40,7 @@ from .peer import Peer
 log = structlog.get_logger("sluice.http")
 
 SERVER_NAME = b"sluice"
+STREAM_SEND_TIMEOUT = 10.0
 _json = msgspec.json.Encoder()
 
 
@@ -197,7 +198,13 @@ async def _respond(
     await _send(conn, stream, h11.Response(status_code=response.status, headers=headers))
     if response.stream is not None:
         async for chunk in response.stream:
-            await _send(conn, stream, h11.Data(data=chunk))
+            with trio.move_on_after(STREAM_SEND_TIMEOUT) as stuck:
+                await _send(conn, stream, h11.Data(data=chunk))
+            if stuck.cancelled_caught:
+                # a reader that stopped reading: drop it rather than hold on forever
+                raise trio.BrokenResourceError("stream consumer stopped reading")
+        await _send(conn, stream, h11.EndOfMessage())
+        return
     elif response.body:
         await _send(conn, stream, h11.Data(data=response.body))
     await _send(conn, stream, h11.EndOfMessage())
@@ -291,6 +298,11 @@ async def serve_connection(
                 response = await dispatch(request)
             finally:
                 structlog.contextvars.unbind_contextvars("request_id")
+            if response.stream is not None:
+                # a long-lived stream ends when shutdown begins
+                with drain.idle():
+                    await _respond(conn, stream, response, request_id)
+                return
             await _respond(conn, stream, response, request_id)
             log.info(
                 "request",

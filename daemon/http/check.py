@@ -1,0 +1,129 @@
+"""The delivery side over HTTP: decisions and the events stream.
+
+``GET /api/check/v1?queue=`` (or ``schedule=``, ``endpoint=``) answers one
+decision; ``POST /api/check/v1`` answers up to 10,000 queue names in order,
+an invalid name getting its own error item rather than failing the batch.
+``GET /api/events/v1`` streams one JSON object per line for every change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+import trio
+
+from policy.errors import InvalidQueueName, NotFound, ValidationError
+from policy.queue_name import parse
+
+from ..current import Current
+from ..events import Broadcaster
+from .routes import Router
+from .server import HttpError, Request, Response
+
+MAX_BATCH = 10_000
+_encoder = msgspec.json.Encoder()
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    queues: list[str]
+
+
+class BatchError(msgspec.Struct):
+    code: str
+    message: str
+
+
+class BatchErrorItem(msgspec.Struct):
+    queue: str
+    error: BatchError
+
+
+_batch_decoder = msgspec.json.Decoder(BatchRequest)
+
+
+def add_check_routes(
+    router: Router,
+    *,
+    current: Current,
+    events: Broadcaster,
+    clock: Callable[[], float] = time.time,
+    heartbeat: float = 15.0,
+) -> None:
+    async def check(request: Request) -> Response:
+        given = [k for k in ("queue", "schedule", "endpoint") if request.arg(k) is not None]
+        if len(given) != 1:
+            raise ValidationError("give exactly one of ?queue=, ?schedule= or ?endpoint=")
+        kind = given[0]
+        value = request.arg(kind)
+        snapshot = current.snapshot
+        if kind == "queue":
+            decision = snapshot.decide(value, clock())
+        elif kind == "schedule":
+            decision = snapshot.decide_schedule(value)
+            if decision is None:
+                raise NotFound(f"schedule {value!r} not found", code="SCHEDULE_NOT_FOUND")
+        else:
+            decision = snapshot.decide_endpoint(value)
+            if decision is None:
+                raise NotFound(f"endpoint {value!r} not found", code="ENDPOINT_NOT_FOUND")
+        return Response(body=_encoder.encode(decision) + b"\n")
+
+    async def batch(request: Request) -> Response:
+        request.json()  # content type and JSON well-formedness, with their own errors
+        try:
+            body = _batch_decoder.decode(request.body)
+        except msgspec.ValidationError as exc:
+            raise ValidationError(f"expected {{\"queues\": [names...]}}: {exc}") from None
+        if len(body.queues) > MAX_BATCH:
+            raise HttpError(
+                413, "BATCH_TOO_LARGE", f"{len(body.queues)} names; at most {MAX_BATCH} a batch"
+            )
+        snapshot = current.snapshot
+        now = clock()
+        results: list[object] = []
+        for name in body.queues:
+            try:
+                results.append(snapshot.decide(parse(name), now))
+            except InvalidQueueName as exc:
+                results.append(BatchErrorItem(name, BatchError(exc.code, exc.message)))
+        return Response(
+            body=_encoder.encode({"results": results, "generation": snapshot.generation}) + b"\n"
+        )
+
+    async def stream_events(request: Request) -> Response:
+        sub = events.subscribe()
+
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                yield _encoder.encode(
+                    {"event": "hello", "generation": current.snapshot.generation, "at": clock()}
+                ) + b"\n"
+                while True:
+                    with trio.move_on_after(heartbeat) as quiet:
+                        try:
+                            message = await sub.receive.receive()
+                        except trio.EndOfChannel:
+                            break
+                    if quiet.cancelled_caught:
+                        # a blank line keeps proxies and dead-peer detection honest
+                        yield b"\n"
+                        continue
+                    yield _encoder.encode(message) + b"\n"
+                if sub.overflowed:
+                    yield _encoder.encode(
+                        {
+                            "event": "overflow",
+                            "generation": current.snapshot.generation,
+                            "message": "consumer fell behind; reconnect and re-read the state",
+                        }
+                    ) + b"\n"
+            finally:
+                events.unsubscribe(sub)
+
+        return Response(content_type="application/x-ndjson", stream=lines())
+
+    router.add("GET", "/api/check/v1", check)
+    router.add("POST", "/api/check/v1", batch)
+    router.add("GET", "/api/events/v1", stream_events)
