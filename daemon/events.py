@@ -8,6 +8,7 @@ and end. Publishing never waits and never grows memory without bound.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -23,6 +24,8 @@ class Broadcaster:
     def __init__(self, buffer: int = 1000) -> None:
         self._buffer = buffer
         self._subscribers: dict[Subscription, trio.MemorySendChannel] = {}
+        # Called synchronously with every event (metrics); must not block.
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def subscribe(self) -> Subscription:
         send, receive = trio.open_memory_channel(self._buffer)
@@ -37,6 +40,8 @@ class Broadcaster:
 
     def publish(self, event: str, generation: int, **fields: Any) -> None:
         message = {"event": event, "generation": generation, "at": time.time(), **fields}
+        for listener in self.listeners:
+            listener(message)
         for sub, send in list(self._subscribers.items()):
             try:
                 send.send_nowait(message)

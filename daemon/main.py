@@ -42,6 +42,7 @@ from .http.check import add_check_routes
 from .http.peer import Peer, may_change, unix_peer
 from .http.routes import Router
 from .http.server import Drain, Limits, serve_connection, serve_listener
+from .metrics import Metrics
 from .mutations import Mutations
 from .policy_dir import PolicyReader
 from .reload import Reloader, debounced, follow, watch_tree
@@ -182,10 +183,20 @@ async def serve(
     events = Broadcaster()
     mutations = Mutations(current, store, events, clock=clock)
     reloader = Reloader(reader, current, events, notifier, clock=clock)
+    metrics = Metrics(current, clock)
+    events.listeners.append(metrics.on_event)
     gid = admin_gid(config)
-    router = Router(may_change=lambda peer: may_change(peer, gid))
-    add_admin_routes(router, current=current, mutations=mutations, reload=reloader.reload, clock=clock)
-    add_check_routes(router, current=current, events=events, clock=clock)
+    router = Router(
+        may_change=lambda peer: may_change(peer, gid),
+        on_response=lambda request, route, response: metrics.requests.labels(
+            route, request.method, str(response.status)
+        ).inc(),
+    )
+    add_admin_routes(
+        router, current=current, mutations=mutations, reload=reloader.reload, metrics=metrics,
+        clock=clock,
+    )
+    add_check_routes(router, current=current, events=events, metrics=metrics, clock=clock)
     sockets = open_sockets(config)
     limits = Limits()
     drain = Drain()

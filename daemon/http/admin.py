@@ -19,6 +19,8 @@ from policy.queue_name import normalise
 from policy.snapshot import EndpointView, QueueView, ScheduleView
 
 from ..current import Current, ReloadResult
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..metrics import Metrics
 from ..mutations import Mutations
 from .routes import Router
 from .server import HttpError, Request, Response
@@ -118,6 +120,7 @@ def add_admin_routes(
     current: Current,
     mutations: Mutations,
     reload: Reload,
+    metrics: Metrics,
     clock: Callable[[], float] = time.time,
 ) -> None:
     def actor(request: Request) -> str:
@@ -261,6 +264,10 @@ def add_admin_routes(
             )
         return Response.json(result.as_json())
 
+    async def prometheus(request: Request) -> Response:
+        return Response(body=metrics.render(), content_type=METRICS_CONTENT_TYPE)
+
     router.add("GET", "/api/status/v1", status)
     router.add("POST", "/api/admin/reload/v1", reload_now, change=True)
+    router.add("GET", "/metrics", prometheus)
 

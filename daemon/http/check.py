@@ -19,6 +19,7 @@ from policy.queue_name import parse
 
 from ..current import Current
 from ..events import Broadcaster
+from ..metrics import Metrics
 from .routes import Router
 from .server import HttpError, Request, Response
 
@@ -48,6 +49,7 @@ def add_check_routes(
     *,
     current: Current,
     events: Broadcaster,
+    metrics: Metrics,
     clock: Callable[[], float] = time.time,
     heartbeat: float = 15.0,
 ) -> None:
@@ -60,6 +62,7 @@ def add_check_routes(
         snapshot = current.snapshot
         if kind == "queue":
             decision = snapshot.decide(value, clock())
+            metrics.decided("http", decision.deliver)
         elif kind == "schedule":
             decision = snapshot.decide_schedule(value)
             if decision is None:
@@ -83,11 +86,18 @@ def add_check_routes(
         snapshot = current.snapshot
         now = clock()
         results: list[object] = []
+        held = 0
         for name in body.queues:
             try:
-                results.append(snapshot.decide(parse(name), now))
+                decision = snapshot.decide(parse(name), now)
             except InvalidQueueName as exc:
                 results.append(BatchErrorItem(name, BatchError(exc.code, exc.message)))
+                continue
+            held += not decision.deliver
+            results.append(decision)
+        decided = len(results) - sum(isinstance(r, BatchErrorItem) for r in results)
+        metrics.decided("batch", False, held)
+        metrics.decided("batch", True, decided - held)
         return Response(
             body=_encoder.encode({"results": results, "generation": snapshot.generation}) + b"\n"
         )

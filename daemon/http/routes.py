@@ -39,9 +39,14 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 
 class Router:
-    def __init__(self, may_change: Callable[[Peer], bool]) -> None:
+    def __init__(
+        self,
+        may_change: Callable[[Peer], bool],
+        on_response: Callable[[Request, str, Response], None] | None = None,
+    ) -> None:
         self.routes: list[Route] = []
         self.may_change = may_change
+        self.on_response = on_response  # (request, route pattern or "unmatched", response)
 
     def add(self, method: str, pattern: str, handler: Handler, *, change: bool = False) -> None:
         self.routes.append(Route(method, pattern, handler, change, _compile(pattern)))
@@ -64,6 +69,7 @@ class Router:
         raise HttpError(404, "NOT_FOUND", f"no such route: {path}")
 
     async def dispatch(self, request: Request) -> Response:
+        route = None
         try:
             route, params = self.match(request.method, request.path)
             if route.change and not self.may_change(request.peer):
@@ -81,4 +87,6 @@ class Router:
                     HttpError(500, "INTERNAL", "internal error; see the daemon's log"),
                     request.request_id,
                 )
+        if self.on_response is not None:
+            self.on_response(request, route.pattern if route else "unmatched", response)
         return response

@@ -41,6 +41,8 @@ log = structlog.get_logger("sluice.http")
 
 SERVER_NAME = b"sluice"
 STREAM_SEND_TIMEOUT = 10.0
+LINGER = 2.0
+LINGER_BYTES = 4 * 1024 * 1024
 _json = msgspec.json.Encoder()
 
 
@@ -250,6 +252,15 @@ async def serve_connection(
                         raise HttpError(408, "REQUEST_TIMEOUT", f"request not complete within {limits.request_timeout:g} s")
                     if isinstance(event, h11.Request):
                         head = event
+                        # h11 caps only what is still incomplete; a head that
+                        # arrived whole is measured here
+                        size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                        if size > limits.max_header:
+                            raise HttpError(
+                                431,
+                                "HEADERS_TOO_LARGE",
+                                f"request headers over {limits.max_header} bytes",
+                            )
                         length = dict(event.headers).get(b"content-length")
                         if length is not None and int(length) > limits.max_body:
                             raise HttpError(
@@ -358,6 +369,27 @@ async def _fail(
             f"Content-Length: {len(response.body)}\r\n\r\n"
         ).encode() + response.body
         await stream.send_all(raw)
+    await _linger(stream)
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Half-close, then discard what the client still sends for a moment.
+
+    Closing with unread data makes the kernel reset the connection, and the
+    client may lose the error response it has not read yet.
+    """
+    try:
+        if isinstance(stream, trio.SocketStream):
+            await stream.send_eof()
+        with trio.move_on_after(LINGER):
+            discarded = 0
+            while discarded < LINGER_BYTES:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                discarded += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
 
 
 def map_error(exc: Exception, request_id: str) -> Response:
@@ -416,4 +448,5 @@ async def _refuse(stream: trio.abc.Stream) -> None:
             await stream.send_all(raw)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+    await _linger(stream)
     await trio.aclose_forcefully(stream)

@@ -1,0 +1,99 @@
+"""Prometheus metrics: one registry per daemon, no module-level state.
+
+Counters are bumped where things happen (requests in the router, decisions
+in the check routes and the Postfix server, reloads through the events
+listener); gauges of the policy in force are read from the snapshot at
+scrape time, so they can never drift from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .current import Current
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _PolicyCollector(Collector):
+    def __init__(self, current: Current, clock: Callable[[], float]) -> None:
+        self.current = current
+        self.clock = clock
+
+    def collect(self) -> Iterator[Any]:
+        snapshot = self.current.snapshot
+        counts = snapshot.counts(self.clock())
+        holds = GaugeMetricFamily(
+            "sluice_active_holds", "Holds in force, by kind", labels=["kind"]
+        )
+        holds.add_metric(["suspension"], counts["suspensions"])
+        holds.add_metric(["queue_pause"], counts["paused_queues"])
+        holds.add_metric(["schedule_pause"], counts["paused_schedules"])
+        holds.add_metric(["endpoint_pause"], counts["paused_endpoints"])
+        yield holds
+        yield GaugeMetricFamily(
+            "sluice_policy_generation", "Generation of the policy in force", value=snapshot.generation
+        )
+        last = self.current.last_reload
+        yield GaugeMetricFamily(
+            "sluice_last_reload_ok",
+            "1 if the last reload was applied, 0 if it failed",
+            value=1 if last is None or last.ok else 0,
+        )
+        yield GaugeMetricFamily(
+            "sluice_degraded", "1 while runtime state cannot be changed", value=int(self.current.degraded)
+        )
+        yield GaugeMetricFamily(
+            "sluice_uptime_seconds", "Seconds since the daemon started", value=time.time() - self.current.started
+        )
+
+
+class Metrics:
+    def __init__(self, current: Current, clock: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "sluice_http_requests",
+            "HTTP requests answered, by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "sluice_reloads", "Policy reloads, by result", ["result"], registry=self.registry
+        )
+        self.decisions = Counter(
+            "sluice_decisions",
+            "Delivery decisions, by where they were asked and their outcome",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
+        self.changes = Counter(
+            "sluice_changes", "Policy changes announced, by event", ["event"], registry=self.registry
+        )
+        self.registry.register(_PolicyCollector(current, clock))
+        self._decision = {
+            (source, deliver): self.decisions.labels(source, "deliver" if deliver else "hold")
+            for source in ("http", "batch", "postfix")
+            for deliver in (True, False)
+        }
+
+    def decided(self, source: str, deliver: bool, count: int = 1) -> None:
+        self._decision[source, deliver].inc(count)
+
+    def on_event(self, message: dict[str, Any]) -> None:
+        """Events listener: reloads and changes, counted as they are announced."""
+        event = message["event"]
+        if event == "reload_applied":
+            self.reloads.labels("applied").inc()
+        elif event == "reload_failed":
+            self.reloads.labels("failed").inc()
+        else:
+            self.changes.labels(event).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
