@@ -1,29 +1,72 @@
 """sluicectl: the operator's command line.
 
+A client of sluiced's admin API on its unix socket (``daemon.client``), never
+a second implementation of the policy; plus two offline commands, ``validate``
+and ``edit``, that use the daemon's own policy reader.
+
 Exit codes: 0 done, 1 refused (by the daemon, or an invalid policy), 2 usage,
-3 daemon unreachable.
+3 daemon unreachable. Errors become exit codes here, in ``main``, and only
+here.
+
+The socket is, first found: ``--socket``; the ``[admin] socket`` of a config
+given with ``--config``; ``$SLUICE_SOCKET``; that of ``$SLUICE_CONFIG``; that
+of /etc/sluice/sluiced.toml if it exists; /run/sluice/admin.sock. Flags beat
+the environment, the environment beats defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
+import stat
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, TextIO
 
-from policy.errors import PolicyLoadError
-from policy.files import combine
+from policy.duration import format_duration
+from policy.errors import FileProblem, PolicyLoadError
+from policy.files import ParsedFile, combine, is_policy_file, parse_policy
 
+from .client import AdminClient, Refused, Reply, Unreachable
 from .config import ConfigError, load_config
 from .policy_dir import PolicyReader
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
 DEFAULT_CONFIG = "/etc/sluice/sluiced.toml"
+DEFAULT_SOCKET = "/run/sluice/admin.sock"
 
 
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _summary(f: ParsedFile) -> str:
+    c = f.counts()
+    return (
+        f"{f.name}: ok, {_plural(c['suspensions'], 'suspension')}, "
+        f"{_plural(c['queues'], 'queue')}, {_plural(c['schedules'], 'schedule')}, "
+        f"{_plural(c['endpoints'], 'endpoint')}"
+    )
+
+
+def _note_expired(files: Sequence[ParsedFile], err: TextIO) -> None:
+    now = time.time()
+    for f in files:
+        for s in f.suspensions:
+            if not s.is_active(now):
+                print(
+                    f"{s.source}: note: suspension {s.id} expired at "
+                    f"{s.expires.isoformat()} and no longer matches",
+                    file=err,
+                )
 
 
 def validate(directory: Path, out=sys.stdout, err=sys.stderr) -> int:
@@ -36,69 +79,625 @@ def validate(directory: Path, out=sys.stdout, err=sys.stderr) -> int:
     reader = PolicyReader(directory)
     try:
         files = reader.read()
-        policy = combine(files)
+        combine(files)
     except PolicyLoadError as exc:
-        for problem in exc.problems:
-            print(problem, file=err)
-        print(
-            f"{directory}: invalid: {_plural(len(exc.problems), 'problem')}",
-            file=err,
-        )
+        _print_problems(exc.problems, str(directory), err)
         return EXIT_REFUSED
-    now = time.time()
     for f in files:
-        c = f.counts()
-        print(
-            f"{f.name}: ok, {_plural(c['suspensions'], 'suspension')}, "
-            f"{_plural(c['queues'], 'queue')}, {_plural(c['schedules'], 'schedule')}, "
-            f"{_plural(c['endpoints'], 'endpoint')}",
-            file=out,
-        )
-    for s in policy.suspensions:
-        if not s.is_active(now):
-            print(
-                f"{s.source}: note: suspension {s.id} expired at "
-                f"{s.expires.isoformat()} and no longer matches",
-                file=err,
-            )
+        print(_summary(f), file=out)
+    _note_expired(files, err)
     if not files:
         print(f"{directory}: ok, no policy files", file=out)
     return EXIT_OK
 
 
-def _policy_dir(args: argparse.Namespace) -> Path:
-    if args.dir:
-        return Path(args.dir)
-    config = load_config(args.config)
-    return config.policy_path
+def _print_problems(problems: Sequence[FileProblem], where: str, err: TextIO) -> None:
+    for problem in problems:
+        print(problem, file=err)
+    print(f"{where}: invalid: {_plural(len(problems), 'problem')}", file=err)
+
+
+# -- edit: visudo for a policy file ------------------------------------------------
+#
+# The copy being edited lives next to FILE (so the final rename is atomic) under
+# a name the daemon never reads (a leading dot); it keeps a .toml suffix so the
+# editor highlights it. FILE is replaced only by a copy that, in place of FILE,
+# makes the whole directory load; it is never written in place, and a copy is
+# removed unless FILE changed on disk meanwhile (then it is kept and named).
+
+
+def _parse_bytes(data: bytes, name: str) -> ParsedFile:
+    """Parse a policy file's bytes as the daemon's reader does."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return ParsedFile(name=name, problems=(FileProblem(name, line, "", "file is not valid UTF-8"),))
+    return parse_policy(text, name)
+
+
+def check_edit(directory: Path, name: str, data: bytes) -> tuple[ParsedFile, tuple[FileProblem, ...]]:
+    """Parse ``data`` as file ``name`` of ``directory`` and combine it with the others.
+
+    Returns the parsed file and every problem of the directory as it would
+    be with ``data`` in place (none: it loads).
+    """
+    edited = _parse_bytes(data, name)
+    try:
+        others = [f for f in PolicyReader(directory).read() if f.name != name]
+        combine(sorted([*others, edited], key=lambda f: f.name))
+    except PolicyLoadError as exc:
+        return edited, exc.problems
+    return edited, ()
+
+
+def _editor() -> list[str]:
+    command = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    return shlex.split(command)
+
+
+def _ask(stdin: TextIO, err: TextIO) -> str:
+    """'e' to edit again or 'x' to give up; 'x' at end of input or without a terminal."""
+    if not stdin.isatty():
+        print("not saved: no terminal to ask on (stdin is not a TTY)", file=err)
+        return "x"
+    while True:
+        print("What now? [e]dit again, [x] exit without saving: ", end="", file=err, flush=True)
+        line = stdin.readline()
+        if not line:
+            print(file=err)
+            return "x"
+        answer = line.strip().lower()
+        if answer in ("e", "edit"):
+            return "e"
+        if answer in ("x", "exit", "q", "quit"):
+            return "x"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _install(copy: Path, dest: Path, before: os.stat_result | None) -> None:
+    """Give ``copy`` FILE's mode (and owner, where allowed), fsync it, rename it over ``dest``."""
+    fd = os.open(copy, os.O_RDONLY)
+    try:
+        os.fchmod(fd, stat.S_IMODE(before.st_mode) if before else 0o666 & ~_umask())
+        if before is not None:
+            try:
+                os.fchown(fd, before.st_uid, before.st_gid)
+            except PermissionError:
+                pass  # not root: the file becomes ours, as any editor would leave it
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(copy, dest)
+    dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def edit(file: Path, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Edit a policy file visudo-style; returns 0 (installed or unchanged) or 1 (not saved)."""
+    directory, name = file.parent, file.name
+    dest = Path(os.path.realpath(file))  # a symlinked FILE: replace its target, keep the link
+    if not directory.is_dir():
+        print(f"sluicectl: {directory}: no such directory", file=err)
+        return EXIT_REFUSED
+    try:
+        original = _read(dest)
+        before = dest.stat() if original is not None else None
+    except OSError as exc:
+        print(f"sluicectl: cannot read {file}: {exc.strerror}", file=err)
+        return EXIT_REFUSED
+    if not is_policy_file(name):
+        print(f"sluicectl: note: sluiced does not read {name} (only *.toml not starting with '.')", file=err)
+    stem = name[: -len(".toml")] if name.endswith(".toml") else name
+    try:
+        fd, copy_name = tempfile.mkstemp(prefix=f".{stem}.sluicectl-", suffix=".toml", dir=dest.parent)
+    except OSError as exc:
+        print(f"sluicectl: cannot make a copy to edit in {dest.parent}: {exc.strerror}", file=err)
+        return EXIT_REFUSED
+    copy = Path(copy_name)
+    keep = False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(original or b"")
+        while True:
+            command = [*_editor(), str(copy)]
+            try:
+                status = subprocess.run(command).returncode
+            except OSError as exc:
+                print(f"sluicectl: cannot run editor {command[0]!r}: {exc.strerror}", file=err)
+                return EXIT_REFUSED
+            if status != 0:
+                print(f"sluicectl: editor exited with status {status}; {file} not saved", file=err)
+                return EXIT_REFUSED
+            data = _read(copy)
+            if data is None:
+                print(f"sluicectl: the edited copy {copy} is gone; {file} not saved", file=err)
+                return EXIT_REFUSED
+            if data == (original if original is not None else b""):
+                print(f"{file}: unchanged" if original is not None else f"{file}: empty, not created", file=out)
+                return EXIT_OK
+            parsed, problems = check_edit(directory, name, data)
+            if not problems:
+                break
+            _print_problems(problems, str(directory), err)
+            if _ask(stdin, err) == "x":
+                print(f"{file} not saved" + (", left as it was" if original is not None else ""), file=err)
+                return EXIT_REFUSED
+        if _read(dest) != original:
+            keep = True
+            print(
+                f"sluicectl: {file} changed on disk while you edited it; not replaced. "
+                f"Your version is in {copy}",
+                file=err,
+            )
+            return EXIT_REFUSED
+        try:
+            _install(copy, dest, before)
+        except OSError as exc:
+            keep = copy.exists()
+            print(
+                f"sluicectl: cannot install {file}: {exc.strerror}"
+                + (f". Your version is in {copy}" if keep else ""),
+                file=err,
+            )
+            return EXIT_REFUSED
+        print(_summary(parsed), file=out)
+        _note_expired([parsed], err)
+        print(f"{file}: {'installed' if original is not None else 'created'}", file=out)
+        return EXIT_OK
+    finally:
+        if not keep:
+            copy.unlink(missing_ok=True)
+
+
+# -- output for people --------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
+    """Aligned columns; an empty cell is '-'; the last column is not padded."""
+    cells = [[("-" if v is None or v == "" else str(v)) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    for row in [list(headers), *cells]:
+        line = "  ".join(v.ljust(w) for v, w in zip(row[:-1], widths))
+        print(f"{line}  {row[-1]}" if line else row[-1], file=out)
+
+
+def matches(s: dict[str, Any]) -> str:
+    """A suspension's criteria, compactly: ``tenant=acme domain=gmail.com``, ``queues=a,b``."""
+    if s.get("everything"):
+        return "everything"
+    if s.get("queue_names"):
+        return "queues=" + ",".join(s["queue_names"])
+    return " ".join(f"{k}={s[k]}" for k in ("campaign", "tenant", "domain") if s.get(k) is not None)
+
+
+def _when(iso: str | None) -> str | None:
+    """An API time, to the second."""
+    if not iso:
+        return None
+    try:
+        moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _hold(h: dict[str, Any]) -> str:
+    where = [h["kind"].replace("_", " "), h.get("source") or "?"]
+    if h.get("expires"):
+        where.append(f"until {_when(h['expires'])}")
+    return f"{h.get('reason') or 'no reason given'} [{', '.join(where)}]"
+
+
+def decision_text(d: dict[str, Any]) -> str:
+    """``deliver`` (or ``run`` for a schedule), else ``held: <reasons>``."""
+    go = d["run"] if "schedule" in d else d["deliver"]
+    if go:
+        word = "run" if "schedule" in d else "deliver"
+        return f"{word} (parallelism {d['parallelism']})" if d.get("parallelism") else word
+    text = "held: " + "; ".join(_hold(h) for h in d.get("holds", ()))
+    if d.get("retry_after") is not None:
+        text += f" (retry after {format_duration(d['retry_after'])})"
+    return text
+
+
+def event_text(e: dict[str, Any]) -> str:
+    """One event of the stream as a line: time, generation, name, its fields."""
+    at = e.get("at")
+    when = (
+        datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if isinstance(at, (int, float))
+        else "-"
+    )
+    parts = [when, f"gen {e.get('generation', '-')}", str(e.get("event", "?"))]
+    for key, value in e.items():
+        if key in ("at", "generation", "event") or value is None:
+            continue
+        if key == "changes" and isinstance(value, list):
+            value = ", ".join(f"{c.get('action')} {c.get('kind')} {c.get('key')}" for c in value) or "none"
+        elif key == "errors" and isinstance(value, list):
+            value = "; ".join(map(str, value))
+        elif not isinstance(value, str):
+            value = json.dumps(value)
+        parts.append(f"{key}={json.dumps(value) if (' ' in value or not value) else value}")
+    return " ".join(parts)
+
+
+# -- commands that ask the daemon -------------------------------------------------------
+#
+# Each takes the parsed arguments, a client and stdout, and returns an exit
+# code; with --json each prints the API's answer as the daemon sent it.
+
+
+def _print_json(reply: Reply, out: TextIO) -> None:
+    out.write(reply.text if reply.text.endswith("\n") else reply.text + "\n")
+
+
+def cmd_suspend(args, client: AdminClient, out: TextIO) -> int:
+    body: dict[str, Any] = {k: getattr(args, k) for k in ("campaign", "tenant", "domain") if getattr(args, k) is not None}
+    if args.queue:
+        body["queue_names"] = args.queue
+    if args.everything:
+        body["everything"] = True
+    body["reason"] = args.reason
+    if args.duration is not None:
+        body["duration"] = args.duration
+    if args.expires is not None:
+        body["expires"] = args.expires
+    reply = client.suspend(body)
+    if args.json:
+        _print_json(reply, out)
+        return EXIT_OK
+    how = f", for {args.duration}" if args.duration else f", until {args.expires}" if args.expires else ""
+    print(f"suspension {reply.data['id']}: {matches(body)}{how}", file=out)
+    return EXIT_OK
+
+
+def cmd_suspend_list(args, client: AdminClient, out: TextIO) -> int:
+    reply = client.suspensions()
+    if args.json:
+        _print_json(reply, out)
+    elif not reply.data:
+        print("no active suspensions", file=out)
+    else:
+        rows = [(s["id"], matches(s), s.get("duration"), s.get("source"), s.get("reason")) for s in reply.data]
+        table(("ID", "MATCHES", "REMAINING", "SOURCE", "REASON"), rows, out)
+    return EXIT_OK
+
+
+def cmd_suspend_cancel(args, client: AdminClient, out: TextIO) -> int:
+    reply = client.cancel_suspension(args.id)
+    if args.json:
+        _print_json(reply, out)
+    else:
+        print(f"suspension {args.id}: cancelled", file=out)
+    return EXIT_OK
+
+
+# (noun for messages, path word, how the answer says whether it is paused)
+_KINDS: dict[str, tuple[str, str, Callable[[Any], bool]]] = {
+    "queue": ("queue", "queues", lambda d: bool(d.get("paused"))),
+    "schedule": ("schedule", "schedules", lambda d: bool(d.get("paused"))),
+    "endpoint": ("endpoint", "endpoints", lambda d: bool(d["data"]["paused"])),
+}
+
+
+def _pause_or_resume(kind: str, pause: bool) -> Callable[..., int]:
+    noun, path, is_paused = _KINDS[kind]
+
+    def run(args, client: AdminClient, out: TextIO) -> int:
+        reply = client.pause(path, args.name, args.reason) if pause else client.resume(path, args.name)
+        if args.json:
+            _print_json(reply, out)
+        else:
+            name = reply.data.get("name", args.name) if kind == "queue" else args.name
+            print(f"{noun} {name}: {'paused' if is_paused(reply.data) else 'resumed'}", file=out)
+        return EXIT_OK
+
+    return run
+
+
+def cmd_list_queues(args, client: AdminClient, out: TextIO) -> int:
+    reply = client.listing("queues")
+    if args.json:
+        _print_json(reply, out)
+    elif not reply.data:
+        print("no paused queues", file=out)
+    else:
+        rows = [
+            (q["name"], _when(q.get("updated_at")), q.get("parallelism"), q.get("source"), q.get("reason"))
+            for q in reply.data
+        ]
+        table(("QUEUE", "SINCE", "PARALLELISM", "SOURCE", "REASON"), rows, out)
+    return EXIT_OK
+
+
+def cmd_list_schedules(args, client: AdminClient, out: TextIO) -> int:
+    reply = client.listing("schedules")
+    if args.json:
+        _print_json(reply, out)
+    elif not reply.data:
+        print("no schedules", file=out)
+    else:
+        rows = [
+            (
+                s["id"],
+                "paused" if s["paused"] else "active",
+                s.get("cron"),
+                _when(s.get("next_fire")),
+                s.get("paused_by"),
+                s.get("source"),
+                s.get("reason"),
+            )
+            for s in reply.data
+        ]
+        table(("ID", "STATE", "CRON", "NEXT", "PAUSED-BY", "SOURCE", "REASON"), rows, out)
+    return EXIT_OK
+
+
+def cmd_list_endpoints(args, client: AdminClient, out: TextIO) -> int:
+    reply = client.listing("endpoints")
+    endpoints = reply.data["data"]
+    if args.json:
+        _print_json(reply, out)
+    elif not endpoints:
+        print("no endpoints", file=out)
+    else:
+        rows = [
+            (
+                e["id"],
+                "paused" if e["paused"] else "active",
+                e.get("url"),
+                e.get("paused_by"),
+                e.get("source"),
+                e.get("reason"),
+            )
+            for e in endpoints
+        ]
+        table(("ID", "STATE", "URL", "PAUSED-BY", "SOURCE", "REASON"), rows, out)
+    return EXIT_OK
+
+
+def cmd_check(args, client: AdminClient, out: TextIO) -> int:
+    given = {k: v for k, v in (("queue", args.queue), ("schedule", args.schedule), ("endpoint", args.endpoint)) if v is not None}
+    reply = client.check(**given)
+    if args.json:
+        _print_json(reply, out)
+    else:
+        print(decision_text(reply.data), file=out)
+    return EXIT_OK
+
+
+def cmd_status(args, client: AdminClient, out: TextIO) -> int:
+    reply = client.status()
+    if args.json:
+        _print_json(reply, out)
+        return EXIT_OK
+    s = reply.data
+    print(f"sluiced {s['version']}, up {format_duration(s['uptime'])}, generation {s['generation']}", file=out)
+    print(f"policy files: {', '.join(s['files']) or 'none'}", file=out)
+    last = s.get("last_reload")
+    if last:
+        if last["ok"]:
+            print(f"last reload: ok at {last['at']} (generation {last['generation']})", file=out)
+        else:
+            print(f"last reload: FAILED at {last['at']}; the previous policy is in force:", file=out)
+            for error in last["errors"]:
+                print(f"  {error}", file=out)
+    c = s["counts"]
+    print(
+        f"in force: {_plural(c['suspensions'], 'suspension')}, "
+        f"{_plural(c['paused_queues'], 'paused queue')}, "
+        f"{c['paused_schedules']} of {_plural(c['schedules'], 'schedule')} paused, "
+        f"{c['paused_endpoints']} of {_plural(c['endpoints'], 'endpoint')} paused",
+        file=out,
+    )
+    if s.get("degraded"):
+        print("state store: DEGRADED (serving the last state it had; changes are refused)", file=out)
+    return EXIT_OK
+
+
+def cmd_reload(args, client: AdminClient, out: TextIO) -> int:
+    reply = client.reload()
+    if args.json:
+        _print_json(reply, out)
+    else:
+        r = reply.data
+        print(
+            f"reloaded: generation {r['generation']}, {_plural(r['changes'], 'change')}, "
+            f"{_plural(len(r['files']), 'file')}",
+            file=out,
+        )
+    return EXIT_OK
+
+
+def cmd_watch(args, client: AdminClient, out: TextIO) -> int:
+    try:
+        for line in client.events():
+            if args.json:
+                print(line, file=out, flush=True)
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                print(line, file=out, flush=True)
+                continue
+            print(event_text(event), file=out, flush=True)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
+# -- arguments ---------------------------------------------------------------------------
+
+
+def _common(sub: bool) -> argparse.ArgumentParser:
+    """Options taken before or after the command (after it, they win)."""
+    quiet = argparse.SUPPRESS if sub else None
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--socket", default=quiet, metavar="PATH",
+        help=f"the admin socket (env SLUICE_SOCKET; default: the config's, else {DEFAULT_SOCKET})",
+    )
+    p.add_argument(
+        "--config", default=quiet, metavar="FILE",
+        help=f"sluiced.toml, for the socket and the policy directory (env SLUICE_CONFIG; default {DEFAULT_CONFIG})",
+    )
+    p.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS if sub else False,
+        help="print the API's JSON as the daemon sent it, for scripts",
+    )
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sluicectl", description="Control and query the sluice delivery-policy daemon."
-    )
-    parser.add_argument(
-        "--config",
-        default=os.environ.get("SLUICE_CONFIG", DEFAULT_CONFIG),
-        help="sluiced.toml, for commands that need it (env SLUICE_CONFIG)",
+        prog="sluicectl",
+        description="Control and query the sluice delivery-policy daemon.",
+        epilog="Exit codes: 0 done, 1 refused (by the daemon, or an invalid policy), "
+        "2 usage, 3 daemon unreachable.",
+        parents=[_common(sub=False)],
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    v = commands.add_parser("validate", help="check policy files offline")
-    v.add_argument("dir", nargs="?", help="policy directory (default: the config's policy_dir)")
+    common = [_common(sub=True)]
+
+    def command(name: str, run: Callable[..., int] | None, help: str, **kw) -> argparse.ArgumentParser:
+        p = commands.add_parser(name, help=help, description=kw.pop("description", help), parents=common, **kw)
+        p.set_defaults(run=run)
+        return p
+
+    p = command(
+        "suspend", cmd_suspend, "suspend delivery to matching queues",
+        description="Suspend delivery to the queues that match. A suspension with the same "
+        "criteria as an active one updates it (new reason and expiry) and keeps its id.",
+    )
+    p.add_argument("--domain")
+    p.add_argument("--campaign")
+    p.add_argument("--tenant")
+    p.add_argument("--queue", action="append", metavar="NAME", help="an exact queue name (repeatable)")
+    p.add_argument("--everything", action="store_true", help="every queue")
+    p.add_argument("--reason", required=True)
+    until = p.add_mutually_exclusive_group()
+    until.add_argument("--duration", help="how long: 5m, '1 hour', 2h37m, or seconds (the daemon's default: 5m)")
+    until.add_argument("--expires", metavar="TIME", help="until when: RFC 3339 with an offset")
+
+    command("suspend-list", cmd_suspend_list, "list active suspensions")
+    p = command("suspend-cancel", cmd_suspend_cancel, "cancel a runtime suspension")
+    p.add_argument("id", metavar="ID")
+
+    for kind in ("queue", "schedule", "endpoint"):
+        what = "NAME" if kind == "queue" else "ID"
+        p = command(f"pause-{kind}", _pause_or_resume(kind, True), f"pause a {kind}")
+        p.add_argument("name", metavar=what)
+        p.add_argument("--reason")
+        p = command(f"resume-{kind}", _pause_or_resume(kind, False), f"resume a {kind}")
+        p.add_argument("name", metavar=what)
+    command("list-queues", cmd_list_queues, "list paused queues")
+    command("list-schedules", cmd_list_schedules, "list schedules")
+    command("list-endpoints", cmd_list_endpoints, "list endpoints")
+
+    p = command(
+        "check", cmd_check, "the delivery decision for a queue, schedule or endpoint",
+        description="Print the delivery decision: 'deliver' (a schedule: 'run') or "
+        "'held: <reasons>'. Exits 0 either way: a hold is an answer, not a refusal; "
+        "scripts read the decision from the output or from --json.",
+    )
+    p.add_argument("queue", nargs="?", metavar="QUEUE")
+    p.add_argument("--schedule", metavar="ID")
+    p.add_argument("--endpoint", metavar="ID")
+    p.set_defaults(usage=p)
+
+    command("status", cmd_status, "the daemon's state: generation, files, last reload, counts")
+    command("reload", cmd_reload, "reload the policy files now")
+    command(
+        "watch", cmd_watch, "follow the events stream",
+        description="Print one line per policy change as it happens, or the stream's JSON "
+        "lines with --json. Ends when the daemon ends the stream; ctrl-C exits 0.",
+    )
+
+    p = command("validate", None, "check policy files offline")
+    p.add_argument("dir", nargs="?", help="policy directory (default: the config's policy_dir)")
+    p = command(
+        "edit", None, "edit a policy file safely (visudo-style)",
+        description="Edit a copy of FILE with $VISUAL, $EDITOR or vi; install it atomically "
+        "only if the policy directory, with it in place of FILE, is valid; otherwise show "
+        "the problems and ask whether to edit again. FILE may be new.",
+    )
+    p.add_argument("file", metavar="FILE")
     return parser
+
+
+def _config_path(args: argparse.Namespace) -> tuple[str, bool]:
+    """The config file to read, and whether it was asked for (not the default)."""
+    if args.config:
+        return args.config, True
+    if os.environ.get("SLUICE_CONFIG"):
+        return os.environ["SLUICE_CONFIG"], True
+    return DEFAULT_CONFIG, False
+
+
+def admin_socket(args: argparse.Namespace) -> Path:
+    """Which socket to speak to (see the module docstring); raises ConfigError."""
+    if args.socket:
+        return Path(args.socket)
+    if not args.config and os.environ.get("SLUICE_SOCKET"):
+        return Path(os.environ["SLUICE_SOCKET"])
+    path, asked = _config_path(args)
+    if asked or Path(path).exists():
+        return load_config(path).admin_socket or Path(DEFAULT_SOCKET)
+    return Path(DEFAULT_SOCKET)
+
+
+def _policy_dir(args: argparse.Namespace) -> Path:
+    if args.dir:
+        return Path(args.dir)
+    return load_config(_config_path(args)[0]).policy_path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "check" and sum(v is not None for v in (args.queue, args.schedule, args.endpoint)) != 1:
+        args.usage.error("give exactly one of QUEUE, --schedule ID or --endpoint ID")
     try:
         if args.command == "validate":
             return validate(_policy_dir(args))
+        if args.command == "edit":
+            return edit(Path(args.file))
+        with AdminClient(admin_socket(args)) as client:
+            return args.run(args, client, sys.stdout)
     except ConfigError as exc:
         print(f"sluicectl: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    parser.error(f"unknown command {args.command}")
-    return EXIT_USAGE
+    except Refused as exc:
+        if args.json:
+            sys.stdout.write(exc.body if exc.body.endswith("\n") else exc.body + "\n")
+        print(f"sluicectl: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    except Unreachable as exc:
+        print(f"sluicectl: {exc.message}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (| head): not an error; keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ passed in are systemd's to remove.
 from __future__ import annotations
 
 import argparse
+import functools
 import grp
 import os
 import signal
@@ -38,16 +39,21 @@ from .config import Config, ConfigError, load_config, socket_mode
 from .current import Current, ReloadResult
 from .events import Broadcaster
 from .http.admin import add_admin_routes
+from .http.auth import TcpAuth, TokenFile, parse_networks
 from .http.check import add_check_routes
+from .http.hookbridge import add_hookbridge_routes
+from .http.qstash import add_qstash_routes
 from .http.peer import Peer, may_change, unix_peer
 from .http.routes import Router
 from .http.server import Drain, Limits, serve_connection, serve_listener
 from .metrics import Metrics
 from .mutations import Mutations
 from .policy_dir import PolicyReader
+from .postfix import bind_loopback, serve_postfix_connection
 from .reload import Reloader, debounced, follow, watch_tree
 from .state.files import FileStore
 from .systemd import Notifier, listen_fds, watchdog_interval
+from .tcp import bind_tcp, parse_listen, server_tls
 
 log = structlog.get_logger("sluice")
 
@@ -65,6 +71,8 @@ class Sockets:
 
     admin: socket.socket | None = None
     postfix: socket.socket | None = None
+    postfix_tcp: socket.socket | None = None
+    http: socket.socket | None = None
     bound: list[Path] = field(default_factory=list)
 
 
@@ -114,6 +122,25 @@ def open_sockets(config: Config) -> Sockets:
     except OSError as exc:
         raise StartupError(str(exc)) from None
     sockets = Sockets()
+    if config.http.listen:
+        try:
+            address, port = parse_listen(config.http.listen)
+        except ValueError as exc:
+            raise StartupError(f"http.listen: {exc}") from None
+        if not address.is_loopback and not (config.http.tls_cert and config.http.tls_key):
+            raise StartupError(
+                f"http.listen: {config.http.listen} is not a loopback address; "
+                "set http.tls_cert and http.tls_key to serve it with TLS"
+            )
+        try:
+            sockets.http = bind_tcp(address, port)
+        except ValueError as exc:
+            raise StartupError(f"http.listen: {exc}") from None
+    if config.postfix.listen:  # first: refusing it leaves no socket file behind
+        try:
+            sockets.postfix_tcp = bind_loopback(config.postfix.listen)
+        except ValueError as exc:
+            raise StartupError(f"postfix.listen: {exc}") from None
     if passed.get("admin"):
         sockets.admin = passed["admin"][0]
     elif config.admin_socket is not None:
@@ -121,6 +148,9 @@ def open_sockets(config: Config) -> Sockets:
         sockets.bound.append(config.admin_socket)
     if passed.get("policy"):
         sockets.postfix = passed["policy"][0]
+    elif config.postfix_socket is not None:
+        sockets.postfix = bind_unix(config.postfix_socket, socket_mode(config.postfix.mode))
+        sockets.bound.append(config.postfix_socket)
     return sockets
 
 
@@ -178,11 +208,24 @@ async def serve(
             "invalid runtime state (fix or remove the file):\n"
             + "\n".join(f"{store.directory}/{p}" for p in problems)
         )
+    token_file = TokenFile(config.path(config.http.tokens_file) if config.http.tokens_file else None)
+    try:
+        token_file.current = await trio.to_thread.run_sync(token_file.read)
+        trusted = parse_networks(config.http.trusted_hosts)
+        tls = (
+            server_tls(config.path(config.http.tls_cert), config.path(config.http.tls_key))
+            if config.http.tls_cert or config.http.tls_key
+            else None
+        )
+    except PolicyLoadError as exc:
+        raise StartupError("invalid tokens file:\n" + "\n".join(str(p) for p in exc.problems)) from None
+    except ValueError as exc:
+        raise StartupError(f"http: {exc}") from None
     current = Current(Snapshot.build(policy, runtime, generation=1))
     current.last_reload = ReloadResult(ok=True, at=clock(), generation=1, files=policy.files)
     events = Broadcaster()
     mutations = Mutations(current, store, events, clock=clock)
-    reloader = Reloader(reader, current, events, notifier, clock=clock)
+    reloader = Reloader(reader, current, events, notifier, clock=clock, tokens=token_file)
     metrics = Metrics(current, clock)
     events.listeners.append(metrics.on_event)
     gid = admin_gid(config)
@@ -197,9 +240,20 @@ async def serve(
         clock=clock,
     )
     add_check_routes(router, current=current, events=events, metrics=metrics, clock=clock)
+
+    def file_time(source: str) -> float:
+        """When the policy file behind ``source`` ("name:line") last changed."""
+        return reader.mtimes.get(source.rpartition(":")[0] or source, current.started)
+
+    add_qstash_routes(router, current=current, mutations=mutations, file_time=file_time, clock=clock)
+    add_hookbridge_routes(router, current=current, mutations=mutations, file_time=file_time)
     sockets = open_sockets(config)
     limits = Limits()
     drain = Drain()
+    # Postfix connections have their own count, so many smtpd processes
+    # cannot crowd out the admin API's 256.
+    postfix_limits = Limits(max_connections=1024)
+    postfix_drain = Drain()
     stop = trio.Event()
 
     async def handle_admin(stream: trio.SocketStream) -> None:
@@ -208,6 +262,33 @@ async def serve(
         except OSError:
             peer = Peer()
         await serve_connection(stream, router.dispatch, peer, limits, drain)
+
+    tcp_limits = Limits()
+    tcp_drain = Drain()
+    tcp_dispatch = functools.partial(
+        router.dispatch, authenticate=TcpAuth(trusted, lambda: token_file.current)
+    )
+
+    async def handle_tcp(stream: trio.SocketStream) -> None:
+        try:
+            address = stream.socket.getpeername()[0]
+        except OSError:
+            return
+        if tls is not None:
+            stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+            with trio.move_on_after(limits.request_timeout) as handshake:
+                try:
+                    await stream.do_handshake()
+                except trio.BrokenResourceError:
+                    log.info("tls_handshake_failed", peer=address)
+                    return
+            if handshake.cancelled_caught:
+                await trio.aclose_forcefully(stream)
+                return
+        await serve_connection(stream, tcp_dispatch, Peer(address=address), tcp_limits, tcp_drain)
+
+    async def handle_postfix(stream: trio.SocketStream) -> None:
+        await serve_postfix_connection(stream, current, config.postfix, clock, postfix_drain)
 
     async def on_policy_change(batch) -> None:
         await reloader.reload("watch")
@@ -222,7 +303,7 @@ async def serve(
             async with trio.open_nursery() as background:
                 delay = config.reload.debounce_ms / 1000
                 await background.start(
-                    follow, debounced(watch_tree(config.policy_path, stop), delay), on_policy_change
+                    follow, debounced(watch_tree(config.policy_path, stop, token_file.path), delay), on_policy_change
                 )
                 store.directory.mkdir(parents=True, exist_ok=True)
                 await background.start(
@@ -247,6 +328,21 @@ async def serve(
                                         serve_listener, listener, handle_admin, limits, drain,
                                         connections,
                                     )
+                                if sockets.http is not None:
+                                    listener = trio.SocketListener(
+                                        trio.socket.from_stdlib_socket(sockets.http)
+                                    )
+                                    await accepting.start(
+                                        serve_listener, listener, handle_tcp, tcp_limits,
+                                        tcp_drain, connections,
+                                    )
+                                for sock in (sockets.postfix, sockets.postfix_tcp):
+                                    if sock is not None:
+                                        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                                        await accepting.start(
+                                            serve_listener, listener, handle_postfix, postfix_limits,
+                                            postfix_drain, connections,
+                                        )
                                 task_status.started()
 
                     await connections.start(run_listeners)
@@ -256,6 +352,9 @@ async def serve(
                         version=__version__,
                         generation=current.snapshot.generation,
                         admin=str(config.admin_socket),
+                        postfix=str(config.postfix_socket) if sockets.postfix is not None else None,
+                        postfix_listen=config.postfix.listen or None,
+                        http_listen=config.http.listen or None,
                         files=list(policy.files),
                     )
                     task_status.started(current)
@@ -274,8 +373,12 @@ async def serve(
                         except FileNotFoundError:
                             pass
                     drain.start()  # idle connections close; requests in flight finish
+                    postfix_drain.start()
+                    tcp_drain.start()
                     with trio.move_on_after(GRACE):
                         await drain.wait_empty()
+                        await tcp_drain.wait_empty()
+                        await postfix_drain.wait_empty()
                     connections.cancel_scope.cancel()
                 stop.set()
                 background.cancel_scope.cancel()

@@ -278,6 +278,55 @@ class Mutations:
             )
             return None
 
+    async def upsert_queue(
+        self, name: str, *, parallelism: int | None, paused: bool, actor: str
+    ) -> QueuePolicy:
+        """QStash's upsert: set a queue's parallelism and pause state in one change."""
+        async with self.lock:
+            fields: dict[str, Any] = {}
+            if parallelism is not None:
+                fields["parallelism"] = parallelism
+            wanted = queue_from(fields, mode="api", name=name)
+            view = self.current.snapshot.queues.get(wanted.name)
+            if not paused and view is not None and view.file is not None and view.file.paused:
+                raise defined_in_file(f"the pause of queue {wanted.name}", view.file.source)
+            before = view.runtime if view is not None else None
+            now = self._now()
+            entry = QueuePolicy(
+                name=wanted.name,
+                paused=paused,
+                reason=before.reason if before is not None and paused else None,
+                parallelism=wanted.parallelism,
+                created_at=before.created_at if before and before.created_at else now,
+                created_by=before.created_by if before and before.created_by else actor,
+                updated_at=now,
+            )
+            if entry == before:
+                return entry
+            event = "queue_paused" if paused and not (view and view.paused) else (
+                "queue_resumed" if not paused and view is not None and view.paused else "queue_updated"
+            )
+            await self._store_queue(entry, event, actor)
+            return entry
+
+    async def delete_queue(self, name: str, actor: str) -> None:
+        """Drop a queue's runtime entry; 404 if it has none, 409 if a file owns it."""
+        async with self.lock:
+            normal = queue_from({}, mode="api", name=name).name
+            view = self.current.snapshot.queues.get(normal)
+            if view is None:
+                raise NotFound(f"queue {normal} not found", code="QUEUE_NOT_FOUND")
+            if view.runtime is None:
+                raise defined_in_file(f"queue {normal}", view.file.source)
+            await self.store.remove("queue", normal)
+            runtime = self.current.snapshot.runtime
+            self._apply(
+                msgspec.structs.replace(runtime, queues=_without(runtime.queues, normal)),
+                "queue_deleted" if not view.runtime.paused or (view.file and view.file.paused) else "queue_resumed",
+                queue=normal,
+                by=actor,
+            )
+
     async def _store_queue(self, entry: QueuePolicy, event: str, actor: str) -> None:
         await self.store.put(entry)
         runtime = self.current.snapshot.runtime

@@ -20,6 +20,7 @@ class PolicyReader:
         self.directory = directory
         self._cache: dict[str, tuple[bytes, ParsedFile]] = {}
         self.parsed_last = 0  # how many files the last read() had to parse
+        self.mtimes: dict[str, float] = {}  # file name -> modification time, as last read
 
     def names(self) -> list[str]:
         """The policy files in the directory, in name order."""
@@ -41,11 +42,13 @@ class PolicyReader:
         """Parse every policy file (from cache where unchanged); problems stay inside."""
         files: list[ParsedFile] = []
         cache: dict[str, tuple[bytes, ParsedFile]] = {}
+        mtimes: dict[str, float] = {}
         parsed = 0
         for name in self.names():
             path = self.directory / name
             try:
                 data = path.read_bytes()
+                mtimes[name] = path.stat().st_mtime
             except FileNotFoundError:
                 continue  # removed between listing and reading: it is gone
             except OSError as exc:
@@ -70,6 +73,7 @@ class PolicyReader:
             cache[name] = (digest, result)
             files.append(result)
         self._cache = cache
+        self.mtimes = mtimes
         self.parsed_last = parsed
         return files
 

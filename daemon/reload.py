@@ -29,6 +29,7 @@ from policy.errors import PolicyLoadError
 
 from .current import Current, ReloadResult
 from .events import Broadcaster
+from .http.auth import TokenFile
 from .policy_dir import PolicyReader
 from .systemd import Notifier
 
@@ -45,7 +46,9 @@ class Reloader:
         events: Broadcaster,
         notifier: Notifier,
         clock: Callable[[], float] = time.time,
+        tokens: TokenFile | None = None,
     ) -> None:
+        self.tokens = tokens
         self.reader = reader
         self.current = current
         self.events = events
@@ -58,10 +61,18 @@ class Reloader:
         async with self.lock:
             self.notifier.reloading()
             started = time.perf_counter()
+            problems = []
             try:
                 policy = await trio.to_thread.run_sync(self.reader.load)
             except PolicyLoadError as exc:
-                errors = tuple(str(p) for p in exc.problems)
+                problems.extend(exc.problems)
+            if self.tokens is not None:
+                try:
+                    tokens = await trio.to_thread.run_sync(self.tokens.read)
+                except PolicyLoadError as exc:
+                    problems.extend(exc.problems)
+            if problems:
+                errors = tuple(str(p) for p in problems)
                 result = ReloadResult(
                     ok=False,
                     at=self.clock(),
@@ -79,6 +90,8 @@ class Reloader:
                 new = old.with_policy(policy, old.generation + 1)
                 changes = diff(old, new)
                 self.current.swap(new)
+                if self.tokens is not None:
+                    self.tokens.current = tokens
                 result = ReloadResult(
                     ok=True,
                     at=self.clock(),
@@ -143,24 +156,35 @@ async def debounced(
                     return
 
 
-async def watch_tree(directory: Path, stop: trio.Event) -> AsyncIterator[ChangeSet]:
+async def watch_tree(
+    directory: Path, stop: trio.Event, also: Path | None = None
+) -> AsyncIterator[ChangeSet]:
     """Change sets for ``directory`` and anything in it, surviving its deletion.
 
     watchfiles watches the parent directory, recursively, and only paths
-    inside ``directory`` (or the directory itself) are passed on.
+    inside ``directory`` (or the directory itself, or the file ``also``) are
+    passed on. ``also`` must live in the same parent directory tree.
     """
     import watchfiles
 
     directory = directory.resolve()
     parent = directory.parent
     prefix = str(directory)
+    extra = str(also.resolve()) if also is not None else None
+    paths = [parent]
+    if also is not None and not str(also.resolve()).startswith(str(parent) + "/"):
+        paths.append(also.resolve().parent)
+
+    def wanted(_change: object, path: str) -> bool:
+        return path == prefix or path.startswith(prefix + "/") or path == extra
+
     async for changes in watchfiles.awatch(
-        parent,
+        *paths,
         stop_event=stop,
         debounce=50,
         step=10,
         recursive=True,
-        watch_filter=lambda _change, path: path == prefix or path.startswith(prefix + "/"),
+        watch_filter=wanted,
         rust_timeout=1000,
         yield_on_timeout=False,
     ):

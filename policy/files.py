@@ -80,7 +80,7 @@ class PolicySet(msgspec.Struct, frozen=True):
     files: tuple[str, ...] = ()
 
 
-class _Lines:
+class SourceLines:
     """Finds the line of a table or key in TOML source text."""
 
     def __init__(self, text: str) -> None:
@@ -132,7 +132,7 @@ def _parse(text: str, name: str, mode: Mode) -> ParsedFile:
     doc, problem = _decode(text, name)
     if doc is None:
         return ParsedFile(name=name, problems=(problem,))
-    lines = _Lines(text)
+    lines = SourceLines(text)
     problems: list[FileProblem] = []
     built: dict[str, list[Any]] = {kind: [] for kind in KINDS}
     pauses: list[Pause] = []

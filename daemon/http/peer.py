@@ -16,6 +16,7 @@ class Peer:
     pid: int | None = None
     address: str | None = None
     token: str | None = None  # the name of the token presented, never the token
+    role: str | None = None  # TCP: "admin" or "read"; unix peers are judged by credentials
 
     @property
     def user(self) -> str | None:
@@ -31,6 +32,8 @@ class Peer:
             return f"uid={self.uid}({self.user}) pid={self.pid}"
         if self.token is not None:
             return f"token={self.token} address={self.address}"
+        if self.role is not None:
+            return f"trusted={self.address}"
         return f"address={self.address}"
 
 
@@ -42,7 +45,13 @@ def unix_peer(sock: socket.socket) -> Peer:
 
 
 def may_change(peer: Peer, admin_gid: int | None) -> bool:
-    """Whether a unix peer may make changes: root, our own user, or the admin group."""
+    """Whether a peer may make changes.
+
+    On TCP, an admin token or a trusted host; on the unix socket, root, the
+    daemon's own user, or a member of the admin group.
+    """
+    if peer.role is not None:
+        return peer.role == "admin"
     if peer.uid is None:
         return False
     if peer.uid in (0, os.geteuid()):

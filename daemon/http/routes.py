@@ -28,6 +28,10 @@ class Route:
     handler: Handler
     change: bool
     regex: re.Pattern[str]
+    style: str  # error envelope: "sluice" (also HookBridge's) or "qstash"
+
+
+Authenticate = Callable[[Request], Peer]
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -48,8 +52,16 @@ class Router:
         self.may_change = may_change
         self.on_response = on_response  # (request, route pattern or "unmatched", response)
 
-    def add(self, method: str, pattern: str, handler: Handler, *, change: bool = False) -> None:
-        self.routes.append(Route(method, pattern, handler, change, _compile(pattern)))
+    def add(
+        self,
+        method: str,
+        pattern: str,
+        handler: Handler,
+        *,
+        change: bool = False,
+        style: str = "sluice",
+    ) -> None:
+        self.routes.append(Route(method, pattern, handler, change, _compile(pattern), style))
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
         allowed = []
@@ -57,7 +69,7 @@ class Router:
             m = route.regex.match(path)
             if m is None:
                 continue
-            if route.method == method or (method == "HEAD" and route.method == "GET"):
+            if route.method == method:
                 return route, {k: unquote(v) for k, v in m.groupdict().items()}
             allowed.append(route.method)
         if allowed:
@@ -68,10 +80,22 @@ class Router:
             )
         raise HttpError(404, "NOT_FOUND", f"no such route: {path}")
 
-    async def dispatch(self, request: Request) -> Response:
+    def _style_of(self, path: str) -> str:
+        """The error style of the routes at ``path`` (for 405s), else sluice's."""
+        for route in self.routes:
+            if route.regex.match(path):
+                return route.style
+        return "sluice"
+
+    async def dispatch(
+        self, request: Request, authenticate: Authenticate | None = None
+    ) -> Response:
+        """Route ``request``; ``authenticate`` (TCP) turns it into a Peer or raises 401."""
         route = None
         try:
             route, params = self.match(request.method, request.path)
+            if authenticate is not None:
+                request.peer = authenticate(request)
             if route.change and not self.may_change(request.peer):
                 raise HttpError(
                     403, "FORBIDDEN", f"{request.peer} may read but not change state"
@@ -79,13 +103,15 @@ class Router:
             request.params = params
             response = await route.handler(request)
         except Exception as exc:  # noqa: BLE001 - mapped in one place, re-raised if unknown
+            style = route.style if route is not None else self._style_of(request.path)
             try:
-                response = map_error(exc, request.request_id)
+                response = map_error(exc, request.request_id, style)
             except Exception:
                 log.exception("handler_failed", path=request.path)
                 response = map_error(
                     HttpError(500, "INTERNAL", "internal error; see the daemon's log"),
                     request.request_id,
+                    style,
                 )
         if self.on_response is not None:
             self.on_response(request, route.pattern if route else "unmatched", response)

@@ -349,7 +349,8 @@ async def _fail(
     log.info(
         "request",
         method=head.method.decode("ascii", "replace") if head else None,
-        path=head.target.decode("latin-1") if head else None,
+        # the path only: a query may carry a token (?qstash_token=)
+        path=urlsplit(head.target.decode("latin-1")).path if head else None,
         status=status,
         error=code,
         peer=str(peer),
@@ -392,13 +393,21 @@ async def _linger(stream: trio.abc.Stream) -> None:
         pass
 
 
-def map_error(exc: Exception, request_id: str) -> Response:
-    """The one place that turns an exception into an error response."""
+def map_error(exc: Exception, request_id: str, style: str = "sluice") -> Response:
+    """The one place that turns an exception into an error response.
+
+    ``style`` picks the envelope: sluice's own (which HookBridge shares), or
+    QStash's ``{"error": "<message>"}``.
+    """
     if isinstance(exc, HttpError):
-        return error_response(exc.status, exc.code, exc.message, request_id)
-    if isinstance(exc, PolicyError):
-        return error_response(exc.status_hint, exc.code, exc.message, request_id)
-    raise exc
+        status, code, message = exc.status, exc.code, exc.message
+    elif isinstance(exc, PolicyError):
+        status, code, message = exc.status_hint, exc.code, exc.message
+    else:
+        raise exc
+    if style == "qstash":
+        return Response(status=status, body=_json.encode({"error": message}) + b"\n")
+    return error_response(status, code, message, request_id)
 
 
 async def serve_listener(

@@ -1,0 +1,362 @@
+"""The Postfix SMTP access policy delegation server (DESIGN.md section 5).
+
+How this works
+--------------
+Postfix's smtpd writes a request, ``name=value`` lines ended by an empty
+line, reads one ``action=...`` line and an empty line back, and keeps the
+connection for its next request. ``RequestReader`` is that protocol without
+any I/O, as h11's ``Connection`` is for HTTP: bytes in, complete requests
+out, or the reason a request is malformed. ``serve_postfix_connection`` is
+the trio shell: it reads whatever has arrived, answers every complete request
+in it with one write (pipelined requests are answered in order), and waits
+for more.
+
+The question asked of the policy: the recipient's domain (after its last
+``@``) is the queue's domain, the configured attribute (``sasl_username`` by
+default; an empty value means no tenant) is its tenant, and the campaign is
+unset. The first hold's reason answers ``DEFER_IF_PERMIT 4.7.1 <reason>`` (or
+``HOLD <reason>``); no hold, no recipient (a request from another protocol
+state) or a recipient domain that is no valid queue domain answers ``DUNNO``:
+a broken address is for Postfix to judge, not a hold. A tenant value that no
+queue name can carry (it holds ``@``, ``:``, whitespace) is dropped, so the
+rules without a tenant, a domain suspension above all, still apply.
+
+Invariants:
+- every request read is answered, in order, before the connection closes;
+- a malformed request (no ``request=smtpd_access_policy``, a line without
+  ``=``, a line over ``MAX_LINE`` bytes, over ``MAX_ATTRIBUTES`` lines) is
+  answered with a temporary failure and the connection is then closed, since
+  nothing after it can be trusted to start a request;
+- the buffer never holds more than one partial request, and a partial
+  request is bounded by the limits above even before its empty line comes;
+- a partial request must be completed within ``REQUEST_TIMEOUT``; between
+  requests a connection may idle ``IDLE_TIMEOUT``, longer than Postfix's own
+  ``smtpd_policy_service_max_idle`` (300 s), so Postfix is the side that
+  closes an idle connection and never writes into one being closed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+import trio
+
+from policy.errors import InvalidQueueName
+from policy.queue_name import QueueName, parse
+from policy.snapshot import Hold, Snapshot
+
+from .config import PostfixConfig
+from .current import Current
+from .http.server import Drain
+
+log = structlog.get_logger("sluice.postfix")
+
+MAX_LINE = 8192
+MAX_ATTRIBUTES = 100
+IDLE_TIMEOUT = 330.0
+REQUEST_TIMEOUT = 10.0
+SEND_TIMEOUT = 10.0
+RECEIVE_SIZE = 65536
+# An SMTP reply line is at most 512 octets (RFC 5321 4.5.3.1.5); Postfix puts
+# "450 4.7.1 <recipient>: Recipient address rejected: " before the text.
+MAX_REASON = 200
+
+DUNNO = b"action=DUNNO\n\n"
+_REQUEST_KIND = b"smtpd_access_policy"
+
+
+class MalformedRequest(Exception):
+    """A request that breaks the protocol; ``what`` says how."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRequest:
+    """The attributes of one request that the decision needs, as sent."""
+
+    recipient: bytes = b""
+    tenant: bytes = b""
+
+
+class RequestReader:
+    """Bytes in, complete policy requests out. No I/O.
+
+    ``feed`` returns the requests completed by the new bytes and, if one is
+    malformed, the MalformedRequest that stops the connection (requests
+    before it are still returned, to be answered first). After an error the
+    reader must not be fed again.
+    """
+
+    def __init__(self, tenant_attribute: str = "sasl_username") -> None:
+        self._buffer = bytearray()
+        self._searched = 0  # the buffer holds no request end before this offset
+        self._pending_cr = False
+        self._tenant = tenant_attribute.encode() if tenant_attribute else None
+
+    @property
+    def pending(self) -> bool:
+        """Whether part of a request is buffered, waiting for the rest."""
+        return bool(self._buffer) or self._pending_cr
+
+    def feed(self, data: bytes) -> tuple[list[PolicyRequest], MalformedRequest | None]:
+        if self._pending_cr:
+            data = b"\r" + data
+            self._pending_cr = False
+        if b"\r" in data:
+            # Postfix ends lines with LF alone; a person typing into nc or
+            # telnet may send CRLF, which is taken as LF.
+            if data.endswith(b"\r"):
+                data = data[:-1]
+                self._pending_cr = True
+            data = data.replace(b"\r\n", b"\n")
+        buffer = self._buffer
+        searched = 0
+        if buffer:
+            searched = self._searched
+            buffer += data
+            if buffer.find(b"\n\n", max(0, searched - 1)) < 0:
+                self._searched = len(buffer)
+                try:
+                    self._check_partial()
+                except MalformedRequest as exc:
+                    buffer.clear()
+                    return [], exc
+                return [], None
+            data = bytes(buffer)
+            buffer.clear()
+        # The usual case: ``data`` holds whole requests and the buffer was empty.
+        requests: list[PolicyRequest] = []
+        start = 0
+        try:
+            while True:
+                if data.startswith(b"\n", start):
+                    raise MalformedRequest("empty request: no request= attribute")
+                end = data.find(b"\n\n", max(start, searched - 1))
+                if end < 0:
+                    break
+                requests.append(self._request(data[start:end]))
+                start = end + 2
+            if start < len(data):
+                buffer += memoryview(data)[start:]
+                self._searched = len(buffer)
+                self._check_partial()
+        except MalformedRequest as exc:
+            buffer.clear()
+            return requests, exc
+        return requests, None
+
+    def _check_partial(self) -> None:
+        """Hold a partial request to the limits before its end arrives."""
+        buffer = self._buffer
+        last = buffer.rfind(b"\n")
+        if len(buffer) - last - 1 > MAX_LINE:
+            raise MalformedRequest(f"a line over {MAX_LINE} bytes")
+        if buffer.count(b"\n") > MAX_ATTRIBUTES:
+            raise MalformedRequest(f"over {MAX_ATTRIBUTES} attributes")
+
+    def _request(self, block: bytes) -> PolicyRequest:
+        lines = block.split(b"\n")
+        if len(lines) > MAX_ATTRIBUTES:
+            raise MalformedRequest(f"over {MAX_ATTRIBUTES} attributes")
+        if len(block) > MAX_LINE and max(map(len, lines)) > MAX_LINE:
+            raise MalformedRequest(f"a line over {MAX_LINE} bytes")
+        kind = None
+        recipient = tenant = b""
+        tenant_name = self._tenant
+        for line in lines:
+            name, eq, value = line.partition(b"=")
+            if not eq or not name:
+                shown = line[:40].decode("utf-8", "replace")
+                raise MalformedRequest(f"not a name=value line: {shown!r}")
+            if name == b"recipient":
+                recipient = value
+            elif name == tenant_name:
+                tenant = value
+            elif name == b"request":
+                kind = value
+        if kind != _REQUEST_KIND:
+            if kind is None:
+                raise MalformedRequest("no request= attribute")
+            shown = kind[:40].decode("utf-8", "replace")
+            raise MalformedRequest(f"request={shown} is not smtpd_access_policy")
+        return PolicyRequest(recipient=recipient, tenant=tenant)
+
+
+def queue_for(request: PolicyRequest) -> QueueName | None:
+    """The queue a request asks about: ``tenant@domain`` or ``domain``.
+
+    None when there is no recipient domain or it is no valid queue domain.
+    """
+    _local, at, raw_domain = request.recipient.rpartition(b"@")
+    if not at or not raw_domain:
+        return None
+    try:
+        domain = raw_domain.decode()
+    except UnicodeDecodeError:
+        return None
+    try:
+        tenant = request.tenant.decode()
+    except UnicodeDecodeError:
+        tenant = ""
+    if tenant and "@" not in tenant and ":" not in tenant:
+        try:
+            return parse(f"{tenant}@{domain}")
+        except InvalidQueueName:
+            pass  # the tenant, or the whole name, cannot be a queue name: try the domain
+    try:
+        return parse(domain)
+    except InvalidQueueName:
+        return None
+
+
+def reason_text(hold: Hold) -> str:
+    """The text Postfix puts in its reply: one safe, short line."""
+    reason = hold.reason
+    if not reason:
+        if hold.kind == "queue_pause":
+            reason = f"queue {hold.queue} is paused"
+        else:
+            reason = "delivery suspended"
+    # The core refuses control characters in reasons; a newline here would
+    # end the answer early, so make sure of it.
+    if not reason.isprintable():
+        reason = "".join(c if c.isprintable() else " " for c in reason)
+    if len(reason) > MAX_REASON:
+        reason = reason[: MAX_REASON - 3] + "..."
+    return reason
+
+
+class Answerer:
+    """Turns requests into answers under one configuration."""
+
+    def __init__(self, config: PostfixConfig) -> None:
+        self._prefix = "action=HOLD " if config.on_hold == "hold" else "action=DEFER_IF_PERMIT 4.7.1 "
+
+    def answer(self, snapshot: Snapshot, request: PolicyRequest, now: float) -> bytes:
+        queue = queue_for(request)
+        if queue is None:
+            if request.recipient:
+                log.debug("postfix_no_queue", recipient=request.recipient.decode("utf-8", "replace"))
+            return DUNNO
+        decision = snapshot.decide(queue, now)
+        if decision.deliver:
+            return DUNNO
+        return (self._prefix + reason_text(decision.holds[0]) + "\n\n").encode()
+
+
+def malformed_answer(what: str) -> bytes:
+    what = "".join(c if c.isprintable() else "?" for c in what)
+    return f"action=DEFER_IF_PERMIT 4.3.5 sluice: malformed policy request: {what}\n\n".encode()
+
+
+async def serve_postfix_connection(
+    stream: trio.abc.Stream,
+    current: Current,
+    config: PostfixConfig,
+    clock: Callable[[], float] = time.time,
+    drain: Drain | None = None,
+) -> None:
+    """Answer policy requests on ``stream`` until the client closes or misbehaves.
+
+    Never raises for anything the client does; the stream is closed on return.
+    """
+    drain = drain if drain is not None else Drain()
+    reader = RequestReader(config.tenant_attribute)
+    answerer = Answerer(config)
+    request_deadline: float | None = None
+    try:
+        while True:
+            if request_deadline is None:
+                with drain.idle() as idle:
+                    idle.deadline = trio.current_time() + IDLE_TIMEOUT
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                if idle.cancelled_caught:
+                    return  # idle too long, or shutting down
+            else:
+                with trio.move_on_at(request_deadline) as late:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                if late.cancelled_caught:
+                    what = f"request not complete within {REQUEST_TIMEOUT:g} s"
+                    log.info("postfix_malformed_request", what=what)
+                    await _send(stream, malformed_answer(what))
+                    return
+            if not data:
+                return
+            requests, error = reader.feed(data)
+            out = b""
+            if requests:
+                snapshot = current.snapshot
+                now = clock()
+                try:
+                    out = b"".join([answerer.answer(snapshot, r, now) for r in requests])
+                except Exception:
+                    # A bug must cost one connection a temporary failure, never the daemon.
+                    log.exception("postfix_internal_error")
+                    await _send(stream, b"action=DEFER_IF_PERMIT 4.3.0 sluice: internal error\n\n")
+                    return
+            if error is not None:
+                log.info("postfix_malformed_request", what=error.what)
+                await _send(stream, out + malformed_answer(error.what))
+                return
+            if out and not await _send(stream, out):
+                return
+            if not reader.pending:
+                request_deadline = None
+            elif request_deadline is None or requests:
+                request_deadline = trio.current_time() + REQUEST_TIMEOUT
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+    finally:
+        with trio.move_on_after(1) as cleanup:
+            cleanup.shield = True
+            await stream.aclose()
+
+
+async def _send(stream: trio.abc.Stream, data: bytes) -> bool:
+    """Write ``data``; False if the client stopped reading for ``SEND_TIMEOUT``."""
+    with trio.move_on_after(SEND_TIMEOUT):
+        await stream.send_all(data)
+        return True
+    log.info("postfix_send_timeout")
+    return False
+
+
+def bind_loopback(listen: str) -> socket.socket:
+    """Bind and listen on ``listen`` ("127.0.0.1:10040", "[::1]:10040").
+
+    Raises ValueError, with a message for the operator, for anything but a
+    loopback address with a port, or when the address cannot be bound. The
+    policy protocol has no authentication, so it never leaves the host.
+    """
+    host, colon, port_text = listen.rpartition(":")
+    if not colon or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{listen!r} is not ADDRESS:PORT, such as 127.0.0.1:10040")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{listen!r}: {host!r} is not an IP address; use 127.0.0.1 or [::1]") from None
+    if not address.is_loopback:
+        raise ValueError(
+            f"{listen!r} is not a loopback address: the policy protocol has no "
+            "authentication, so it listens on 127.0.0.1 or [::1] only"
+        )
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((str(address), int(port_text)))
+        sock.listen(512)
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot listen on {listen}: {exc.strerror}") from None
+    return sock
