@@ -19,253 +19,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import stat
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
 from policy.duration import format_duration
-from policy.errors import FileProblem, PolicyLoadError
-from policy.files import ParsedFile, combine, is_policy_file, parse_policy
+from policy.tokens import NAME as TOKEN_NAME
+from policy.tokens import new_token
 
 from .client import AdminClient, Refused, Reply, Unreachable
 from .config import ConfigError, load_config
-from .policy_dir import PolicyReader
+from .offline import edit, plural, validate
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
 DEFAULT_CONFIG = "/etc/sluice/sluiced.toml"
 DEFAULT_SOCKET = "/run/sluice/admin.sock"
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-def _summary(f: ParsedFile) -> str:
-    c = f.counts()
-    return (
-        f"{f.name}: ok, {_plural(c['suspensions'], 'suspension')}, "
-        f"{_plural(c['queues'], 'queue')}, {_plural(c['schedules'], 'schedule')}, "
-        f"{_plural(c['endpoints'], 'endpoint')}"
-    )
-
-
-def _note_expired(files: Sequence[ParsedFile], err: TextIO) -> None:
-    now = time.time()
-    for f in files:
-        for s in f.suspensions:
-            if not s.is_active(now):
-                print(
-                    f"{s.source}: note: suspension {s.id} expired at "
-                    f"{s.expires.isoformat()} and no longer matches",
-                    file=err,
-                )
-
-
-def validate(directory: Path, out=sys.stdout, err=sys.stderr) -> int:
-    """Check a policy directory offline, as the daemon would load it.
-
-    Prints one summary line per file and returns 0, or prints every problem
-    to ``err`` and returns 1. Suspensions already expired are noted, not
-    refused: they simply no longer match.
-    """
-    reader = PolicyReader(directory)
-    try:
-        files = reader.read()
-        combine(files)
-    except PolicyLoadError as exc:
-        _print_problems(exc.problems, str(directory), err)
-        return EXIT_REFUSED
-    for f in files:
-        print(_summary(f), file=out)
-    _note_expired(files, err)
-    if not files:
-        print(f"{directory}: ok, no policy files", file=out)
-    return EXIT_OK
-
-
-def _print_problems(problems: Sequence[FileProblem], where: str, err: TextIO) -> None:
-    for problem in problems:
-        print(problem, file=err)
-    print(f"{where}: invalid: {_plural(len(problems), 'problem')}", file=err)
-
-
-# -- edit: visudo for a policy file ------------------------------------------------
-#
-# The copy being edited lives next to FILE (so the final rename is atomic) under
-# a name the daemon never reads (a leading dot); it keeps a .toml suffix so the
-# editor highlights it. FILE is replaced only by a copy that, in place of FILE,
-# makes the whole directory load; it is never written in place, and a copy is
-# removed unless FILE changed on disk meanwhile (then it is kept and named).
-
-
-def _parse_bytes(data: bytes, name: str) -> ParsedFile:
-    """Parse a policy file's bytes as the daemon's reader does."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        return ParsedFile(name=name, problems=(FileProblem(name, line, "", "file is not valid UTF-8"),))
-    return parse_policy(text, name)
-
-
-def check_edit(directory: Path, name: str, data: bytes) -> tuple[ParsedFile, tuple[FileProblem, ...]]:
-    """Parse ``data`` as file ``name`` of ``directory`` and combine it with the others.
-
-    Returns the parsed file and every problem of the directory as it would
-    be with ``data`` in place (none: it loads).
-    """
-    edited = _parse_bytes(data, name)
-    try:
-        others = [f for f in PolicyReader(directory).read() if f.name != name]
-        combine(sorted([*others, edited], key=lambda f: f.name))
-    except PolicyLoadError as exc:
-        return edited, exc.problems
-    return edited, ()
-
-
-def _editor() -> list[str]:
-    command = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
-    return shlex.split(command)
-
-
-def _ask(stdin: TextIO, err: TextIO) -> str:
-    """'e' to edit again or 'x' to give up; 'x' at end of input or without a terminal."""
-    if not stdin.isatty():
-        print("not saved: no terminal to ask on (stdin is not a TTY)", file=err)
-        return "x"
-    while True:
-        print("What now? [e]dit again, [x] exit without saving: ", end="", file=err, flush=True)
-        line = stdin.readline()
-        if not line:
-            print(file=err)
-            return "x"
-        answer = line.strip().lower()
-        if answer in ("e", "edit"):
-            return "e"
-        if answer in ("x", "exit", "q", "quit"):
-            return "x"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _install(copy: Path, dest: Path, before: os.stat_result | None) -> None:
-    """Give ``copy`` FILE's mode (and owner, where allowed), fsync it, rename it over ``dest``."""
-    fd = os.open(copy, os.O_RDONLY)
-    try:
-        os.fchmod(fd, stat.S_IMODE(before.st_mode) if before else 0o666 & ~_umask())
-        if before is not None:
-            try:
-                os.fchown(fd, before.st_uid, before.st_gid)
-            except PermissionError:
-                pass  # not root: the file becomes ours, as any editor would leave it
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(copy, dest)
-    dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def edit(file: Path, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Edit a policy file visudo-style; returns 0 (installed or unchanged) or 1 (not saved)."""
-    directory, name = file.parent, file.name
-    dest = Path(os.path.realpath(file))  # a symlinked FILE: replace its target, keep the link
-    if not directory.is_dir():
-        print(f"sluicectl: {directory}: no such directory", file=err)
-        return EXIT_REFUSED
-    try:
-        original = _read(dest)
-        before = dest.stat() if original is not None else None
-    except OSError as exc:
-        print(f"sluicectl: cannot read {file}: {exc.strerror}", file=err)
-        return EXIT_REFUSED
-    if not is_policy_file(name):
-        print(f"sluicectl: note: sluiced does not read {name} (only *.toml not starting with '.')", file=err)
-    stem = name[: -len(".toml")] if name.endswith(".toml") else name
-    try:
-        fd, copy_name = tempfile.mkstemp(prefix=f".{stem}.sluicectl-", suffix=".toml", dir=dest.parent)
-    except OSError as exc:
-        print(f"sluicectl: cannot make a copy to edit in {dest.parent}: {exc.strerror}", file=err)
-        return EXIT_REFUSED
-    copy = Path(copy_name)
-    keep = False
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(original or b"")
-        while True:
-            command = [*_editor(), str(copy)]
-            try:
-                status = subprocess.run(command).returncode
-            except OSError as exc:
-                print(f"sluicectl: cannot run editor {command[0]!r}: {exc.strerror}", file=err)
-                return EXIT_REFUSED
-            if status != 0:
-                print(f"sluicectl: editor exited with status {status}; {file} not saved", file=err)
-                return EXIT_REFUSED
-            data = _read(copy)
-            if data is None:
-                print(f"sluicectl: the edited copy {copy} is gone; {file} not saved", file=err)
-                return EXIT_REFUSED
-            if data == (original if original is not None else b""):
-                print(f"{file}: unchanged" if original is not None else f"{file}: empty, not created", file=out)
-                return EXIT_OK
-            parsed, problems = check_edit(directory, name, data)
-            if not problems:
-                break
-            _print_problems(problems, str(directory), err)
-            if _ask(stdin, err) == "x":
-                print(f"{file} not saved" + (", left as it was" if original is not None else ""), file=err)
-                return EXIT_REFUSED
-        if _read(dest) != original:
-            keep = True
-            print(
-                f"sluicectl: {file} changed on disk while you edited it; not replaced. "
-                f"Your version is in {copy}",
-                file=err,
-            )
-            return EXIT_REFUSED
-        try:
-            _install(copy, dest, before)
-        except OSError as exc:
-            keep = copy.exists()
-            print(
-                f"sluicectl: cannot install {file}: {exc.strerror}"
-                + (f". Your version is in {copy}" if keep else ""),
-                file=err,
-            )
-            return EXIT_REFUSED
-        print(_summary(parsed), file=out)
-        _note_expired([parsed], err)
-        print(f"{file}: {'installed' if original is not None else 'created'}", file=out)
-        return EXIT_OK
-    finally:
-        if not keep:
-            copy.unlink(missing_ok=True)
-
-
-# -- output for people --------------------------------------------------------------
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
@@ -319,11 +90,10 @@ def decision_text(d: dict[str, Any]) -> str:
 def event_text(e: dict[str, Any]) -> str:
     """One event of the stream as a line: time, generation, name, its fields."""
     at = e.get("at")
-    when = (
-        datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        if isinstance(at, (int, float))
-        else "-"
-    )
+    if isinstance(at, (int, float)):  # seconds since the epoch, as the first daemons sent it
+        when = datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    else:
+        when = _when(at) if isinstance(at, str) else "-"
     parts = [when, f"gen {e.get('generation', '-')}", str(e.get("event", "?"))]
     for key, value in e.items():
         if key in ("at", "generation", "event") or value is None:
@@ -349,7 +119,9 @@ def _print_json(reply: Reply, out: TextIO) -> None:
 
 
 def cmd_suspend(args, client: AdminClient, out: TextIO) -> int:
-    body: dict[str, Any] = {k: getattr(args, k) for k in ("campaign", "tenant", "domain") if getattr(args, k) is not None}
+    body: dict[str, Any] = {
+        k: getattr(args, k) for k in ("campaign", "tenant", "domain") if getattr(args, k) is not None
+    }
     if args.queue:
         body["queue_names"] = args.queue
     if args.everything:
@@ -375,7 +147,10 @@ def cmd_suspend_list(args, client: AdminClient, out: TextIO) -> int:
     elif not reply.data:
         print("no active suspensions", file=out)
     else:
-        rows = [(s["id"], matches(s), s.get("duration"), s.get("source"), s.get("reason")) for s in reply.data]
+        rows = [
+            (s["id"], matches(s), s.get("duration"), s.get("source"), s.get("reason"))
+            for s in reply.data
+        ]
         table(("ID", "MATCHES", "REMAINING", "SOURCE", "REASON"), rows, out)
     return EXIT_OK
 
@@ -474,8 +249,8 @@ def cmd_list_endpoints(args, client: AdminClient, out: TextIO) -> int:
 
 
 def cmd_check(args, client: AdminClient, out: TextIO) -> int:
-    given = {k: v for k, v in (("queue", args.queue), ("schedule", args.schedule), ("endpoint", args.endpoint)) if v is not None}
-    reply = client.check(**given)
+    (kind,) = [k for k in ("queue", "schedule", "endpoint") if getattr(args, k) is not None]
+    reply = client.check(**{kind: getattr(args, kind)})
     if args.json:
         _print_json(reply, out)
     else:
@@ -489,7 +264,10 @@ def cmd_status(args, client: AdminClient, out: TextIO) -> int:
         _print_json(reply, out)
         return EXIT_OK
     s = reply.data
-    print(f"sluiced {s['version']}, up {format_duration(s['uptime'])}, generation {s['generation']}", file=out)
+    print(
+        f"sluiced {s['version']}, up {format_duration(s['uptime'])}, generation {s['generation']}",
+        file=out,
+    )
     print(f"policy files: {', '.join(s['files']) or 'none'}", file=out)
     last = s.get("last_reload")
     if last:
@@ -501,10 +279,10 @@ def cmd_status(args, client: AdminClient, out: TextIO) -> int:
                 print(f"  {error}", file=out)
     c = s["counts"]
     print(
-        f"in force: {_plural(c['suspensions'], 'suspension')}, "
-        f"{_plural(c['paused_queues'], 'paused queue')}, "
-        f"{c['paused_schedules']} of {_plural(c['schedules'], 'schedule')} paused, "
-        f"{c['paused_endpoints']} of {_plural(c['endpoints'], 'endpoint')} paused",
+        f"in force: {plural(c['suspensions'], 'suspension')}, "
+        f"{plural(c['paused_queues'], 'paused queue')}, "
+        f"{c['paused_schedules']} of {plural(c['schedules'], 'schedule')} paused, "
+        f"{c['paused_endpoints']} of {plural(c['endpoints'], 'endpoint')} paused",
         file=out,
     )
     if s.get("degraded"):
@@ -519,8 +297,8 @@ def cmd_reload(args, client: AdminClient, out: TextIO) -> int:
     else:
         r = reply.data
         print(
-            f"reloaded: generation {r['generation']}, {_plural(r['changes'], 'change')}, "
-            f"{_plural(len(r['files']), 'file')}",
+            f"reloaded: generation {r['generation']}, {plural(r['changes'], 'change')}, "
+            f"{plural(len(r['files']), 'file')}",
             file=out,
         )
     return EXIT_OK
@@ -556,7 +334,8 @@ def _common(sub: bool) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--config", default=quiet, metavar="FILE",
-        help=f"sluiced.toml, for the socket and the policy directory (env SLUICE_CONFIG; default {DEFAULT_CONFIG})",
+        help="sluiced.toml, for the socket and the policy directory "
+        f"(env SLUICE_CONFIG; default {DEFAULT_CONFIG})",
     )
     p.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS if sub else False,
@@ -577,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = [_common(sub=True)]
 
     def command(name: str, run: Callable[..., int] | None, help: str, **kw) -> argparse.ArgumentParser:
-        p = commands.add_parser(name, help=help, description=kw.pop("description", help), parents=common, **kw)
+        description = kw.pop("description", help)
+        p = commands.add_parser(name, help=help, description=description, parents=common, **kw)
         p.set_defaults(run=run)
         return p
 
@@ -593,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--everything", action="store_true", help="every queue")
     p.add_argument("--reason", required=True)
     until = p.add_mutually_exclusive_group()
-    until.add_argument("--duration", help="how long: 5m, '1 hour', 2h37m, or seconds (the daemon's default: 5m)")
+    until.add_argument(
+        "--duration", help="how long: 5m, '1 hour', 2h37m, or seconds (the daemon's default: 5m)"
+    )
     until.add_argument("--expires", metavar="TIME", help="until when: RFC 3339 with an offset")
 
     command("suspend-list", cmd_suspend_list, "list active suspensions")
@@ -602,10 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for kind in ("queue", "schedule", "endpoint"):
         what = "NAME" if kind == "queue" else "ID"
-        p = command(f"pause-{kind}", _pause_or_resume(kind, True), f"pause a {kind}")
+        a = "an" if kind == "endpoint" else "a"
+        p = command(f"pause-{kind}", _pause_or_resume(kind, True), f"pause {a} {kind}")
         p.add_argument("name", metavar=what)
         p.add_argument("--reason")
-        p = command(f"resume-{kind}", _pause_or_resume(kind, False), f"resume a {kind}")
+        p = command(f"resume-{kind}", _pause_or_resume(kind, False), f"resume {a} {kind}")
         p.add_argument("name", metavar=what)
     command("list-queues", cmd_list_queues, "list paused queues")
     command("list-schedules", cmd_list_schedules, "list schedules")
@@ -639,7 +422,28 @@ def build_parser() -> argparse.ArgumentParser:
         "the problems and ask whether to edit again. FILE may be new.",
     )
     p.add_argument("file", metavar="FILE")
+    token = commands.add_parser("token", help="tokens for the TCP listener")
+    token_commands = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
+    p = token_commands.add_parser(
+        "new", parents=common, help="make a token: print it once, and the entry to add",
+        description="Print a fresh random token (shown only this once) and the [[token]] "
+        "entry, holding only its sha256, to add to the tokens file.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--role", choices=("admin", "read"), default="read")
     return parser
+
+
+def token_new(name: str, role: str, out: TextIO) -> int:
+    """Print a new token and its tokens-file entry; the token is not kept anywhere."""
+    if not TOKEN_NAME.match(name):
+        print("sluicectl: NAME must be letters, digits, '.', '_', '@' or '-' (at most 64)", file=sys.stderr)
+        return EXIT_USAGE
+    token, digest = new_token()
+    print(f"token (shown once; give it to {name}):\n  {token}\n", file=out)
+    print("add to the tokens file:\n", file=out)
+    print(f'[[token]]\nname = "{name}"\nsha256 = "{digest}"\nrole = "{role}"', file=out)
+    return EXIT_OK
 
 
 def _config_path(args: argparse.Namespace) -> tuple[str, bool]:
@@ -672,13 +476,16 @@ def _policy_dir(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "check" and sum(v is not None for v in (args.queue, args.schedule, args.endpoint)) != 1:
+    asked = [getattr(args, k, None) for k in ("queue", "schedule", "endpoint")]
+    if args.command == "check" and sum(v is not None for v in asked) != 1:
         args.usage.error("give exactly one of QUEUE, --schedule ID or --endpoint ID")
     try:
         if args.command == "validate":
             return validate(_policy_dir(args))
         if args.command == "edit":
             return edit(Path(args.file))
+        if args.command == "token":
+            return token_new(args.name, args.role, sys.stdout)
         with AdminClient(admin_socket(args)) as client:
             return args.run(args, client, sys.stdout)
     except ConfigError as exc:

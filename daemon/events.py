@@ -8,16 +8,23 @@ and end. Publishing never waits and never grows memory without bound.
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
 
+def rfc3339(at: float) -> str:
+    """Seconds since the epoch as RFC 3339 UTC with milliseconds, as events carry them."""
+    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class Subscription:
     def __init__(self, receive: trio.MemoryReceiveChannel) -> None:
         self.receive = receive
         self.overflowed = False
+        self.closed = False  # ended by shutdown
 
 
 class Broadcaster:
@@ -39,7 +46,7 @@ class Broadcaster:
             send.close()
 
     def publish(self, event: str, generation: int, **fields: Any) -> None:
-        message = {"event": event, "generation": generation, "at": time.time(), **fields}
+        message = {"event": event, "generation": generation, "at": rfc3339(time.time()), **fields}
         for listener in self.listeners:
             listener(message)
         for sub, send in list(self._subscribers.items()):
@@ -50,6 +57,12 @@ class Broadcaster:
                 self.unsubscribe(sub)
             except trio.BrokenResourceError:
                 self.unsubscribe(sub)
+
+    def close(self) -> None:
+        """End every subscription (shutdown): streams say so and end cleanly."""
+        for sub in list(self._subscribers):
+            sub.closed = True
+            self.unsubscribe(sub)
 
     def __len__(self) -> int:
         return len(self._subscribers)

@@ -372,6 +372,7 @@ async def serve(
                             os.unlink(path)
                         except FileNotFoundError:
                             pass
+                    events.close()  # event streams say "shutdown" and end
                     drain.start()  # idle connections close; requests in flight finish
                     postfix_drain.start()
                     tcp_drain.start()

@@ -15,6 +15,16 @@ from policy.errors import FileProblem, PolicyLoadError
 from policy.files import ParsedFile, PolicySet, combine, is_policy_file, parse_policy
 
 
+def parse_bytes(data: bytes, name: str) -> ParsedFile:
+    """Parse a policy file's bytes; text that is not UTF-8 is a problem, not a crash."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return ParsedFile(name=name, problems=(FileProblem(name, line, "", "file is not valid UTF-8"),))
+    return parse_policy(text, name)
+
+
 class PolicyReader:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -59,16 +69,7 @@ class PolicyReader:
             if hit is not None and hit[0] == digest:
                 result = hit[1]
             else:
-                try:
-                    text = data.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    line = data[: exc.start].count(b"\n") + 1
-                    result = ParsedFile(
-                        name=name,
-                        problems=(FileProblem(name, line, "", "file is not valid UTF-8"),),
-                    )
-                else:
-                    result = parse_policy(text, name)
+                result = parse_bytes(data, name)
                 parsed += 1
             cache[name] = (digest, result)
             files.append(result)

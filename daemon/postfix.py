@@ -19,10 +19,14 @@ unset. The first hold's reason answers ``DEFER_IF_PERMIT 4.7.1 <reason>`` (or
 state) or a recipient domain that is no valid queue domain answers ``DUNNO``:
 a broken address is for Postfix to judge, not a hold. A tenant value that no
 queue name can carry (it holds ``@``, ``:``, whitespace) is dropped, so the
-rules without a tenant, a domain suspension above all, still apply.
+rules without a tenant, a domain suspension above all, still apply. The
+reason goes into an SMTP reply, so it is sent as one line of printable ASCII
+(accents dropped, other characters ``?``) of at most ``MAX_REASON``
+characters.
 
 Invariants:
-- every request read is answered, in order, before the connection closes;
+- every complete request read is answered, in order, before the connection
+  closes;
 - a malformed request (no ``request=smtpd_access_policy``, a line without
   ``=``, a line over ``MAX_LINE`` bytes, over ``MAX_ATTRIBUTES`` lines) is
   answered with a temporary failure and the connection is then closed, since
@@ -32,7 +36,12 @@ Invariants:
 - a partial request must be completed within ``REQUEST_TIMEOUT``; between
   requests a connection may idle ``IDLE_TIMEOUT``, longer than Postfix's own
   ``smtpd_policy_service_max_idle`` (300 s), so Postfix is the side that
-  closes an idle connection and never writes into one being closed.
+  closes an idle connection and never writes into one being closed. A client
+  that stops reading its answers is dropped when the idle timeout runs out;
+- at shutdown a connection is closed at once unless it holds requests already
+  read, which are answered first. (The whole connection runs in one cancel
+  scope registered with the drain, and answers read when it is cancelled are
+  sent under a shield, for at most ``CLOSING_SEND_TIMEOUT``.)
 """
 
 from __future__ import annotations
@@ -40,8 +49,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import structlog
 import trio
@@ -60,13 +70,15 @@ MAX_LINE = 8192
 MAX_ATTRIBUTES = 100
 IDLE_TIMEOUT = 330.0
 REQUEST_TIMEOUT = 10.0
-SEND_TIMEOUT = 10.0
+CLOSING_SEND_TIMEOUT = 1.0
 RECEIVE_SIZE = 65536
-# An SMTP reply line is at most 512 octets (RFC 5321 4.5.3.1.5); Postfix puts
-# "450 4.7.1 <recipient>: Recipient address rejected: " before the text.
+# An SMTP reply line is at most 512 octets (RFC 5321 4.5.3.1.5), and Postfix
+# does not wrap: it puts "450 4.7.1 <recipient>: Recipient address rejected: "
+# (up to 298 octets with the CRLF) around the text.
 MAX_REASON = 200
 
 DUNNO = b"action=DUNNO\n\n"
+INTERNAL_ERROR = b"action=DEFER_IF_PERMIT 4.3.0 sluice: internal error\n\n"
 _REQUEST_KIND = b"smtpd_access_policy"
 
 
@@ -78,8 +90,7 @@ class MalformedRequest(Exception):
         self.what = what
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyRequest:
+class PolicyRequest(NamedTuple):
     """The attributes of one request that the decision needs, as sent."""
 
     recipient: bytes = b""
@@ -187,7 +198,7 @@ class RequestReader:
                 raise MalformedRequest("no request= attribute")
             shown = kind[:40].decode("utf-8", "replace")
             raise MalformedRequest(f"request={shown} is not smtpd_access_policy")
-        return PolicyRequest(recipient=recipient, tenant=tenant)
+        return PolicyRequest(recipient, tenant)
 
 
 def queue_for(request: PolicyRequest) -> QueueName | None:
@@ -225,13 +236,27 @@ def reason_text(hold: Hold) -> str:
             reason = f"queue {hold.queue} is paused"
         else:
             reason = "delivery suspended"
-    # The core refuses control characters in reasons; a newline here would
-    # end the answer early, so make sure of it.
-    if not reason.isprintable():
-        reason = "".join(c if c.isprintable() else " " for c in reason)
+    if not (reason.isascii() and reason.isprintable()):
+        reason = _ascii(reason)
     if len(reason) > MAX_REASON:
         reason = reason[: MAX_REASON - 3] + "..."
     return reason
+
+
+def _ascii(text: str) -> str:
+    """``text`` as printable ASCII: accents dropped, anything else a ``?``.
+
+    The reply goes to SMTP clients that may not speak SMTPUTF8 (Postfix
+    turns each non-ASCII byte into a space). The core refuses control
+    characters in reasons; a newline here would end the answer early, so
+    this makes sure of it.
+    """
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(
+        c if " " <= c <= "~" else "?"
+        for c in decomposed
+        if not unicodedata.combining(c)
+    )
 
 
 class Answerer:
@@ -271,62 +296,64 @@ async def serve_postfix_connection(
     drain = drain if drain is not None else Drain()
     reader = RequestReader(config.tenant_attribute)
     answerer = Answerer(config)
-    request_deadline: float | None = None
+    last_words = b""  # sent after the loop: answers not yet sent, or a refusal
     try:
-        while True:
-            if request_deadline is None:
-                with drain.idle() as idle:
-                    idle.deadline = trio.current_time() + IDLE_TIMEOUT
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                if idle.cancelled_caught:
-                    return  # idle too long, or shutting down
-            else:
-                with trio.move_on_at(request_deadline) as late:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                if late.cancelled_caught:
-                    what = f"request not complete within {REQUEST_TIMEOUT:g} s"
-                    log.info("postfix_malformed_request", what=what)
-                    await _send(stream, malformed_answer(what))
+        # One cancel scope for the connection's whole life: a scope per
+        # request costs more than answering it. Its deadline is the idle or
+        # the request timeout, and shutdown cancels it.
+        with drain.idle() as scope:
+            scope.deadline = trio.current_time() + IDLE_TIMEOUT
+            request_deadline: float | None = None
+            while True:
+                if request_deadline is None:
+                    idle_deadline = trio.current_time() + IDLE_TIMEOUT
+                    if idle_deadline - scope.deadline > 1.0:  # moved at most once a second
+                        scope.deadline = idle_deadline
+                data = await stream.receive_some(RECEIVE_SIZE)
+                if not data:
                     return
-            if not data:
-                return
-            requests, error = reader.feed(data)
-            out = b""
-            if requests:
-                snapshot = current.snapshot
-                now = clock()
-                try:
-                    out = b"".join([answerer.answer(snapshot, r, now) for r in requests])
-                except Exception:
-                    # A bug must cost one connection a temporary failure, never the daemon.
-                    log.exception("postfix_internal_error")
-                    await _send(stream, b"action=DEFER_IF_PERMIT 4.3.0 sluice: internal error\n\n")
-                    return
-            if error is not None:
-                log.info("postfix_malformed_request", what=error.what)
-                await _send(stream, out + malformed_answer(error.what))
-                return
-            if out and not await _send(stream, out):
-                return
-            if not reader.pending:
-                request_deadline = None
-            elif request_deadline is None or requests:
-                request_deadline = trio.current_time() + REQUEST_TIMEOUT
+                requests, error = reader.feed(data)
+                out = b""
+                if requests:
+                    snapshot = current.snapshot
+                    now = clock()
+                    try:
+                        out = b"".join([answerer.answer(snapshot, r, now) for r in requests])
+                    except Exception:
+                        # A bug must cost one connection a temporary failure, never the daemon.
+                        log.exception("postfix_internal_error")
+                        last_words = INTERNAL_ERROR
+                        break
+                if error is not None:
+                    log.info("postfix_malformed_request", what=error.what)
+                    last_words = out + malformed_answer(error.what)
+                    break
+                if scope.cancel_called:
+                    # Shutdown (or a timeout) came as these requests did:
+                    # they were read, so they are answered.
+                    last_words = out
+                    break
+                if out:
+                    await stream.send_all(out)
+                if not reader.pending:
+                    request_deadline = None
+                elif request_deadline is None or requests:
+                    request_deadline = trio.current_time() + REQUEST_TIMEOUT
+                    scope.deadline = request_deadline
+        if scope.cancelled_caught and reader.pending and not drain.draining:
+            what = f"request not complete within {REQUEST_TIMEOUT:g} s"
+            log.info("postfix_malformed_request", what=what)
+            last_words = malformed_answer(what)
+        if last_words:
+            with trio.move_on_after(CLOSING_SEND_TIMEOUT) as closing:
+                closing.shield = True
+                await stream.send_all(last_words)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return
     finally:
         with trio.move_on_after(1) as cleanup:
             cleanup.shield = True
             await stream.aclose()
-
-
-async def _send(stream: trio.abc.Stream, data: bytes) -> bool:
-    """Write ``data``; False if the client stopped reading for ``SEND_TIMEOUT``."""
-    with trio.move_on_after(SEND_TIMEOUT):
-        await stream.send_all(data)
-        return True
-    log.info("postfix_send_timeout")
-    return False
 
 
 def bind_loopback(listen: str) -> socket.socket:

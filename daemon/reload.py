@@ -89,7 +89,10 @@ class Reloader:
                 old = self.current.snapshot
                 new = old.with_policy(policy, old.generation + 1)
                 changes = diff(old, new)
-                self.current.swap(new)
+                if changes or policy.files != old.policy.files:
+                    self.current.swap(new)
+                else:
+                    new = old  # nothing changed: the generation stays
                 if self.tokens is not None:
                     self.tokens.current = tokens
                 result = ReloadResult(

@@ -20,8 +20,8 @@ from __future__ import annotations
 import difflib
 import re
 import uuid
-from datetime import date, datetime, time, timedelta
-from typing import Any, Literal, Mapping, NamedTuple
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, Callable, Literal, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
 from croniter import croniter
@@ -89,7 +89,9 @@ class _Reader:
     def __init__(self, data: object, allowed: tuple[str, ...], what: str) -> None:
         self.problems: list[Problem] = []
         if not isinstance(data, Mapping):
-            self.problems.append(Problem("", f"expected a {what} table, got {_type_name(data)}"))
+            self.problems.append(
+                Problem("", f"expected a {what} (a JSON object or TOML table), got {_type_name(data)}")
+            )
             data = {}
         self.data: Mapping[str, Any] = data
         for key in data:
@@ -168,27 +170,25 @@ class _Reader:
         if value.tzinfo is None:
             self.fail(key, f"has no UTC offset; expected {expected}")
             return None
-        return value
+        return value.astimezone(timezone.utc)
+
+    def _named(self, key: str, check: Callable[[str, str], str]) -> str | None:
+        value = self.text(key)
+        if value is None:
+            return None
+        try:
+            return check(value, key)
+        except InvalidQueueName as exc:
+            self.fail(key, exc.message, exc.code)
+            return None
 
     def component(self, key: str) -> str | None:
-        value = self.text(key)
-        if value is None:
-            return None
-        try:
-            return queue_name.check_component(value, key)
-        except InvalidQueueName as exc:
-            self.fail(key, exc.message, exc.code)
-            return None
+        """A campaign or tenant, as written."""
+        return self._named(key, queue_name.check_component)
 
     def domain(self, key: str) -> str | None:
-        value = self.text(key)
-        if value is None:
-            return None
-        try:
-            return queue_name.normalise_domain(value, key)
-        except InvalidQueueName as exc:
-            self.fail(key, exc.message, exc.code)
-            return None
+        """A domain, normalised."""
+        return self._named(key, queue_name.normalise_domain)
 
     def queue(self, key: str, *, required: bool = False) -> str | None:
         if key not in self.data:

@@ -151,6 +151,16 @@ class EndpointDecision(msgspec.Struct, frozen=True):
     generation: int
 
 
+def _pause_holds(
+    kind: str, ident: str, declared: Schedule | Endpoint, pause: Pause | None
+) -> tuple[Hold, ...]:
+    """The hold on a schedule or endpoint: the file's pause first, else the runtime's."""
+    holder = declared if declared.paused else pause
+    if holder is None:
+        return ()
+    return (Hold(kind=kind, id=ident, reason=holder.reason, expires=None, source=holder.source),)
+
+
 def _suspension_hold(s: Suspension) -> Hold:
     return Hold(kind="suspension", id=s.id, reason=s.reason, expires=s.expires, source=s.source)
 
@@ -315,18 +325,7 @@ class Snapshot:
         view = self.schedules.get(schedule_id)
         if view is None:
             return None
-        holds: tuple[Hold, ...] = ()
-        if view.paused:
-            reason = view.schedule.reason if view.schedule.paused else view.pause.reason
-            holds = (
-                Hold(
-                    kind="schedule_pause",
-                    id=schedule_id,
-                    reason=reason,
-                    expires=None,
-                    source=view.holder_source or "runtime",
-                ),
-            )
+        holds = _pause_holds("schedule_pause", schedule_id, view.schedule, view.pause)
         return ScheduleDecision(
             schedule=schedule_id, run=not holds, holds=holds, generation=self.generation
         )
@@ -336,18 +335,7 @@ class Snapshot:
         view = self.endpoints.get(endpoint_id)
         if view is None:
             return None
-        holds: tuple[Hold, ...] = ()
-        if view.paused:
-            reason = view.endpoint.reason if view.endpoint.paused else view.pause.reason
-            holds = (
-                Hold(
-                    kind="endpoint_pause",
-                    id=endpoint_id,
-                    reason=reason,
-                    expires=None,
-                    source=view.holder_source or "runtime",
-                ),
-            )
+        holds = _pause_holds("endpoint_pause", endpoint_id, view.endpoint, view.pause)
         return EndpointDecision(
             endpoint=endpoint_id, deliver=not holds, holds=holds, generation=self.generation
         )

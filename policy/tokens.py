@@ -26,7 +26,7 @@ from .files import SourceLines
 
 ROLES = ("admin", "read")
 _HEX = re.compile(r"[0-9a-f]{64}\Z")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}\Z")
 
 
 class Token(msgspec.Struct, frozen=True):
@@ -76,7 +76,7 @@ def parse_tokens(text: str, name: str) -> tuple[Tokens, list[FileProblem]]:
                 problems.append(FileProblem(name, lines.key("token", i, key), f"{path}.{key}", "unknown field; a token has: name, sha256, role"))
         values = {}
         for key, check, expected in (
-            ("name", lambda v: _NAME.match(v), "a name of letters, digits, '.', '_', '@' or '-'"),
+            ("name", lambda v: NAME.match(v), "a name of letters, digits, '.', '_', '@' or '-'"),
             ("sha256", lambda v: _HEX.match(v), "64 lowercase hex digits (sha256 of the token)"),
             ("role", lambda v: v in ROLES, "admin or read"),
         ):

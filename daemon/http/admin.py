@@ -51,6 +51,7 @@ def suspension_json(s: Suspension, now: float) -> dict[str, Any]:
 
 
 def queue_json(view: QueueView) -> dict[str, Any]:
+    """A queue; one that sluice holds nothing about is listed as running, source null."""
     holder = view.holder
     entry = holder or view.runtime or view.file
     return {
@@ -58,10 +59,10 @@ def queue_json(view: QueueView) -> dict[str, Any]:
         "paused": view.paused,
         "reason": holder.reason if holder else None,
         "parallelism": view.parallelism,
-        "source": holder.source if holder else entry.source,
-        "created_at": _iso(entry.created_at),
-        "created_by": entry.created_by,
-        "updated_at": _iso(entry.updated_at),
+        "source": (holder or entry).source if entry else None,
+        "created_at": _iso(entry.created_at) if entry else None,
+        "created_by": entry.created_by if entry else None,
+        "updated_at": _iso(entry.updated_at) if entry else None,
     }
 
 
@@ -162,13 +163,10 @@ def add_admin_routes(
         return Response.json(queue_json(_queue_view(request.params["name"])))
 
     async def resume_queue(request: Request) -> Response:
-        if request.json(optional=True) not in (None, {}):
-            raise ValidationError("resume takes no body")
+        request.no_body()
         await mutations.resume_queue(request.params["name"], actor(request))
-        view = _queue_view(request.params["name"], missing_ok=True)
-        if view is None:
-            return Response.json({"name": normalise(request.params["name"]), "paused": False})
-        return Response.json(queue_json(view))
+        name = normalise(request.params["name"])
+        return Response.json(queue_json(current.snapshot.queues.get(name) or QueueView(name=name)))
 
     def _queue_view(name: str, missing_ok: bool = False) -> QueueView | None:
         view = current.snapshot.queues.get(normalise(name))
@@ -192,6 +190,7 @@ def add_admin_routes(
         return Response.json(schedule_json(current.snapshot.schedules[ident], _now()))
 
     async def resume_schedule(request: Request) -> Response:
+        request.no_body()
         ident = request.params["id"]
         await mutations.resume_schedule(ident, actor(request))
         return Response.json(schedule_json(current.snapshot.schedules[ident], _now()))
@@ -219,6 +218,7 @@ def add_admin_routes(
         )
 
     async def resume_endpoint(request: Request) -> Response:
+        request.no_body()
         ident = request.params["id"]
         await mutations.resume_endpoint(ident, actor(request))
         return Response.json(
@@ -255,6 +255,7 @@ def add_admin_routes(
         )
 
     async def reload_now(request: Request) -> Response:
+        request.no_body()
         result = await reload(f"api by {actor(request)}")
         if not result.ok:
             raise HttpError(

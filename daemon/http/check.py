@@ -15,10 +15,11 @@ import msgspec
 import trio
 
 from policy.errors import InvalidQueueName, NotFound, ValidationError
+from policy.fields import check_endpoint_id
 from policy.queue_name import parse
 
 from ..current import Current
-from ..events import Broadcaster
+from ..events import Broadcaster, rfc3339
 from ..metrics import Metrics
 from .routes import Router
 from .server import HttpError, Request, Response
@@ -68,6 +69,7 @@ def add_check_routes(
             if decision is None:
                 raise NotFound(f"schedule {value!r} not found", code="SCHEDULE_NOT_FOUND")
         else:
+            check_endpoint_id(value)
             decision = snapshot.decide_endpoint(value)
             if decision is None:
                 raise NotFound(f"endpoint {value!r} not found", code="ENDPOINT_NOT_FOUND")
@@ -108,7 +110,7 @@ def add_check_routes(
         async def lines() -> AsyncIterator[bytes]:
             try:
                 yield _encoder.encode(
-                    {"event": "hello", "generation": current.snapshot.generation, "at": clock()}
+                    {"event": "hello", "generation": current.snapshot.generation, "at": rfc3339(clock())}
                 ) + b"\n"
                 while True:
                     with trio.move_on_after(heartbeat) as quiet:
@@ -121,11 +123,16 @@ def add_check_routes(
                         yield b"\n"
                         continue
                     yield _encoder.encode(message) + b"\n"
+                if sub.closed:
+                    yield _encoder.encode(
+                        {"event": "shutdown", "generation": current.snapshot.generation, "at": rfc3339(clock())}
+                    ) + b"\n"
                 if sub.overflowed:
                     yield _encoder.encode(
                         {
                             "event": "overflow",
                             "generation": current.snapshot.generation,
+                            "at": rfc3339(clock()),
                             "message": "consumer fell behind; reconnect and re-read the state",
                         }
                     ) + b"\n"

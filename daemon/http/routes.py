@@ -69,15 +69,18 @@ class Router:
             m = route.regex.match(path)
             if m is None:
                 continue
-            if route.method == method:
+            if route.method == method or (method == "HEAD" and route.method == "GET"):
                 return route, {k: unquote(v) for k, v in m.groupdict().items()}
             allowed.append(route.method)
         if allowed:
-            raise HttpError(
+            methods = sorted(set(allowed) | ({"HEAD"} if "GET" in allowed else set()))
+            error = HttpError(
                 405,
                 "METHOD_NOT_ALLOWED",
-                f"{method} is not allowed on {path}; allowed: {', '.join(sorted(set(allowed)))}",
+                f"{method} is not allowed on {path}; allowed: {', '.join(methods)}",
             )
+            error.headers = [("Allow", ", ".join(methods))]
+            raise error
         raise HttpError(404, "NOT_FOUND", f"no such route: {path}")
 
     def _style_of(self, path: str) -> str:

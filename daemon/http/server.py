@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import json
+from http import HTTPStatus
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -50,6 +51,12 @@ _json = msgspec.json.Encoder()
 class Limits:
     max_header: int = 16 * 1024
     max_body: int = 64 * 1024
+    # Batch checks carry up to 10,000 names, more than 64 KiB of them.
+    large_bodies: tuple[tuple[str, int], ...] = (("/api/check/v1", 2 * 1024 * 1024),)
+
+    def body_limit(self, target: bytes) -> int:
+        path = target.split(b"?", 1)[0].decode("latin-1")
+        return dict(self.large_bodies).get(path, self.max_body)
     request_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_connections: int = 256
@@ -63,6 +70,7 @@ class HttpError(Exception):
         self.status = status
         self.code = code
         self.message = message
+        self.headers: list[tuple[str, str]] = []
 
 
 @dataclass
@@ -76,6 +84,11 @@ class Request:
     peer: Peer
     request_id: str
     params: dict[str, str] = field(default_factory=dict)
+
+    def no_body(self) -> None:
+        """For routes that take no body: refuse one rather than ignore it."""
+        if self.body.strip() and self.json(optional=True) not in (None, {}):
+            raise HttpError(400, "INVALID_REQUEST", "this route takes no body")
 
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -186,8 +199,19 @@ async def _send(conn: h11.Connection, stream: trio.abc.Stream, event: Any) -> No
         await stream.send_all(data)
 
 
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
 async def _respond(
-    conn: h11.Connection, stream: trio.abc.Stream, response: Response, request_id: str
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    response: Response,
+    request_id: str,
+    head_only: bool = False,
 ) -> None:
     headers = [
         ("Server", SERVER_NAME),
@@ -197,7 +221,14 @@ async def _respond(
     ]
     if response.stream is None:
         headers.append(("Content-Length", str(len(response.body))))
-    await _send(conn, stream, h11.Response(status_code=response.status, headers=headers))
+    await _send(
+        conn,
+        stream,
+        h11.Response(status_code=response.status, headers=headers, reason=_reason(response.status)),
+    )
+    if head_only:
+        await _send(conn, stream, h11.EndOfMessage())
+        return
     if response.stream is not None:
         async for chunk in response.stream:
             with trio.move_on_after(STREAM_SEND_TIMEOUT) as stuck:
@@ -261,18 +292,19 @@ async def serve_connection(
                                 "HEADERS_TOO_LARGE",
                                 f"request headers over {limits.max_header} bytes",
                             )
+                        max_body = limits.body_limit(event.target)
                         length = dict(event.headers).get(b"content-length")
-                        if length is not None and int(length) > limits.max_body:
+                        if length is not None and int(length) > max_body:
                             raise HttpError(
-                                413, "BODY_TOO_LARGE", f"body over {limits.max_body} bytes"
+                                413, "BODY_TOO_LARGE", f"body over {max_body} bytes"
                             )
                         if request_deadline is None:
                             request_deadline = trio.current_time() + limits.request_timeout
                     elif isinstance(event, h11.Data):
                         body += event.data
-                        if len(body) > limits.max_body:
+                        if len(body) > max_body:
                             raise HttpError(
-                                413, "BODY_TOO_LARGE", f"body over {limits.max_body} bytes"
+                                413, "BODY_TOO_LARGE", f"body over {max_body} bytes"
                             )
                     elif isinstance(event, h11.EndOfMessage):
                         break
@@ -310,11 +342,11 @@ async def serve_connection(
             finally:
                 structlog.contextvars.unbind_contextvars("request_id")
             if response.stream is not None:
-                # a long-lived stream ends when shutdown begins
-                with drain.idle():
-                    await _respond(conn, stream, response, request_id)
+                # a long-lived stream ends when its source ends (events.close()
+                # at shutdown), or when the shutdown grace runs out
+                await _respond(conn, stream, response, request_id)
                 return
-            await _respond(conn, stream, response, request_id)
+            await _respond(conn, stream, response, request_id, head_only=request.method == "HEAD")
             log.info(
                 "request",
                 method=request.method,
@@ -399,15 +431,19 @@ def map_error(exc: Exception, request_id: str, style: str = "sluice") -> Respons
     ``style`` picks the envelope: sluice's own (which HookBridge shares), or
     QStash's ``{"error": "<message>"}``.
     """
+    headers: list[tuple[str, str]] = []
     if isinstance(exc, HttpError):
-        status, code, message = exc.status, exc.code, exc.message
+        status, code, message, headers = exc.status, exc.code, exc.message, exc.headers
     elif isinstance(exc, PolicyError):
         status, code, message = exc.status_hint, exc.code, exc.message
     else:
         raise exc
     if style == "qstash":
-        return Response(status=status, body=_json.encode({"error": message}) + b"\n")
-    return error_response(status, code, message, request_id)
+        response = Response(status=status, body=_json.encode({"error": message}) + b"\n")
+    else:
+        response = error_response(status, code, message, request_id)
+    response.headers.extend(headers)
+    return response
 
 
 async def serve_listener(
@@ -447,10 +483,12 @@ async def serve_listener(
 
 
 async def _refuse(stream: trio.abc.Stream) -> None:
-    body = error_body("TOO_MANY_CONNECTIONS", "connection limit reached; try again", new_request_id())
+    request_id = new_request_id()
+    body = error_body("TOO_MANY_CONNECTIONS", "connection limit reached; try again", request_id)
     raw = (
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"X-Request-Id: {request_id}\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     with trio.move_on_after(1):
         try:

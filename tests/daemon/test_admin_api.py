@@ -107,7 +107,7 @@ def test_same_criteria_update_in_place(d):
         ('{"domain": "x.com", "reason": "r", "duration": 0}', 400, "INVALID_DURATION", "greater than zero"),
         ('{"domain": "bad domain", "reason": "r"}', 400, "INVALID_QUEUE_NAME", "a space"),
         ('{"domain": "x.com", "reason": ', 400, "INVALID_JSON", "not valid JSON"),
-        ("[1, 2]", 400, "INVALID_REQUEST", "expected a suspension table"),
+        ("[1, 2]", 400, "INVALID_REQUEST", "expected a suspension (a JSON object or TOML table), got an array"),
     ],
 )
 def test_strictness(d, raw, status, code, fragment):

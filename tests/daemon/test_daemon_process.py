@@ -115,11 +115,13 @@ def test_deleting_and_recreating_the_policy_directory(daemon):
 
 
 def test_sighup_and_api_reload(daemon):
+    daemon.write("10-a.toml", GMAIL)
     daemon.start()
-    # Stop the watcher from seeing this edit first: write it where it is
-    # ignored, then move it in by SIGHUP-triggered reload only after.
-    reload_after(daemon, lambda: daemon.send(signal.SIGHUP))
+    daemon.send(signal.SIGHUP)
+    daemon.notify.wait_for("RELOADING=1")
+    daemon.notify.wait_for("READY=1")
     assert '"trigger": "SIGHUP"' in daemon.log_lines()
+    assert daemon.generation() == 1  # nothing changed: the generation stays
     response = daemon.post("/api/admin/reload/v1")
     assert response.status_code == 200
     assert response.json()["ok"] is True
@@ -160,11 +162,14 @@ def test_notify_sequence(tmp_path):
         assert d.generation() == 1
         d.notify.wait_for("WATCHDOG=1")
         d.notify.wait_for("WATCHDOG=1")  # and again: from the loop, at half the interval
-        d.send(signal.SIGHUP)
+        d.write("10-a.toml", GMAIL)  # the watcher reloads: generation 2
         reloading = d.notify.wait_for("RELOADING=1")
         assert any(line.startswith("MONOTONIC_USEC=") for line in reloading.split("\n"))
         after = d.notify.wait_for("READY=1")
-        assert "STATUS=generation 2:" in after
+        assert "STATUS=generation 2: 1 suspensions" in after
+        d.send(signal.SIGHUP)
+        d.notify.wait_for("RELOADING=1")
+        assert "STATUS=generation 2:" in d.notify.wait_for("READY=1")
         d.send(signal.SIGTERM)
         d.notify.wait_for("STOPPING=1")
         assert d.stop(None) == 0

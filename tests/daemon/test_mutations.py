@@ -91,7 +91,7 @@ async def test_suspend_is_durable_and_upserts_by_criteria(tmp_path):
         ({"domain": "x.com", "reason": "r", "duration": 0}, "greater than zero"),
         ({"domain": "x.com", "reason": "r", "duration": "-5m"}, "expected a number and a unit"),
         ({"domain": "x.com"}, "reason: is required"),
-        (["x.com"], "expected a suspension table"),
+        (["x.com"], "expected a suspension (a JSON object or TOML table), got an array"),
     ],
 )
 async def test_suspend_strictness(tmp_path, body, fragment):

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import socket
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -929,7 +928,7 @@ def test_the_503_carries_x_request_id(fresh: Daemon) -> None:
 
 
 def _errors_for(method: str, template: str, status: int, body: Any) -> list[str]:
-    ptr, documented = resolve(pointer("paths", template, method.lower(), "responses", str(status)))
+    ptr, _ = resolve(pointer("paths", template, method.lower(), "responses", str(status)))
     return schema_errors(ptr + pointer("content", "application/json", "schema"), body)
 
 

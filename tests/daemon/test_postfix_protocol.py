@@ -1,0 +1,476 @@
+"""The Postfix policy delegation server, in process: decisions, pipelining, limits, timeouts."""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+
+import pytest
+import structlog
+import trio
+import trio.testing
+
+from daemon.config import PostfixConfig
+from daemon.current import Current
+from daemon.http.server import Drain, Limits, serve_listener
+from daemon.postfix import (
+    IDLE_TIMEOUT,
+    MAX_REASON,
+    REQUEST_TIMEOUT,
+    RequestReader,
+    bind_loopback,
+    reason_text,
+    serve_postfix_connection,
+)
+from policy.files import combine, parse_policy
+from policy.snapshot import Hold, Snapshot
+
+NOW = 1_800_000_000.0  # 2027-01-15, after every expiry below that is meant to be past
+
+POLICY = """
+[[suspension]]
+domain = "blocked.example"
+reason = "Blocked for now"
+
+[[suspension]]
+tenant = "acme"
+reason = "acme is over quota"
+
+[[suspension]]
+tenant = "globex"
+domain = "gmail.com"
+reason = "globex to gmail rate limited"
+
+[[suspension]]
+campaign = "a"
+tenant = "b"
+reason = "campaign a of tenant b"
+
+[[suspension]]
+domain = "xn--bcher-kva.example"
+reason = "IDN held"
+
+[[suspension]]
+domain = "old.example"
+reason = "long over"
+expires = 2020-01-01T00:00:00Z
+
+[[suspension]]
+domain = "twice.example"
+reason = "first of two"
+
+[[suspension]]
+queue_names = ["twice.example"]
+reason = "second of two"
+
+[[queue]]
+name = "initech@paused.example"
+paused = true
+reason = "warming up new IPs"
+
+[[queue]]
+name = "quiet.example"
+paused = true
+"""
+
+
+def current(text: str = POLICY) -> Current:
+    policy = combine([parse_policy(textwrap.dedent(text), "10-test.toml")])
+    return Current(Snapshot.build(policy))
+
+
+def request(**attrs: str) -> bytes:
+    """A request as Postfix's smtpd writes it at RCPT time, with ``attrs`` overriding."""
+    base = {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "protocol_name": "ESMTP",
+        "client_address": "192.0.2.10",
+        "client_name": "client.example",
+        "helo_name": "client.example",
+        "sender": "news@sender.example",
+        "recipient": "user@example.com",
+        "recipient_count": "0",
+        "queue_id": "",
+        "instance": "123.456.7",
+        "size": "1234",
+        "sasl_method": "",
+        "sasl_username": "",
+        "sasl_sender": "",
+        "ccert_subject": "",
+        "ccert_issuer": "",
+    }
+    base.update(attrs)
+    return "".join(f"{k}={v}\n" for k, v in base.items()).encode() + b"\n"
+
+
+class Client:
+    """The client end of an in-memory connection served by serve_postfix_connection."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def answers(self, count: int) -> list[bytes]:
+        """The next ``count`` answers, without their ending empty line."""
+        while self.buffer.count(b"\n\n") < count:
+            data = await self.stream.receive_some()
+            if not data:
+                break
+            self.buffer += data
+        parts = self.buffer.split(b"\n\n")
+        got, self.buffer = parts[:count], b"\n\n".join(parts[count:])
+        return got
+
+    async def answer(self, data: bytes) -> bytes:
+        await self.send(data)
+        (got,) = await self.answers(1)
+        return got
+
+    async def closed(self) -> bool:
+        """Whether the server closed its end (after any answers already read)."""
+        return await self.stream.receive_some() == b""
+
+
+@pytest.fixture
+async def serve(nursery):
+    """Start a served connection; returns a Client. Keyword arguments configure it."""
+
+    async def start(cur: Current | None = None, drain: Drain | None = None, **config) -> Client:
+        ours, theirs = trio.testing.memory_stream_pair()
+        nursery.start_soon(
+            serve_postfix_connection,
+            theirs,
+            cur if cur is not None else current(),
+            PostfixConfig(**config),
+            lambda: NOW,
+            drain,
+        )
+        return Client(ours)
+
+    return start
+
+
+DEFER = "action=DEFER_IF_PERMIT 4.7.1 "
+
+
+@pytest.mark.parametrize(
+    ("attrs", "config", "expected"),
+    [
+        ({"recipient": "user@example.com"}, {}, "action=DUNNO"),
+        ({"recipient": "user@blocked.example"}, {}, DEFER + "Blocked for now"),
+        # domains are compared in normal form
+        ({"recipient": "User@Blocked.EXAMPLE."}, {}, DEFER + "Blocked for now"),
+        ({"recipient": "user@bücher.example"}, {}, DEFER + "IDN held"),
+        # the tenant comes from sasl_username
+        ({"recipient": "u@example.com", "sasl_username": "acme"}, {}, DEFER + "acme is over quota"),
+        ({"recipient": "u@example.com", "sasl_username": "other"}, {}, "action=DUNNO"),
+        ({"recipient": "u@gmail.com", "sasl_username": "globex"}, {}, DEFER + "globex to gmail rate limited"),
+        ({"recipient": "u@yahoo.com", "sasl_username": "globex"}, {}, "action=DUNNO"),
+        ({"recipient": "u@gmail.com", "sasl_username": ""}, {}, "action=DUNNO"),
+        # ... or from the configured attribute, and then sasl_username is ignored
+        (
+            {"recipient": "u@example.com", "ccert_subject": "acme"},
+            {"tenant_attribute": "ccert_subject"},
+            DEFER + "acme is over quota",
+        ),
+        (
+            {"recipient": "u@example.com", "sasl_username": "acme"},
+            {"tenant_attribute": "ccert_subject"},
+            "action=DUNNO",
+        ),
+        # HOLD instead of a deferral
+        ({"recipient": "user@blocked.example"}, {"on_hold": "hold"}, "action=HOLD Blocked for now"),
+        ({"recipient": "user@example.com"}, {"on_hold": "hold"}, "action=DUNNO"),
+        # queue pauses are holds too; one without a reason still says why
+        (
+            {"recipient": "u@paused.example", "sasl_username": "initech"},
+            {},
+            DEFER + "warming up new IPs",
+        ),
+        ({"recipient": "u@paused.example"}, {}, "action=DUNNO"),
+        ({"recipient": "u@quiet.example"}, {}, DEFER + "queue quiet.example is paused"),
+        # several holds: the first one's reason
+        ({"recipient": "u@twice.example"}, {}, DEFER + "first of two"),
+        # an expired suspension holds nothing
+        ({"recipient": "u@old.example"}, {}, "action=DUNNO"),
+        # no recipient yet (other protocol states), or no domain in it
+        ({"recipient": "", "protocol_state": "CONNECT"}, {}, "action=DUNNO"),
+        ({"recipient": "postmaster"}, {}, "action=DUNNO"),
+        ({"recipient": "user@"}, {}, "action=DUNNO"),
+        # a domain that is no valid queue domain is not a hold
+        ({"recipient": "user@bad domain.example"}, {}, "action=DUNNO"),
+        ({"recipient": "user@exa$mple.com"}, {}, "action=DUNNO"),
+        ({"recipient": "user@" + "a" * 300 + ".com"}, {}, "action=DUNNO"),
+        # the domain is after the last @, even with one quoted in the local part
+        ({"recipient": '"a@b"@blocked.example'}, {}, DEFER + "Blocked for now"),
+        # a tenant no queue name can carry is dropped; domain rules still apply
+        (
+            {"recipient": "u@blocked.example", "sasl_username": "alice@example.net"},
+            {},
+            DEFER + "Blocked for now",
+        ),
+        ({"recipient": "u@example.com", "sasl_username": "alice@acme"}, {}, "action=DUNNO"),
+        (
+            {"recipient": "u@blocked.example", "sasl_username": "has space"},
+            {},
+            DEFER + "Blocked for now",
+        ),
+        # a ':' in the tenant never makes a campaign appear
+        ({"recipient": "u@example.com", "sasl_username": "a:b"}, {}, "action=DUNNO"),
+    ],
+)
+async def test_decision(serve, attrs, config, expected):
+    """Each request gets the action its recipient domain and tenant call for."""
+    client = await serve(**config)
+    assert await client.answer(request(**attrs)) == expected.encode()
+
+
+async def test_non_utf8_recipient_is_dunno(serve):
+    client = await serve()
+    raw = request().replace(b"recipient=user@example.com", b"recipient=u@\xff\xfe.example")
+    assert await client.answer(raw) == b"action=DUNNO"
+    # and the connection goes on
+    assert await client.answer(request(recipient="u@blocked.example")) == (DEFER + "Blocked for now").encode()
+
+
+async def test_many_requests_on_one_connection_see_the_policy_in_force(serve):
+    """Requests are answered one after another, each against the snapshot swapped in last."""
+    cur = current()
+    client = await serve(cur)
+    for _ in range(3):
+        assert await client.answer(request(recipient="u@blocked.example")) == (DEFER + "Blocked for now").encode()
+    cur.swap(current("").snapshot)
+    assert await client.answer(request(recipient="u@blocked.example")) == b"action=DUNNO"
+
+
+async def test_pipelined_requests_are_answered_in_order_in_one_write(serve):
+    client = await serve()
+    recipients = ["a@example.com", "b@blocked.example", "c@quiet.example", "d@example.org"]
+    await client.send(b"".join(request(recipient=r) for r in recipients))
+    chunk = await client.stream.receive_some()
+    assert chunk == (
+        b"action=DUNNO\n\n"
+        b"action=DEFER_IF_PERMIT 4.7.1 Blocked for now\n\n"
+        b"action=DEFER_IF_PERMIT 4.7.1 queue quiet.example is paused\n\n"
+        b"action=DUNNO\n\n"
+    )
+
+
+async def test_requests_split_anywhere_are_put_together(serve):
+    """A request may arrive a byte at a time, and a write may end inside the next one."""
+    client = await serve()
+    data = request(recipient="a@blocked.example") + request(recipient="b@example.com")
+    for i in range(len(data)):
+        await client.send(data[i : i + 1])
+    assert await client.answers(2) == [(DEFER + "Blocked for now").encode(), b"action=DUNNO"]
+    # two and a half requests, then the rest
+    third = request(recipient="c@blocked.example")
+    await client.send(data + third[:10])
+    assert len(await client.answers(2)) == 2
+    await client.send(third[10:])
+    assert await client.answers(1) == [(DEFER + "Blocked for now").encode()]
+
+
+async def test_crlf_line_ends_are_accepted(serve):
+    """A person typing into telnet sends CRLF; Postfix sends LF. Both work."""
+    client = await serve()
+    crlf = request(recipient="u@blocked.example").replace(b"\n", b"\r\n")
+    await client.send(crlf[:7] + crlf[7:-1])  # a CR left at the end of one write
+    await client.send(crlf[-1:])
+    assert await client.answers(1) == [(DEFER + "Blocked for now").encode()]
+
+
+MALFORMED = "action=DEFER_IF_PERMIT 4.3.5 sluice: malformed policy request: "
+LONG = "x" * 9000
+
+
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        (b"garbage\n\n", "not a name=value line: 'garbage'"),
+        (request()[:-1] + b"garbage\n\n", "not a name=value line: 'garbage'"),
+        (b"=value\nrequest=smtpd_access_policy\n\n", "not a name=value line: '=value'"),
+        (b"recipient=u@blocked.example\n\n", "no request= attribute"),
+        (b"request=junk\nrecipient=u@example.com\n\n", "request=junk is not smtpd_access_policy"),
+        (b"\n", "empty request: no request= attribute"),
+        (request(ccert_subject=LONG), "a line over 8192 bytes"),
+        # the limits hold before the request's end comes
+        (f"request=smtpd_access_policy\nccert_subject={LONG}".encode(), "a line over 8192 bytes"),
+        (b"request=smtpd_access_policy\n" + b"".join(b"x%d=1\n" % i for i in range(100)) + b"\n", "over 100 attributes"),
+        (b"request=smtpd_access_policy\n" + b"".join(b"x%d=1\n" % i for i in range(100)), "over 100 attributes"),
+    ],
+)
+async def test_malformed_request_gets_a_temporary_failure_and_the_connection_closes(serve, data, what):
+    client = await serve()
+    with structlog.testing.capture_logs() as logs:
+        await client.send(data)
+        assert await client.answers(1) == [(MALFORMED + what).encode()]
+        assert await client.closed()
+    assert {"event": "postfix_malformed_request", "what": what, "log_level": "info"} in logs
+
+
+async def test_good_requests_before_a_malformed_one_are_answered_first(serve):
+    client = await serve()
+    await client.send(request(recipient="u@blocked.example") + request() + b"junk\n\n" + request())
+    assert await client.answers(3) == [
+        (DEFER + "Blocked for now").encode(),
+        b"action=DUNNO",
+        (MALFORMED + "not a name=value line: 'junk'").encode(),
+    ]
+    assert await client.closed()
+
+
+async def test_exactly_100_attributes_and_an_8_KiB_line_are_allowed(serve):
+    client = await serve()
+    attrs = {f"x{i}": "1" for i in range(100 - 17)}  # request() has 17 attributes
+    attrs["ccert_subject"] = "y" * (8192 - len("ccert_subject="))
+    data = request(recipient="u@blocked.example", **attrs)
+    assert data.count(b"\n") == 101
+    assert await client.answer(data) == (DEFER + "Blocked for now").encode()
+
+
+async def test_idle_connection_is_closed_after_the_idle_timeout(serve, autojump_clock):
+    """Postfix closes idle policy connections after 300 s; sluice waits longer."""
+    client = await serve()
+    assert await client.answer(request()) == b"action=DUNNO"
+    start = trio.current_time()
+    with trio.move_on_after(300):
+        await client.closed()
+        pytest.fail("closed before Postfix's own idle limit")
+    assert await client.closed()
+    assert trio.current_time() - start == pytest.approx(IDLE_TIMEOUT)
+    assert IDLE_TIMEOUT > 300
+
+
+async def test_request_not_complete_in_time_is_refused(serve, autojump_clock):
+    client = await serve()
+    await client.send(b"request=smtpd_access_policy\nrecipient=u@exa")
+    start = trio.current_time()
+    assert await client.answers(1) == [
+        (MALFORMED + f"request not complete within {REQUEST_TIMEOUT:g} s").encode()
+    ]
+    assert trio.current_time() - start == pytest.approx(REQUEST_TIMEOUT)
+    assert await client.closed()
+
+
+async def test_a_slow_request_keeps_its_deadline_from_its_first_byte(serve, autojump_clock):
+    """Dribbling bytes does not extend the time a request may take."""
+    client = await serve()
+    start = trio.current_time()
+    await client.send(b"request=smtpd_access_policy\n")
+    for piece in (b"rec", b"ipient=u@example.com\n"):
+        await trio.sleep(4)
+        await client.send(piece)
+    assert await client.answers(1) == [
+        (MALFORMED + f"request not complete within {REQUEST_TIMEOUT:g} s").encode()
+    ]
+    assert trio.current_time() - start == pytest.approx(REQUEST_TIMEOUT)
+
+
+async def test_shutdown_closes_idle_connections_at_once(serve, autojump_clock):
+    drain = Drain()
+    client = await serve(drain=drain)
+    assert await client.answer(request()) == b"action=DUNNO"
+    start = trio.current_time()
+    drain.start()
+    assert await client.closed()
+    assert trio.current_time() == start
+
+
+async def test_shutdown_still_answers_requests_already_read(serve):
+    """Shutdown that begins just as a request arrives: it is answered, then the connection closes."""
+    drain = Drain()
+    client = await serve(drain=drain)
+    assert await client.answer(request()) == b"action=DUNNO"
+    await client.send(request(recipient="u@blocked.example"))  # the server is woken, not yet run
+    drain.start()
+    assert await client.answers(1) == [(DEFER + "Blocked for now").encode()]
+    assert await client.closed()
+
+
+async def test_client_disconnecting_mid_request_does_not_hurt_the_server(tmp_path, nursery):
+    """A real unix socket: one client leaves halfway, the next is served as usual."""
+    path = str(tmp_path / "policy.sock")
+    sock = trio.socket.socket(trio.socket.AF_UNIX)
+    await sock.bind(path)
+    sock.listen(8)
+    drain = Drain()
+    cur = current()
+
+    async def handle(stream):
+        await serve_postfix_connection(stream, cur, PostfixConfig(), lambda: NOW, drain)
+
+    await nursery.start(serve_listener, trio.SocketListener(sock), handle, Limits(), drain, nursery)
+
+    leaver = await trio.open_unix_socket(path)
+    await leaver.send_all(request()[:40])
+    await leaver.aclose()
+    rude = await trio.open_unix_socket(path)
+    await rude.send_all(request() * 50)
+    rude.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    await rude.aclose()  # a reset, with answers unread
+
+    client = Client(await trio.open_unix_socket(path))
+    assert await client.answer(request(recipient="u@blocked.example")) == (DEFER + "Blocked for now").encode()
+    with trio.fail_after(5):
+        while drain.active > 1:  # the two that left are gone
+            await trio.sleep(0.01)
+    await client.stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        ("plain", "plain"),
+        ("Müller asked — ünïcode", "Muller asked ? unicode"),
+        ("line\nbreak\r", "line?break?"),
+        ("x" * 1000, "x" * (MAX_REASON - 3) + "..."),
+        ("", "delivery suspended"),
+    ],
+)
+def test_reason_text_is_one_short_line_of_ascii(reason, expected):
+    hold = Hold(kind="suspension", id="x", reason=reason, expires=None, source="runtime")
+    assert reason_text(hold) == expected
+
+
+def test_reader_keeps_no_more_than_the_partial_request():
+    reader = RequestReader()
+    requests, error = reader.feed(request() + request()[:20])
+    assert len(requests) == 1 and error is None and reader.pending
+    requests, error = reader.feed(request()[20:])
+    assert len(requests) == 1 and error is None and not reader.pending
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("0.0.0.0:10040", "not a loopback address"),
+        ("192.0.2.1:10040", "not a loopback address"),
+        ("[2001:db8::1]:10040", "not a loopback address"),
+        ("localhost:10040", "not an IP address"),
+        ("127.0.0.1", "is not ADDRESS:PORT"),
+        ("127.0.0.1:0", "is not ADDRESS:PORT"),
+        ("127.0.0.1:70000", "is not ADDRESS:PORT"),
+    ],
+)
+def test_tcp_listener_is_loopback_only(listen, message):
+    with pytest.raises(ValueError, match=message):
+        bind_loopback(listen)
+
+
+def test_tcp_listener_binds_loopback():
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    sock = bind_loopback(f"127.0.0.1:{port}")
+    try:
+        assert sock.getsockname() == ("127.0.0.1", port)
+        with pytest.raises(ValueError, match="cannot listen on"):
+            bind_loopback(f"127.0.0.1:{port}")
+    finally:
+        sock.close()
