@@ -266,6 +266,7 @@ class Answerer:
         self._prefix = "action=HOLD " if config.on_hold == "hold" else "action=DEFER_IF_PERMIT 4.7.1 "
 
     def answer(self, snapshot: Snapshot, request: PolicyRequest, now: float) -> bytes:
+        """The ``action=...`` answer, with its ending empty line."""
         queue = queue_for(request)
         if queue is None:
             if request.recipient:
@@ -278,8 +279,8 @@ class Answerer:
 
 
 def malformed_answer(what: str) -> bytes:
-    what = "".join(c if c.isprintable() else "?" for c in what)
-    return f"action=DEFER_IF_PERMIT 4.3.5 sluice: malformed policy request: {what}\n\n".encode()
+    """The temporary failure that answers a malformed request; ``what`` may quote the client."""
+    return f"action=DEFER_IF_PERMIT 4.3.5 sluice: malformed policy request: {_ascii(what)}\n\n".encode()
 
 
 async def serve_postfix_connection(

@@ -22,6 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 15.0
 
 
+def write_atomic(path: Path, text: str) -> Path:
+    """Replace ``path`` in one step, so a watcher never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
 class Notifications:
     """A datagram socket that receives sd_notify messages."""
 
@@ -85,9 +93,8 @@ class Daemon:
         self.notify: Notifications | None = None
 
     def write(self, name: str, text: str) -> Path:
-        path = self.policy / name
-        path.write_text(textwrap.dedent(text).lstrip("\n"))
-        return path
+        """Write a policy file whole (temporary file + rename), as editors save."""
+        return write_atomic(self.policy / name, textwrap.dedent(text).lstrip("\n"))
 
     def start(self, env: dict[str, str] | None = None, wait: bool = True, **popen) -> Daemon:
         if self.notify is None:

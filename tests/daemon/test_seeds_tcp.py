@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from harness import ROOT, Daemon
+from harness import ROOT, Daemon, write_atomic
 
 qstash = pytest.importorskip("qstash")
 hookbridge = pytest.importorskip("hookbridge")
@@ -210,14 +210,14 @@ def test_tokens(d):
     assert listed[0]["created_by"].startswith("token=deploy-bot")
 
     # the tokens file reloads with the policy
-    (d.dir / "tokens.toml").write_text(tokens_text(("new-bot", "sl_brand-new", "admin")))
+    write_atomic(d.dir / "tokens.toml", tokens_text(("new-bot", "sl_brand-new", "admin")))
     d.notify.wait_for("READY=1")  # the reload the watcher started (tokens change no generation)
     with httpx.Client(base_url=d.base) as c:
         assert c.get("/api/status/v1", headers={"Authorization": "Bearer sl_brand-new"}).status_code == 200
         assert c.get("/api/status/v1", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 401
 
     # a broken tokens file is refused like a broken policy file
-    (d.dir / "tokens.toml").write_text('[[token]]\nname = "x"\nsha256 = "nothex"\nrole = "god"\n')
+    write_atomic(d.dir / "tokens.toml", '[[token]]\nname = "x"\nsha256 = "nothex"\nrole = "god"\n')
     d.notify.wait_for("READY=1")
     status = d.status()
     assert status["last_reload"]["ok"] is False
