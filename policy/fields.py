@@ -36,6 +36,7 @@ from .model import (
     QueuePolicy,
     Schedule,
     Suspension,
+    criteria_key,
     file_suspension_id,
 )
 
@@ -275,6 +276,10 @@ def suspension_from(
     ``now`` is required in api mode, where ``duration`` (default five
     minutes) is turned into ``expires``.
     """
+    if mode == "file" and type(data) is dict:
+        fast = _file_suspension_fast(data, file_name, source)
+        if fast is not None:
+            return fast
     r = _Reader(data, _SUSPENSION_KEYS[mode], "suspension")
     campaign = r.component("campaign")
     tenant = r.component("tenant")
@@ -315,26 +320,110 @@ def suspension_from(
             expires = now + DEFAULT_SUSPENSION
 
     r.done()
-    values = dict(
-        campaign=campaign,
-        tenant=tenant,
-        domain=domain,
-        queue_names=names,
-        everything=everything or None,
-        reason=reason,
-        expires=expires,
-        created_at=created_at,
-        created_by=created_by,
-        source=source,
-    )
     if ident is None:
-        probe = Suspension(id="", **{k: v for k, v in values.items() if v is not None})
         ident = (
-            file_suspension_id(file_name, probe.criteria_key)
+            file_suspension_id(file_name, criteria_key(campaign, tenant, domain, names, everything))
             if mode == "file"
             else str(uuid.uuid4())
         )
-    return _build(r, Suspension, id=ident, **values)
+    try:
+        return Suspension(
+            id=ident,
+            reason=reason,
+            campaign=campaign,
+            tenant=tenant,
+            domain=domain,
+            queue_names=names or (),
+            everything=bool(everything),
+            expires=expires,
+            created_at=created_at,
+            created_by=created_by,
+            source=source,
+        )
+    except ValidationError as exc:
+        raise EntryInvalid([Problem(exc.field, exc.message, exc.code)]) from None
+
+
+_FILE_KEYS = frozenset(_SUSPENSION_KEYS["file"])
+
+
+def _file_suspension_fast(data: dict, file_name: str, source: str) -> Suspension | None:
+    """The common, well-formed file suspension, built without the full reader.
+
+    Returns None at the first thing out of the ordinary; the full reader then
+    runs and reports every problem. It accepts exactly what the reader
+    accepts (a test checks the two agree), only faster: a policy file may
+    hold 100,000 of these.
+    """
+    if not data.keys() <= _FILE_KEYS:
+        return None
+    reason = data.get("reason")
+    if (
+        type(reason) is not str
+        or len(reason) > MAX_REASON
+        or not reason.strip()
+        or _CONTROL.search(reason)
+    ):
+        return None
+    try:
+        campaign = data.get("campaign")
+        if campaign is not None:
+            if type(campaign) is not str or not campaign.strip():
+                return None
+            campaign = queue_name.check_component(campaign, "campaign")
+        tenant = data.get("tenant")
+        if tenant is not None:
+            if type(tenant) is not str or not tenant.strip():
+                return None
+            tenant = queue_name.check_component(tenant, "tenant")
+        domain = data.get("domain")
+        if domain is not None:
+            if type(domain) is not str or len(domain) > 255 or not domain.strip():
+                return None
+            domain = queue_name.normalise_domain(domain, "domain")
+        names = data.get("queue_names")
+        if names is not None:
+            if type(names) is not list or not names or any(type(n) is not str for n in names):
+                return None
+            names = tuple(dict.fromkeys(queue_name.parse(n).name for n in names))
+    except InvalidQueueName:
+        return None
+    everything = data.get("everything")
+    if everything is not None and type(everything) is not bool:
+        return None
+    has_fields = campaign is not None or tenant is not None or domain is not None
+    if names is not None and has_fields:
+        return None
+    if everything and (has_fields or names is not None):
+        return None
+    if not everything and not has_fields and names is None:
+        return None
+    expires = data.get("expires")
+    if expires is not None:
+        if type(expires) is not datetime or expires.tzinfo is None:
+            return None
+        expires = expires.astimezone(timezone.utc)
+    ident = data.get("id")
+    if ident is not None:
+        if type(ident) is not str:
+            return None
+        try:
+            ident = str(uuid.UUID(ident))
+        except ValueError:
+            return None
+    else:
+        ident = file_suspension_id(file_name, criteria_key(campaign, tenant, domain, names, everything))
+    return Suspension(
+        id=ident,
+        reason=reason,
+        campaign=campaign,
+        tenant=tenant,
+        domain=domain,
+        queue_names=names or (),
+        everything=bool(everything),
+        expires=expires,
+        source=source,
+    )
 
 
 _QUEUE_KEYS = {

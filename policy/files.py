@@ -19,7 +19,10 @@ Runtime state (the daemon's own files) has the same tables plus
 
 from __future__ import annotations
 
+import bisect
 import difflib
+import functools
+import gc
 import re
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -40,8 +43,8 @@ from .fields import (
 from .model import Endpoint, Pause, QueuePolicy, Schedule, Suspension
 
 KINDS = ("suspension", "queue", "schedule", "endpoint")
-_HEADER = re.compile(r"\s*\[\[\s*\"?([A-Za-z0-9_-]+)\"?\s*\]\]")
-_ANY_HEADER = re.compile(r"\s*\[")
+# A line opening a table; group 1 is the name of an array-of-tables header.
+_HEADERS = re.compile(r"^[ \t]*\[(?:\[[ \t]*\"?([A-Za-z0-9_-]+)\"?[ \t]*\]\])?", re.MULTILINE)
 
 
 class ParsedFile(msgspec.Struct, frozen=True):
@@ -84,15 +87,22 @@ class SourceLines:
     """Finds the line of a table or key in TOML source text."""
 
     def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
+        self.text = text
         self.headers: dict[str, list[int]] = {}
         self.starts: list[int] = []
-        for number, line in enumerate(self.lines, 1):
-            if _ANY_HEADER.match(line):
-                self.starts.append(number)
-                match = _HEADER.match(line)
-                if match:
-                    self.headers.setdefault(match.group(1), []).append(number)
+        # One pass over the text for header lines; line numbers by counting
+        # newlines between them (a regex per line is slow on 100,000 tables).
+        number, pos = 1, 0
+        for match in _HEADERS.finditer(text):
+            number += text.count("\n", pos, match.start())
+            pos = match.start()
+            self.starts.append(number)
+            if match.group(1) is not None:
+                self.headers.setdefault(match.group(1), []).append(number)
+
+    @functools.cached_property
+    def lines(self) -> list[str]:
+        return self.text.splitlines()
 
     def table(self, kind: str, index: int) -> int | None:
         found = self.headers.get(kind, ())
@@ -102,7 +112,8 @@ class SourceLines:
         start = self.table(kind, index)
         if start is None:
             return None
-        end = next((s for s in self.starts if s > start), len(self.lines) + 1)
+        following = bisect.bisect_right(self.starts, start)
+        end = self.starts[following] if following < len(self.starts) else len(self.lines) + 1
         pattern = re.compile(rf"\s*\"?{re.escape(key)}\"?\s*=")
         for number in range(start + 1, end):
             if pattern.match(self.lines[number - 1]):
@@ -129,6 +140,18 @@ def _decode(text: str, name: str) -> tuple[dict[str, Any] | None, FileProblem | 
 
 
 def _parse(text: str, name: str, mode: Mode) -> ParsedFile:
+    # A large file makes hundreds of thousands of objects that all live on:
+    # the collector would scan them again and again for nothing.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse_all(text, name, mode)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
     doc, problem = _decode(text, name)
     if doc is None:
         return ParsedFile(name=name, problems=(problem,))

@@ -11,6 +11,7 @@ or ``"<file>:<line>"`` for an entry written in a policy file.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 from typing import Literal
@@ -68,11 +69,9 @@ class Suspension(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     @property
     def criteria_key(self) -> str:
         """A canonical text of what this suspension matches; equal criteria, equal key."""
-        if self.everything:
-            return "everything"
-        if self.queue_names:
-            return "queue_names=" + ",".join(sorted(self.queue_names))
-        return msgspec.json.encode([self.campaign, self.tenant, self.domain]).decode()
+        return criteria_key(
+            self.campaign, self.tenant, self.domain, self.queue_names, self.everything
+        )
 
     @property
     def expires_at(self) -> float | None:
@@ -95,9 +94,37 @@ class Suspension(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         )
 
 
-def file_suspension_id(file_name: str, criteria_key: str) -> str:
-    """The stable id of a file suspension written without one."""
-    return str(uuid.uuid5(FILE_ID_NAMESPACE, f"{file_name}\n{criteria_key}"))
+def criteria_key(
+    campaign: str | None,
+    tenant: str | None,
+    domain: str | None,
+    queue_names: tuple[str, ...] | None,
+    everything: bool | None,
+) -> str:
+    """A canonical text of a suspension's criteria; equal criteria, equal key."""
+    if everything:
+        return "everything"
+    if queue_names:
+        return "queue_names=" + ",".join(sorted(queue_names))
+    return _encode_json([campaign, tenant, domain]).decode()
+
+
+_encode_json = msgspec.json.Encoder().encode
+_NAMESPACE_BYTES = FILE_ID_NAMESPACE.bytes
+
+
+def file_suspension_id(file_name: str, criteria: str) -> str:
+    """The stable id of a file suspension written without one: UUIDv5 of file and criteria.
+
+    Computed as RFC 4122 says, without uuid.uuid5's overhead (it is called
+    for every entry of a 100,000-entry file).
+    """
+    h = hashlib.sha1(_NAMESPACE_BYTES + f"{file_name}\n{criteria}".encode()).hexdigest()
+    variant = _VARIANT[h[16]]  # the two top bits of octet 8 become 10
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 0x3] for c in "0123456789abcdef"}
 
 
 class QueuePolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

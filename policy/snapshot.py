@@ -34,6 +34,9 @@ from .index import SuspensionIndex
 from .model import Endpoint, Pause, QueuePolicy, Schedule, Suspension
 
 
+MEMO_SIZE = 65536
+
+
 class Runtime(msgspec.Struct, frozen=True):
     """The daemon's own entries, keyed by id or name. Treated as immutable."""
 
@@ -193,6 +196,7 @@ class Snapshot:
         "schedules",
         "endpoints",
         "_index",
+        "_memo",
     )
 
     def __init__(
@@ -211,6 +215,7 @@ class Snapshot:
         self.suspensions = suspensions
         self.queues = queues
         self._index = index
+        self._memo: dict[str, tuple[Decision, float, float, float]] = {}
         self.schedules = {
             s.id: ScheduleView(schedule=s, pause=runtime.schedule_pauses.get(s.id))
             for s in policy.schedules
@@ -280,13 +285,45 @@ class Snapshot:
         """Every hold on queue ``name`` at ``now`` (seconds since the epoch).
 
         Raises InvalidQueueName for a name that does not parse.
+
+        Decisions asked by name are remembered for this snapshot: a decision
+        can only change when one of its holds expires (a new hold means a new
+        snapshot), so a remembered one is reused while ``now`` lies between
+        when it was made and its first expiry, with ``retry_after`` counted
+        afresh. The memo is bounded and dies with the snapshot.
         """
-        q = name if isinstance(name, queue_name.QueueName) else queue_name.parse(name)
+        if name.__class__ is str:
+            hit = self._memo.get(name)
+            if hit is not None:
+                decision, since, until, latest = hit
+                if since <= now < until:
+                    if latest == math.inf:
+                        return decision
+                    return msgspec.structs.replace(
+                        decision, retry_after=max(1, math.ceil(latest - now))
+                    )
+            decision, until, latest = self._decide(queue_name.parse(name), now)
+            memo = self._memo
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[name] = (decision, now, until, latest)
+            return decision
+        return self._decide(name, now)[0]
+
+    def _decide(self, q: queue_name.QueueName, now: float) -> tuple[Decision, float, float]:
+        """The decision, when it stops being valid, and when its last hold ends."""
         found = self._index.lookup(q, now)
         view = self.queues.get(q.name)
+        if not found and view is None:
+            return (
+                Decision(q.name, True, (), None, self.generation),
+                math.inf,
+                math.inf,
+            )
         parallelism = None
         holds = [_suspension_hold(e[2]) for e in found]
         latest = max((e[0] for e in found), default=0.0)
+        until = min((e[0] for e in found), default=math.inf)
         if view is not None:
             parallelism = view.parallelism
             holder = view.holder
@@ -303,7 +340,7 @@ class Snapshot:
                 )
                 latest = math.inf
         if not holds:
-            return Decision(
+            decision = Decision(
                 queue=q.name,
                 deliver=True,
                 holds=(),
@@ -311,7 +348,8 @@ class Snapshot:
                 generation=self.generation,
                 parallelism=parallelism,
             )
-        return Decision(
+            return decision, math.inf, math.inf
+        decision = Decision(
             queue=q.name,
             deliver=False,
             holds=tuple(holds),
@@ -319,6 +357,7 @@ class Snapshot:
             generation=self.generation,
             parallelism=parallelism,
         )
+        return decision, until, latest
 
     def decide_schedule(self, schedule_id: str) -> ScheduleDecision | None:
         """Whether a schedule's trigger may run; None for an unknown schedule."""

@@ -231,3 +231,18 @@ def test_stable_order_follows_files_then_runtime_creation():
         "reason 9",
         "reason 3",
     ]
+
+
+def test_remembered_decisions_follow_time():
+    s = snapshot(
+        susp(1, domain="x.com", expires=T0 + timedelta(seconds=30)),
+        susp(2, tenant="t", expires=T0 + timedelta(seconds=90)),
+    )
+    first = s.decide("t@x.com", NOW)
+    assert len(first.holds) == 2 and first.retry_after == 90
+    assert s.decide("t@x.com", NOW + 10).retry_after == 80  # counted afresh
+    later = s.decide("t@x.com", NOW + 31)  # the first hold has expired
+    assert [h.id[-1] for h in later.holds] == ["2"] and later.retry_after == 59
+    assert s.decide("t@x.com", NOW + 91).deliver
+    again = s.decide("t@x.com", NOW)  # an earlier now is decided afresh, not from memory
+    assert len(again.holds) == 2
