@@ -22,7 +22,6 @@ from __future__ import annotations
 import bisect
 import difflib
 import functools
-import gc
 import re
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -30,6 +29,7 @@ from typing import Any, Callable
 import msgspec
 import tomli
 
+from .bulk import collector_paused
 from .errors import FileProblem, PolicyLoadError
 from .fields import (
     EntryInvalid,
@@ -140,15 +140,8 @@ def _decode(text: str, name: str) -> tuple[dict[str, Any] | None, FileProblem | 
 
 
 def _parse(text: str, name: str, mode: Mode) -> ParsedFile:
-    # A large file makes hundreds of thousands of objects that all live on:
-    # the collector would scan them again and again for nothing.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         return _parse_all(text, name, mode)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:

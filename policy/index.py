@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from .bulk import collector_paused
 from .model import Suspension
 from .queue_name import QueueName
 
@@ -85,14 +86,18 @@ class SuspensionIndex:
 
     @classmethod
     def build(cls, suspensions: Iterable[Suspension]) -> SuspensionIndex:
-        tables: dict[int, dict[object, list[Entry]]] = {}
-        for position, s in enumerate(suspensions):
-            mask = shape(s)
-            table = tables.setdefault(mask, {})
-            entry = (_expiry(s), order_key(s, position), s)
-            for key in _keys(s, mask):
-                table.setdefault(key, []).append(entry)
-        return cls({m: {k: tuple(v) for k, v in t.items()} for m, t in tables.items()})
+        tables: dict[int, dict[object, tuple[Entry, ...]]] = {}
+        with collector_paused():
+            for position, s in enumerate(suspensions):
+                mask = shape(s)
+                table = tables.get(mask)
+                if table is None:
+                    table = tables[mask] = {}
+                entry = (_expiry(s), order_key(s, position), s)
+                for key in _keys(s, mask):
+                    bucket = table.get(key)
+                    table[key] = (entry,) if bucket is None else bucket + (entry,)
+        return cls(tables)
 
     def evolve(
         self, *, add: Iterable[Suspension] = (), remove: Iterable[Suspension] = ()
