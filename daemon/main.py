@@ -49,7 +49,7 @@ from .http.server import Drain, Limits, serve_connection, serve_listener
 from .metrics import Metrics
 from .mutations import Mutations
 from .policy_dir import PolicyReader
-from .postfix import bind_loopback, serve_postfix_connection
+from .postfix import bind_loopback, refuse_postfix, serve_postfix_connection
 from .reload import Reloader, debounced, follow, watch_tree
 from .state.files import FileStore
 from .systemd import Notifier, listen_fds, watchdog_interval
@@ -340,7 +340,10 @@ async def serve(
                                     if sock is not None:
                                         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
                                         await accepting.start(
-                                            serve_listener, listener, handle_postfix, postfix_limits,
+                                            functools.partial(
+                                                serve_listener, refuse=refuse_postfix
+                                            ),
+                                            listener, handle_postfix, postfix_limits,
                                             postfix_drain, connections,
                                         )
                                 task_status.started()

@@ -46,7 +46,6 @@ Invariants:
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import time
 import unicodedata
@@ -63,6 +62,7 @@ from policy.snapshot import Hold, Snapshot
 from .config import PostfixConfig
 from .current import Current
 from .http.server import Drain
+from .tcp import bind_tcp, parse_listen
 
 log = structlog.get_logger("sluice.postfix")
 
@@ -76,6 +76,7 @@ RECEIVE_SIZE = 65536
 # does not wrap: it puts "450 4.7.1 <recipient>: Recipient address rejected: "
 # (up to 298 octets with the CRLF) around the text.
 MAX_REASON = 200
+MAX_REMEMBERED = 10_000  # DUNNO answers remembered per connection
 
 DUNNO = b"action=DUNNO\n\n"
 INTERNAL_ERROR = b"action=DEFER_IF_PERMIT 4.3.0 sluice: internal error\n\n"
@@ -91,9 +92,9 @@ class MalformedRequest(Exception):
 
 
 class PolicyRequest(NamedTuple):
-    """The attributes of one request that the decision needs, as sent."""
+    """What the decision needs from one request, as sent: the recipient's domain and the tenant."""
 
-    recipient: bytes = b""
+    domain: bytes = b""  # after the recipient's last "@"; empty without a recipient or an "@"
     tenant: bytes = b""
 
 
@@ -118,6 +119,8 @@ class RequestReader:
         return bool(self._buffer) or self._pending_cr
 
     def feed(self, data: bytes) -> tuple[list[PolicyRequest], MalformedRequest | None]:
+        if type(data) is not bytes:
+            data = bytes(data)  # a bytearray or memoryview: requests must be hashable values
         if self._pending_cr:
             data = b"\r" + data
             self._pending_cr = False
@@ -198,7 +201,7 @@ class RequestReader:
                 raise MalformedRequest("no request= attribute")
             shown = kind[:40].decode("utf-8", "replace")
             raise MalformedRequest(f"request={shown} is not smtpd_access_policy")
-        return PolicyRequest(recipient, tenant)
+        return PolicyRequest(recipient.rpartition(b"@")[2], tenant)
 
 
 def queue_for(request: PolicyRequest) -> QueueName | None:
@@ -206,11 +209,10 @@ def queue_for(request: PolicyRequest) -> QueueName | None:
 
     None when there is no recipient domain or it is no valid queue domain.
     """
-    _local, at, raw_domain = request.recipient.rpartition(b"@")
-    if not at or not raw_domain:
+    if not request.domain:
         return None
     try:
-        domain = raw_domain.decode()
+        domain = request.domain.decode()
     except UnicodeDecodeError:
         return None
     try:
@@ -260,22 +262,34 @@ def _ascii(text: str) -> str:
 
 
 class Answerer:
-    """Turns requests into answers under one configuration."""
+    """Turns requests into answers under one configuration, for one connection.
+
+    It remembers the requests answered ``DUNNO`` under the snapshot in force:
+    within one snapshot a queue's holds can only end (they expire), never
+    begin, so "deliver" stays true until another snapshot is swapped in.
+    Held answers are worked out every time, since their holds may expire.
+    """
 
     def __init__(self, config: PostfixConfig) -> None:
         self._prefix = "action=HOLD " if config.on_hold == "hold" else "action=DEFER_IF_PERMIT 4.7.1 "
+        self._snapshot: Snapshot | None = None
+        self._deliver: set[PolicyRequest] = set()
 
     def answer(self, snapshot: Snapshot, request: PolicyRequest, now: float) -> bytes:
         """The ``action=...`` answer, with its ending empty line."""
+        if snapshot is not self._snapshot or len(self._deliver) >= MAX_REMEMBERED:
+            self._snapshot = snapshot
+            self._deliver = set()
+        elif request in self._deliver:
+            return DUNNO
         queue = queue_for(request)
         if queue is None:
-            if request.recipient:
-                log.debug("postfix_no_queue", recipient=request.recipient.decode("utf-8", "replace"))
-            return DUNNO
-        decision = snapshot.decide(queue, now)
-        if decision.deliver:
-            return DUNNO
-        return (self._prefix + reason_text(decision.holds[0]) + "\n\n").encode()
+            if request.domain:
+                log.debug("postfix_no_queue", domain=request.domain.decode("utf-8", "replace"))
+        elif not (decision := snapshot.decide(queue, now)).deliver:
+            return (self._prefix + reason_text(decision.holds[0]) + "\n\n").encode()
+        self._deliver.add(request)
+        return DUNNO
 
 
 def malformed_answer(what: str) -> bytes:
@@ -357,6 +371,19 @@ async def serve_postfix_connection(
             await stream.aclose()
 
 
+async def refuse_postfix(stream: trio.abc.Stream) -> None:
+    """Over the connection cap: a temporary failure Postfix understands, then close."""
+    with trio.move_on_after(1):
+        try:
+            await stream.send_all(TOO_MANY)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await trio.aclose_forcefully(stream)
+
+
+TOO_MANY = b"action=DEFER_IF_PERMIT 4.3.2 sluice: too many policy connections; try again\n\n"
+
+
 def bind_loopback(listen: str) -> socket.socket:
     """Bind and listen on ``listen`` ("127.0.0.1:10040", "[::1]:10040").
 
@@ -364,27 +391,10 @@ def bind_loopback(listen: str) -> socket.socket:
     loopback address with a port, or when the address cannot be bound. The
     policy protocol has no authentication, so it never leaves the host.
     """
-    host, colon, port_text = listen.rpartition(":")
-    if not colon or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"{listen!r} is not ADDRESS:PORT, such as 127.0.0.1:10040")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{listen!r}: {host!r} is not an IP address; use 127.0.0.1 or [::1]") from None
+    address, port = parse_listen(listen)
     if not address.is_loopback:
         raise ValueError(
             f"{listen!r} is not a loopback address: the policy protocol has no "
             "authentication, so it listens on 127.0.0.1 or [::1] only"
         )
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((str(address), int(port_text)))
-        sock.listen(512)
-    except OSError as exc:
-        sock.close()
-        raise ValueError(f"cannot listen on {listen}: {exc.strerror}") from None
-    return sock
+    return bind_tcp(address, port)

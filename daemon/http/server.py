@@ -453,13 +453,16 @@ async def serve_listener(
     drain: Drain,
     handlers: trio.Nursery,
     *,
+    refuse: Callable[[trio.abc.Stream], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept connections until cancelled, each handled in ``handlers``.
 
-    Over ``limits.max_connections`` a connection is answered 503 and closed.
-    Cancelling this task stops accepting without touching connections.
+    Over ``limits.max_connections`` a connection is answered by ``refuse``
+    (HTTP's 503 by default) and closed. Cancelling this task stops accepting
+    without touching connections.
     """
+    refuse = refuse if refuse is not None else _refuse
 
     async def run(stream: trio.abc.Stream) -> None:
         with drain.connection():
@@ -477,7 +480,7 @@ async def serve_listener(
                     continue
                 raise
             if drain.active >= limits.max_connections:
-                handlers.start_soon(_refuse, stream)
+                handlers.start_soon(refuse, stream)
                 continue
             handlers.start_soon(run, stream)
 

@@ -25,7 +25,7 @@ from daemon.postfix import (
 from policy.files import combine, parse_policy
 from policy.snapshot import Hold, Snapshot
 
-NOW = 1_800_000_000.0  # 2027-01-15, after every expiry below that is meant to be past
+NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
 POLICY = """
 [[suspension]]
@@ -245,6 +245,29 @@ async def test_many_requests_on_one_connection_see_the_policy_in_force(serve):
         assert await client.answer(request(recipient="u@blocked.example")) == (DEFER + "Blocked for now").encode()
     cur.swap(current("").snapshot)
     assert await client.answer(request(recipient="u@blocked.example")) == b"action=DUNNO"
+
+
+async def test_a_new_hold_applies_at_once_to_a_queue_answered_dunno_before(serve):
+    """DUNNO answers are remembered only until another snapshot is swapped in."""
+    cur = current()
+    client = await serve(cur)
+    for _ in range(2):
+        assert await client.answer(request(recipient="u@example.com")) == b"action=DUNNO"
+    held = '[[suspension]]\ndomain = "example.com"\nreason = "now held"\n'
+    cur.swap(current(held).snapshot)
+    assert await client.answer(request(recipient="v@example.com")) == (DEFER + "now held").encode()
+
+
+async def test_a_hold_ends_when_it_expires_on_a_long_connection(nursery):
+    """Held answers are worked out each time, so an expiry takes effect without a new snapshot."""
+    now = [NOW]
+    ours, theirs = trio.testing.memory_stream_pair()
+    policy = '[[suspension]]\ndomain = "soon.example"\nreason = "short hold"\nexpires = 2027-01-15T09:00:00Z\n'
+    nursery.start_soon(serve_postfix_connection, theirs, current(policy), PostfixConfig(), lambda: now[0], None)
+    client = Client(ours)
+    assert await client.answer(request(recipient="u@soon.example")) == (DEFER + "short hold").encode()
+    now[0] = NOW + 3600  # NOW is 08:00
+    assert await client.answer(request(recipient="u@soon.example")) == b"action=DUNNO"
 
 
 async def test_pipelined_requests_are_answered_in_order_in_one_write(serve):
@@ -474,3 +497,12 @@ def test_tcp_listener_binds_loopback():
             bind_loopback(f"127.0.0.1:{port}")
     finally:
         sock.close()
+
+
+async def test_over_the_connection_cap_postfix_gets_a_temporary_failure():
+    from daemon.postfix import TOO_MANY, refuse_postfix
+
+    client, server = trio.testing.memory_stream_pair()
+    await refuse_postfix(server)
+    assert await client.receive_some(4096) == TOO_MANY
+    assert TOO_MANY.startswith(b"action=DEFER_IF_PERMIT 4.") and TOO_MANY.endswith(b"\n\n")
