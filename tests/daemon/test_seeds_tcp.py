@@ -12,8 +12,8 @@ import pytest
 
 from harness import ROOT, Daemon, write_atomic
 
-qstash = pytest.importorskip("qstash")
-hookbridge = pytest.importorskip("hookbridge")
+import qstash
+import hookbridge
 
 ADMIN_TOKEN = "sl_admin-secret-token-value"
 READ_TOKEN = "sl_read-secret-token-value"
