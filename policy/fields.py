@@ -355,7 +355,7 @@ def _file_suspension_fast(data: dict, file_name: str, source: str) -> Suspension
     accepts (a test checks the two agree), only faster: a policy file may
     hold 100,000 of these.
     """
-    if not data.keys() <= _FILE_KEYS:
+    if not data.keys() <= _FILE_KEYS or None in data.values():
         return None
     reason = data.get("reason")
     if (
