@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from policy.fields import EntryInvalid, _file_suspension_fast, suspension_from
@@ -49,6 +49,7 @@ def slow(table):
 
 
 @settings(max_examples=1500, deadline=None)
+@example({"campaign": "acme", "reason": "rate limited", "tenant": None})
 @given(tables())
 def test_fast_path_agrees_with_the_reader(table):
     fast = _file_suspension_fast(table, "a.toml", "a.toml:1")
