@@ -96,9 +96,10 @@ class Router:
         """Route ``request``; ``authenticate`` (TCP) turns it into a Peer or raises 401."""
         route = None
         try:
-            route, params = self.match(request.method, request.path)
             if authenticate is not None:
+                # before routing: without a token, even the route table stays private
                 request.peer = authenticate(request)
+            route, params = self.match(request.method, request.path)
             if route.change and not self.may_change(request.peer):
                 raise HttpError(
                     403, "FORBIDDEN", f"{request.peer} may read but not change state"

@@ -86,8 +86,8 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
 
     def no_body(self) -> None:
-        """For routes that take no body: refuse one rather than ignore it."""
-        if self.body.strip() and self.json(optional=True) not in (None, {}):
+        """For routes that take no body: refuse one (other than ``{}``) rather than ignore it."""
+        if self.body.strip() and self.json() != {}:
             raise HttpError(400, "INVALID_REQUEST", "this route takes no body")
 
     def arg(self, name: str) -> str | None:
@@ -213,12 +213,10 @@ async def _respond(
     request_id: str,
     head_only: bool = False,
 ) -> None:
-    headers = [
-        ("Server", SERVER_NAME),
-        ("X-Request-Id", request_id),
-        ("Content-Type", response.content_type),
-        *response.headers,
-    ]
+    headers = [("Server", SERVER_NAME), ("X-Request-Id", request_id)]
+    if response.content_type and (response.body or response.stream is not None):
+        headers.append(("Content-Type", response.content_type))
+    headers.extend(response.headers)
     if response.stream is None:
         headers.append(("Content-Length", str(len(response.body))))
     await _send(
@@ -341,11 +339,13 @@ async def serve_connection(
                 response = await dispatch(request)
             finally:
                 structlog.contextvars.unbind_contextvars("request_id")
-            if response.stream is not None:
+            if response.stream is not None and request.method != "HEAD":
                 # a long-lived stream ends when its source ends (events.close()
                 # at shutdown), or when the shutdown grace runs out
                 await _respond(conn, stream, response, request_id)
                 return
+            if response.stream is not None:
+                await response.stream.aclose()  # HEAD: headers only, nothing subscribed
             await _respond(conn, stream, response, request_id, head_only=request.method == "HEAD")
             log.info(
                 "request",
@@ -397,7 +397,7 @@ async def _fail(
     except h11.LocalProtocolError:
         # h11 refuses to answer some garbage at all; write the bytes ourselves.
         raw = (
-            f"HTTP/1.1 {status} {code}\r\nContent-Type: application/json\r\n"
+            f"HTTP/1.1 {status} {_reason(status).decode()}\r\nContent-Type: application/json\r\n"
             f"X-Request-Id: {request_id}\r\nConnection: close\r\n"
             f"Content-Length: {len(response.body)}\r\n\r\n"
         ).encode() + response.body
