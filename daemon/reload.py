@@ -36,6 +36,8 @@ from .systemd import Notifier
 log = structlog.get_logger("sluice.reload")
 
 ChangeSet = set[tuple[object, str]]
+WATCH_RETRY = 1.0
+WATCH_RETRY_MAX = 30.0
 
 
 class Reloader:
@@ -181,17 +183,29 @@ async def watch_tree(
     def wanted(_change: object, path: str) -> bool:
         return path == prefix or path.startswith(prefix + "/") or path == extra
 
-    async for changes in watchfiles.awatch(
-        *paths,
-        stop_event=stop,
-        debounce=50,
-        step=10,
-        recursive=True,
-        watch_filter=wanted,
-        rust_timeout=1000,
-        yield_on_timeout=False,
-    ):
-        yield {(change, path) for change, path in changes}
+    backoff = WATCH_RETRY
+    while not stop.is_set():
+        try:
+            async for changes in watchfiles.awatch(
+                *paths,
+                stop_event=stop,
+                debounce=50,
+                step=10,
+                recursive=True,
+                watch_filter=wanted,
+                rust_timeout=1000,
+                yield_on_timeout=False,
+            ):
+                backoff = WATCH_RETRY
+                yield {(change, path) for change, path in changes}
+            return
+        except (OSError, RuntimeError) as exc:
+            # e.g. no inotify instance left: reloads still come by SIGHUP and
+            # the API meanwhile, and the watcher is tried again
+            log.error("watcher_failed", paths=[str(p) for p in paths], error=str(exc), retry_in=backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, WATCH_RETRY_MAX)
+            yield {("rescan", str(directory))}  # catch up on what the watcher missed
 
 
 async def follow(

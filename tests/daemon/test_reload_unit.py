@@ -27,3 +27,28 @@ async def test_a_steady_stream_is_not_starved(autojump_clock):
     steps = [(0.02, ("m", str(i))) for i in range(5)]
     batches = [b async for b in debounced(scripted(steps), 0.05)]
     assert len(batches) == 1 and len(batches[0]) == 5
+
+
+async def test_a_watcher_that_cannot_start_is_retried_and_says_so(tmp_path, autojump_clock, monkeypatch):
+    import watchfiles
+    from structlog.testing import capture_logs
+
+    from daemon.reload import watch_tree
+
+    attempts = []
+
+    async def failing_awatch(*paths, **kwargs):
+        attempts.append(trio.current_time())
+        raise RuntimeError("Too many open files (os error 24)")
+        yield  # pragma: no cover - an async generator that fails at once
+
+    monkeypatch.setattr(watchfiles, "awatch", failing_awatch)
+    stop = trio.Event()
+    with capture_logs() as logs:
+        gen = watch_tree(tmp_path / "policy.d", stop)
+        first = await gen.__anext__()  # after the first failure: a rescan, not a crash
+        second = await gen.__anext__()
+        await gen.aclose()
+    assert first == second == {("rescan", str((tmp_path / "policy.d").resolve()))}
+    assert attempts == [0, 1.0]  # backing off
+    assert logs[0]["event"] == "watcher_failed" and "Too many open files" in logs[0]["error"]
