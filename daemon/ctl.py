@@ -431,7 +431,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--role", choices=("admin", "read"), default="read")
+    state = commands.add_parser("state", help="move runtime state between backends")
+    state_commands = state.add_subparsers(dest="state_command", metavar="COMMAND", required=True)
+    p = state_commands.add_parser(
+        "export", parents=common, help="write the configured backend's runtime state out",
+        description="Write the runtime state of the backend in the config ([state]) to TARGET: "
+        "'-' (stdout) or a *.toml file for one document, any other path for a directory "
+        "of one file per entry. Run it while the daemon is stopped, or accept a moment's view.",
+    )
+    p.add_argument("target", nargs="?", default="-", metavar="TARGET")
+    p = state_commands.add_parser(
+        "import", parents=common, help="write runtime state into the configured backend",
+        description="Write the entries in SOURCE ('-', a TOML document, or a directory) into "
+        "the backend in the config. Every entry is checked before anything is written.",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--replace", action="store_true", help="remove stored entries not in SOURCE")
     return parser
+
+
+def state_transfer(args: argparse.Namespace) -> int:
+    """sluicectl state export / import; the counts go to stderr, the data to its target."""
+    from .state.transfer import StoreUnreachable, TransferError, export_state, import_state
+
+    config = load_config(_config_path(args)[0])
+    try:
+        if args.state_command == "export":
+            count = export_state(config, args.target)
+            print(f"exported {count} entries", file=sys.stderr)
+        else:
+            count = import_state(config, args.source, replace=args.replace)
+            print(f"imported {count} entries", file=sys.stderr)
+    except StoreUnreachable as exc:
+        print(f"sluicectl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except TransferError as exc:
+        print(f"sluicectl: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    return EXIT_OK
 
 
 def token_new(name: str, role: str, out: TextIO) -> int:
@@ -484,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
             return validate(_policy_dir(args))
         if args.command == "edit":
             return edit(Path(args.file))
+        if args.command == "state":
+            return state_transfer(args)
         if args.command == "token":
             return token_new(args.name, args.role, sys.stdout)
         with AdminClient(admin_socket(args)) as client:

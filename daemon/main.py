@@ -3,14 +3,14 @@
 The nursery tree mirrors the lifecycle:
 
     serve
-    ├── background: policy watcher, runtime-state watcher, sweeper, watchdog
+    ├── background: policy watcher, runtime-state follower, sweeper, watchdog
     ├── signals: SIGHUP -> reload; SIGTERM/SIGINT -> shutdown
     └── connections: one listener task per socket, one task per connection
 
 On SIGTERM the listeners stop accepting, idle connections are closed, and
 requests in flight get ``GRACE`` seconds; every acknowledged change is
-already on disk. Sockets the daemon bound are removed; sockets systemd
-passed in are systemd's to remove.
+already durable (on disk, or committed by etcd). Sockets the daemon bound
+are removed; sockets systemd passed in are systemd's to remove.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from .mutations import Mutations
 from .policy_dir import PolicyReader
 from .postfix import bind_loopback, refuse_postfix, serve_postfix_connection
 from .reload import Reloader, debounced, follow, watch_tree
-from .state.files import FileStore
+from .state.store import open_store
 from .systemd import Notifier, listen_fds, watchdog_interval
 from .tcp import bind_tcp, parse_listen, server_tls
 
@@ -198,15 +198,19 @@ async def serve(
         policy = await trio.to_thread.run_sync(reader.load)
     except PolicyLoadError as exc:
         raise StartupError("invalid policy:\n" + "\n".join(str(p) for p in exc.problems)) from None
-    store = FileStore(config.state_path)
     try:
-        runtime, problems = await trio.to_thread.run_sync(store.load)
+        store = open_store(config, clock=clock)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        loaded = await store.open()
     except OSError as exc:
-        raise StartupError(f"cannot read runtime state in {store.directory}: {exc.strerror}") from None
+        raise StartupError(f"cannot read runtime state in {store.where}: {exc.strerror}") from None
+    runtime, problems = loaded.runtime, loaded.problems
     if problems:
         raise StartupError(
             "invalid runtime state (fix or remove the file):\n"
-            + "\n".join(f"{store.directory}/{p}" for p in problems)
+            + "\n".join(f"{store.where}/{p}" for p in problems)
         )
     token_file = TokenFile(config.path(config.http.tokens_file) if config.http.tokens_file else None)
     try:
@@ -222,6 +226,13 @@ async def serve(
     except ValueError as exc:
         raise StartupError(f"http: {exc}") from None
     current = Current(Snapshot.build(policy, runtime, generation=1))
+    current.degraded = store.degraded
+
+    def on_degraded(degraded: bool, reason: str) -> None:
+        current.degraded = degraded
+        notifier.status(current.status_line(clock()))
+
+    store.on_degraded = on_degraded
     current.last_reload = ReloadResult(ok=True, at=clock(), generation=1, files=policy.files)
     events = Broadcaster()
     mutations = Mutations(current, store, events, clock=clock)
@@ -293,11 +304,6 @@ async def serve(
     async def on_policy_change(batch) -> None:
         await reloader.reload("watch")
 
-    async def on_state_change(batch) -> None:
-        names = {Path(path).name for _change, path in batch if Path(path).parent == store.directory}
-        if names:
-            await mutations.apply_disk_changes(names)
-
     try:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as received:
             async with trio.open_nursery() as background:
@@ -305,9 +311,8 @@ async def serve(
                 await background.start(
                     follow, debounced(watch_tree(config.policy_path, stop, token_file.path), delay), on_policy_change
                 )
-                store.directory.mkdir(parents=True, exist_ok=True)
                 await background.start(
-                    follow, debounced(watch_tree(store.directory, stop), delay), on_state_change
+                    functools.partial(store.follow, mutations.apply_changes, stop=stop)
                 )
                 await background.start(_sweeper, mutations, clock)
                 interval = watchdog_interval()
@@ -386,6 +391,7 @@ async def serve(
                     connections.cancel_scope.cancel()
                 stop.set()
                 background.cancel_scope.cancel()
+            await store.aclose()
         # Shutdown is under way: a second SIGTERM must not turn exit 0 into a kill.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)

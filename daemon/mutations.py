@@ -11,6 +11,12 @@ its own generation.
 Holds written in policy files are not the runtime's to lift: lifting one is
 ``Conflict(DEFINED_IN_FILE)`` naming the file and line.
 
+The store is a ``RuntimeStore`` (state/store.py): files on this host or etcd
+shared by a fleet. A store that cannot take a change raises
+``StateUnavailable`` (503) before anything is swapped. Changes made elsewhere
+(hand edits of the files, other nodes through etcd) come in through
+``apply_changes`` under the same lock, and are announced like local ones.
+
 ``clock`` gives wall-clock seconds since the epoch; tests pass their own.
 """
 
@@ -29,11 +35,12 @@ import trio
 from policy.errors import Conflict, NotFound, ValidationError
 from policy.fields import check_endpoint_id, check_schedule_id, queue_from, suspension_from
 from policy.model import Entry, Pause, QueuePolicy, Suspension
-from policy.snapshot import Runtime
+from policy.snapshot import Runtime, Snapshot
 
 from .current import Current
 from .events import Broadcaster
-from .state.files import FileStore, entry_key, key_of
+from .state.files import FileStore, entry_key, name_for
+from .state.store import Announce, ReadUpdates, RuntimeStore
 
 log = structlog.get_logger("sluice.mutations")
 
@@ -66,7 +73,7 @@ class Mutations:
     def __init__(
         self,
         current: Current,
-        store: FileStore,
+        store: RuntimeStore,
         events: Broadcaster,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -134,28 +141,29 @@ class Mutations:
             new = suspension_from(body, mode="api", now=now)
             runtime = self.current.snapshot.runtime
             existing_id = self._by_criteria.get(new.criteria_key)
-            existing = runtime.suspensions.get(existing_id) if existing_id else None
-            if existing is not None and existing.is_active(now.timestamp()):
-                stored = msgspec.structs.replace(
-                    existing, reason=new.reason, expires=new.expires
-                )
-                drop: tuple[Suspension, ...] = (existing,)
-                event = "suspension_updated"
-            else:
-                stored = msgspec.structs.replace(new, created_at=now, created_by=actor)
-                drop = (existing,) if existing is not None else ()
-                event = "suspension_added"
-            await self.store.put(stored)
-            if drop and drop[0].id != stored.id:
-                await self.store.remove("suspension", drop[0].id)
-            runtime = msgspec.structs.replace(
-                runtime,
-                suspensions=_with(
-                    _without(runtime.suspensions, drop[0].id) if drop else runtime.suspensions,
-                    stored.id,
-                    stored,
-                ),
+            known = runtime.suspensions.get(existing_id) if existing_id else None
+
+            def build(existing: Suspension | None) -> Suspension:
+                """What to store, given the suspension holding these criteria in the store."""
+                if existing is not None and existing.is_active(now.timestamp()):
+                    return msgspec.structs.replace(existing, reason=new.reason, expires=new.expires)
+                return msgspec.structs.replace(new, created_at=now, created_by=actor)
+
+            stored, replaced = await self.store.claim(new.criteria_key, known, build)
+            event = (
+                "suspension_updated"
+                if replaced is not None and replaced.id == stored.id
+                else "suspension_added"
             )
+            # what this node held under the ids concerned (the store may know
+            # more than this node has heard yet)
+            gone = {stored.id} | ({replaced.id} if replaced is not None else set())
+            drop = tuple(runtime.suspensions[i] for i in gone if i in runtime.suspensions)
+            suspensions = dict(runtime.suspensions)
+            for s in drop:
+                del suspensions[s.id]
+            suspensions[stored.id] = stored
+            runtime = msgspec.structs.replace(runtime, suspensions=suspensions)
             self._apply(
                 runtime, event, put=(stored,), drop=drop, id=stored.id, by=actor,
                 **_criteria(stored),
@@ -175,7 +183,7 @@ class Mutations:
                 )
             if found.source != "runtime":
                 raise defined_in_file(f"suspension {ident}", found.source)
-            await self.store.remove("suspension", ident)
+            await self.store.delete(snapshot.runtime.suspensions.get(ident, found))
             runtime = msgspec.structs.replace(
                 snapshot.runtime, suspensions=_without(snapshot.runtime.suspensions, ident)
             )
@@ -209,7 +217,7 @@ class Mutations:
             if not expired:
                 return 0
             for s in expired:
-                await self.store.remove("suspension", s.id)
+                await self.store.remove_expired(s)
             suspensions = dict(runtime.suspensions)
             for s in expired:
                 del suspensions[s.id]
@@ -268,7 +276,7 @@ class Mutations:
                 entry = msgspec.structs.replace(before, paused=False, updated_at=self._now())
                 await self._store_queue(entry, "queue_resumed", actor)
                 return entry
-            await self.store.remove("queue", normal)
+            await self.store.delete(before)
             runtime = self.current.snapshot.runtime
             self._apply(
                 msgspec.structs.replace(runtime, queues=_without(runtime.queues, normal)),
@@ -318,7 +326,7 @@ class Mutations:
                 raise NotFound(f"queue {normal} not found", code="QUEUE_NOT_FOUND")
             if view.runtime is None:
                 raise defined_in_file(f"queue {normal}", view.file.source)
-            await self.store.remove("queue", normal)
+            await self.store.delete(view.runtime)
             runtime = self.current.snapshot.runtime
             self._apply(
                 msgspec.structs.replace(runtime, queues=_without(runtime.queues, normal)),
@@ -403,9 +411,9 @@ class Mutations:
         )
 
     async def _remove_pause(self, kind: str, ident: str, actor: str) -> None:
-        await self.store.remove(kind, ident)
         runtime = self.current.snapshot.runtime
         field = f"{kind}_pauses"
+        await self.store.delete(getattr(runtime, field)[ident])
         self._apply(
             msgspec.structs.replace(runtime, **{field: _without(getattr(runtime, field), ident)}),
             f"{kind}_resumed",
@@ -413,54 +421,166 @@ class Mutations:
             by=actor,
         )
 
-    # -- hand edits of the runtime state --------------------------------------
+    # -- changes made elsewhere: hand edits, other nodes ----------------------
 
     async def apply_disk_changes(self, names: set[str]) -> int:
         """Take in runtime files changed by hand; returns how many entries changed.
 
         The daemon's own writes are recognised and skipped. A broken file is
-        logged and its previous entry kept.
+        logged and its previous entry kept. Files backend only.
+        """
+        assert isinstance(self.store, FileStore)
+        return await self.apply_changes(self.store.hand_edits(names), announce="summary")
+
+    async def apply_changes(self, read: ReadUpdates, *, announce: Announce = "each") -> int:
+        """Apply changes the store reports; returns how many entries it reported.
+
+        ``read`` is called under the lock (see state/store.py). With
+        ``announce="summary"`` (hand edits of files) the batch is one
+        ``runtime_reloaded`` event; with ``"each"`` (other nodes) every real
+        change is announced under the event name a local change would have,
+        and updates that change nothing are dropped silently.
         """
         async with self.lock:
-            changed = await trio.to_thread.run_sync(self.store.changed_on_disk, names)
-            if not changed:
+            updates = await read()
+            if not updates:
                 return 0
-            entries, problems = await trio.to_thread.run_sync(self.store.reread, changed)
-            for problem in problems:
-                log.error("runtime_file_invalid", problem=str(problem))
-            if not entries:
-                return 0
-            runtime = self.current.snapshot.runtime
-            maps = {
-                "suspension": dict(runtime.suspensions),
-                "queue": dict(runtime.queues),
-                "schedule": dict(runtime.schedule_pauses),
-                "endpoint": dict(runtime.endpoint_pauses),
-            }
-            put, drop = [], []
-            for name, entry in entries.items():
-                kind_key = key_of(name)
-                if kind_key is None or kind_key[0] not in maps:
-                    continue
-                kind, key = kind_key
-                old = maps[kind].pop(key, None)
+            if announce == "summary":
+                self._apply_summary(updates)
+            else:
+                self._apply_each(updates)
+            return len(updates)
+
+    def _maps(self, runtime: Runtime) -> dict[str, dict]:
+        return {
+            "suspension": dict(runtime.suspensions),
+            "queue": dict(runtime.queues),
+            "schedule": dict(runtime.schedule_pauses),
+            "endpoint": dict(runtime.endpoint_pauses),
+        }
+
+    @staticmethod
+    def _runtime(maps: dict[str, dict]) -> Runtime:
+        return Runtime(
+            suspensions=maps["suspension"],
+            queues=maps["queue"],
+            schedule_pauses=maps["schedule"],
+            endpoint_pauses=maps["endpoint"],
+        )
+
+    def _apply_summary(self, updates: dict) -> None:
+        maps = self._maps(self.current.snapshot.runtime)
+        put, drop = [], []
+        for (kind, key), entry in updates.items():
+            if kind not in maps:
+                continue
+            old = maps[kind].pop(key, None)
+            if entry is not None:
+                maps[kind][entry_key(entry)[1]] = entry
+            if kind == "suspension":
+                if old is not None:
+                    drop.append(old)
                 if entry is not None:
-                    maps[kind][entry_key(entry)[1]] = entry
-                if kind == "suspension":
-                    if old is not None:
-                        drop.append(old)
-                    if entry is not None:
-                        put.append(entry)
-            new_runtime = Runtime(
-                suspensions=maps["suspension"],
-                queues=maps["queue"],
-                schedule_pauses=maps["schedule"],
-                endpoint_pauses=maps["endpoint"],
-            )
-            self._apply(new_runtime, "runtime_reloaded", put=tuple(put), drop=tuple(drop),
-                        files=sorted(entries))
-            self._index_runtime(new_runtime)
-            return len(entries)
+                    put.append(entry)
+        new_runtime = self._runtime(maps)
+        self._apply(new_runtime, "runtime_reloaded", put=tuple(put), drop=tuple(drop),
+                    files=sorted(name_for(kind, key) for kind, key in updates))
+        self._index_runtime(new_runtime)
+
+    def _apply_each(self, updates: dict) -> None:
+        now = self.clock()
+        before = self.current.snapshot
+        maps = self._maps(before.runtime)
+        put, drop, changes = [], [], []
+        for (kind, key), entry in updates.items():
+            if kind not in maps:
+                continue
+            old = maps[kind].get(key)
+            if old == entry:
+                continue
+            if (
+                kind == "suspension"
+                and old is None
+                and entry is not None
+                and not entry.is_active(now)
+            ):
+                continue  # already over: nothing to hold, nothing to announce
+            if entry is None:
+                del maps[kind][key]
+            else:
+                maps[kind][key] = entry
+            if kind == "suspension":
+                if old is not None:
+                    drop.append(old)
+                if entry is not None:
+                    put.append(entry)
+            changes.append((kind, key, old, entry))
+        if not changes:
+            return
+        runtime = self._runtime(maps)
+        generation = self.current.next_generation()
+        after = before.with_runtime(runtime, generation, put=put, drop=drop)
+        self.current.swap(after)
+        for s in drop:
+            if self._by_criteria.get(s.criteria_key) == s.id:
+                del self._by_criteria[s.criteria_key]
+        for s in put:
+            self._by_criteria[s.criteria_key] = s.id
+            if s.expires is not None:
+                heapq.heappush(self._expiries, (s.expires.timestamp(), s.id))
+        if put:
+            self._wake_sweeper()
+        for kind, key, old, entry in changes:
+            event, fields = _remote_event(kind, key, old, entry, before, after, now)
+            self.events.publish(event, generation, **fields)
+            log.info(event, generation=generation, origin="store", **fields)
+
+
+def _remote_event(
+    kind: str,
+    key: str,
+    old: Entry | None,
+    new: Entry | None,
+    before: Snapshot,
+    after: Snapshot,
+    now: float,
+) -> tuple[str, dict[str, Any]]:
+    """The event a change made elsewhere is announced as, with its fields.
+
+    ``by`` is the entry's ``created_by`` where there is an entry, else
+    ``"store"``: the store does not say who removed something.
+    """
+    by = (new.created_by if new is not None else None) or "store"
+    if kind == "suspension":
+        s = new if new is not None else old
+        if new is None:
+            if not old.is_active(now):
+                return "suspension_expired", {"id": key, **_criteria(s)}
+            return "suspension_removed", {"id": key, "by": by, **_criteria(s)}
+        event = "suspension_added" if old is None else "suspension_updated"
+        return event, {"id": key, "by": by, **_criteria(s)}
+    if kind == "queue":
+        was = before.queues.get(key)
+        now_view = after.queues.get(key)
+        was_paused = was is not None and was.paused
+        is_paused = now_view is not None and now_view.paused
+        if is_paused and not was_paused:
+            event = "queue_paused"
+        elif was_paused and not is_paused:
+            event = "queue_resumed"
+        elif new is None:
+            event = "queue_deleted"
+        else:
+            event = "queue_updated"
+        fields: dict[str, Any] = {"queue": key, "by": by}
+        if new is not None:
+            fields["reason"] = new.reason
+        elif event == "queue_updated":
+            fields["reason"] = None
+        return event, fields
+    if new is None:
+        return f"{kind}_resumed", {"id": key, "by": by}
+    return f"{kind}_paused", {"id": key, "reason": new.reason, "by": by}
 
 
 def _criteria(s: Suspension) -> dict[str, Any]:

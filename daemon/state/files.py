@@ -15,17 +15,22 @@ One change writes one small file, whatever the number of objects.
 
 The store remembers the digest of what it last wrote to each file, so the
 daemon's own writes are not mistaken for hand edits by the watcher.
+``follow`` is that watcher: it watches the directory (watchfiles, debounced)
+and hands hand-edited files to ``Mutations`` as updates. This backend is the
+``RuntimeStore`` of ``store.py`` that is never degraded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
 import msgspec
+import structlog
 import tomli_w
 import trio
 
@@ -33,6 +38,10 @@ from policy.errors import FileProblem
 from policy.files import ParsedFile, is_policy_file, parse_runtime
 from policy.model import Entry, Pause, QueuePolicy, Suspension
 from policy.snapshot import Runtime
+
+from .store import Apply, Loaded, ReadUpdates, Updates, _ignore
+
+log = structlog.get_logger("sluice.state")
 
 TMP_SUFFIX = ".tmp"
 
@@ -89,12 +98,55 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def parse_entry(data: bytes, name: str, where: str | None = None) -> ParsedFile:
+    """Parse the text of one runtime object, which must be named ``name``.
+
+    ``where`` names it in problems (default: ``name``); the etcd backend
+    passes the key.
+    """
+    where = where or name
+    try:
+        parsed = parse_runtime(data.decode("utf-8"), where)
+    except UnicodeDecodeError:
+        return ParsedFile(name=where, problems=(FileProblem(where, None, "", "not valid UTF-8"),))
+    if parsed.ok:
+        entries = [*parsed.suspensions, *parsed.queues, *parsed.pauses]
+        if len(entries) != 1 or file_name(entries[0]) != name:
+            expected = ", ".join(file_name(e) for e in entries) or "nothing"
+            return ParsedFile(
+                name=where,
+                problems=(
+                    FileProblem(
+                        where,
+                        None,
+                        "",
+                        "a runtime file holds exactly one entry, named after it "
+                        f"(this one holds {expected})",
+                    ),
+                ),
+            )
+    return parsed
+
+
+def only_entry(parsed: ParsedFile) -> Entry:
+    [entry] = [*parsed.suspensions, *parsed.queues, *parsed.pauses]
+    return entry
+
+
 class FileStore:
     """The embedded runtime-state backend (the default)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    degraded = False
+
+    def __init__(self, state_dir: Path, *, debounce: float = 0.05) -> None:
         self.directory = state_dir / "runtime"
+        self.debounce = debounce
+        self.on_degraded: Callable[[bool, str], None] = _ignore
         self._written: dict[str, bytes | None] = {}
+
+    @property
+    def where(self) -> str:
+        return str(self.directory)
 
     # -- reading -----------------------------------------------------------
 
@@ -104,27 +156,7 @@ class FileStore:
             data = (self.directory / name).read_bytes()
         except FileNotFoundError:
             return None
-        try:
-            parsed = parse_runtime(data.decode("utf-8"), name)
-        except UnicodeDecodeError:
-            return ParsedFile(name=name, problems=(FileProblem(name, None, "", "not valid UTF-8"),))
-        if parsed.ok:
-            entries = [*parsed.suspensions, *parsed.queues, *parsed.pauses]
-            if len(entries) != 1 or file_name(entries[0]) != name:
-                expected = ", ".join(file_name(e) for e in entries) or "nothing"
-                return ParsedFile(
-                    name=name,
-                    problems=(
-                        FileProblem(
-                            name,
-                            None,
-                            "",
-                            "a runtime file holds exactly one entry, named after it "
-                            f"(this one holds {expected})",
-                        ),
-                    ),
-                )
-        return parsed
+        return parse_entry(data, name)
 
     def load(self) -> tuple[Runtime, list[FileProblem]]:
         """Read every runtime file. Blocking; run it in a thread.
@@ -147,6 +179,25 @@ class FileStore:
             problems.extend(parsed.problems)
             entries.extend([*parsed.suspensions, *parsed.queues, *parsed.pauses])
         return runtime_from(entries), problems
+
+    async def open(self) -> Loaded:
+        runtime, problems = await trio.to_thread.run_sync(self.load)
+        return Loaded(runtime=runtime, problems=problems)
+
+    def read_raw(self) -> dict[str, bytes]:
+        """Every runtime file's bytes by name (leftover temporary files skipped)."""
+        raw: dict[str, bytes] = {}
+        try:
+            items = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return raw
+        for item in items:
+            if is_policy_file(item.name) and not item.name.endswith(TMP_SUFFIX):
+                try:
+                    raw[item.name] = (self.directory / item.name).read_bytes()
+                except FileNotFoundError:
+                    continue
+        return raw
 
     def changed_on_disk(self, names: set[str]) -> set[str]:
         """Of ``names``, those whose content is not what this store last wrote."""
@@ -177,9 +228,50 @@ class FileStore:
             elif parsed.problems:
                 problems.extend(parsed.problems)
             else:
-                [entry] = [*parsed.suspensions, *parsed.queues, *parsed.pauses]
-                result[name] = entry
+                result[name] = only_entry(parsed)
         return result, problems
+
+    def hand_edits(self, names: set[str]) -> ReadUpdates:
+        """``read`` for ``Mutations.apply_changes``: the files among ``names`` edited by hand."""
+
+        async def read() -> Updates:
+            changed = await trio.to_thread.run_sync(self.changed_on_disk, names)
+            if not changed:
+                return {}
+            entries, problems = await trio.to_thread.run_sync(self.reread, changed)
+            for problem in problems:
+                log.error("runtime_file_invalid", problem=str(problem))
+            updates: Updates = {}
+            for name, entry in entries.items():
+                kind_key = key_of(name)
+                if kind_key is not None:
+                    updates[kind_key] = entry
+            return updates
+
+        return read
+
+    async def follow(
+        self,
+        apply: Apply,
+        *,
+        stop: trio.Event,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Watch the runtime directory and take in hand edits, until ``stop`` is set."""
+        from ..reload import debounced, follow, watch_tree
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+        async def on_change(batch) -> None:
+            names = {Path(path).name for _change, path in batch if Path(path).parent == self.directory}
+            if names:
+                await apply(self.hand_edits(names), announce="summary")
+
+        await follow(
+            debounced(watch_tree(self.directory, stop), self.debounce),
+            on_change,
+            task_status=task_status,
+        )
 
     # -- writing -----------------------------------------------------------
 
@@ -214,6 +306,62 @@ class FileStore:
         name = name_for(kind, key)
         self._written[name] = None
         await trio.to_thread.run_sync(self._remove_sync, name)
+
+    async def delete(self, entry: Entry) -> None:
+        """Remove ``entry`` durably."""
+        await self.remove(*entry_key(entry))
+
+    async def claim(
+        self,
+        criteria_key: str,
+        known: Suspension | None,
+        build: Callable[[Suspension | None], Suspension],
+    ) -> tuple[Suspension, Suspension | None]:
+        """Upsert by criteria: on one host the mutations lock already makes it race-free."""
+        stored = build(known)
+        await self.put(stored)
+        if known is not None and known.id != stored.id:
+            await self.remove("suspension", known.id)
+        return stored, known
+
+    async def remove_expired(self, suspension: Suspension) -> None:
+        await self.remove("suspension", suspension.id)
+
+    async def aclose(self) -> None:
+        pass
+
+    # -- the local copy kept by the etcd backend ------------------------------
+
+    def write_raw(self, changes: dict[str, bytes | None], *, fsync: bool = True) -> None:
+        """Write or remove runtime files by name, atomically; blocking (see ``write_files``)."""
+        write_files(self.directory, changes, fsync=fsync)
+
+
+def write_files(directory: Path, changes: dict[str, bytes | None], *, fsync: bool = True) -> None:
+    """Write (bytes) or remove (None) files in ``directory`` by name, each atomically.
+
+    With ``fsync=False`` only the directory is synced, once, at the end: for
+    a best-effort copy whose torn files are skipped when read.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in changes.items():
+        if data is None:
+            try:
+                os.unlink(directory / name)
+            except FileNotFoundError:
+                pass
+            continue
+        tmp = directory / (name + TMP_SUFFIX)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, directory / name)
+    if changes:
+        _fsync_dir(directory)
 
 
 def runtime_from(entries: list[Entry]) -> Runtime:

@@ -755,3 +755,34 @@ def test_token_new_prints_a_token_once_and_an_entry_that_accepts_it():
         capture_output=True, text=True, cwd=ROOT,
     )
     assert bad.returncode == 2
+
+
+def test_state_export_and_import_through_sluicectl(tmp_path):
+    from daemon.state.files import render
+    from policy.model import Suspension
+
+    def config(where):
+        where.mkdir()
+        (where / "sluiced.toml").write_text('policy_dir = "policy.d"\nstate_dir = "state"\n')
+        return where / "sluiced.toml"
+
+    source, target = config(tmp_path / "a"), config(tmp_path / "b")
+    runtime = tmp_path / "a" / "state" / "runtime"
+    runtime.mkdir(parents=True)
+    entry = Suspension(id="6f0b7c52-3f7e-4a59-9a43-7b3e1f0e8a11", domain="x.example", reason="moved")
+    (runtime / f"suspension-{entry.id}.toml").write_bytes(render(entry))
+
+    def ctl(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "daemon.ctl", *args], capture_output=True, text=True, cwd=ROOT
+        )
+
+    out = ctl("--config", str(source), "state", "export", str(tmp_path / "dump.toml"))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "exported 1 entries\n"
+    out = ctl("--config", str(target), "state", "import", str(tmp_path / "dump.toml"))
+    assert out.returncode == 0, out.stderr
+    copied = tmp_path / "b" / "state" / "runtime" / f"suspension-{entry.id}.toml"
+    assert copied.read_bytes() == render(entry)
+    out = ctl("--config", str(target), "state", "import", str(tmp_path / "missing.toml"))
+    assert out.returncode == 1 and out.stderr.startswith("sluicectl: ")

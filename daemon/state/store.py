@@ -1,0 +1,145 @@
+"""Runtime state behind one small interface, with two backends (DESIGN 8b).
+
+    RuntimeStore            the interface below (a Protocol)
+    ├── FileStore           state/files.py: one TOML file per object under state_dir
+    └── EtcdStore           state/etcd.py: one etcd key per object, shared by a fleet
+
+    StateUnavailable        PolicyError, 503 STATE_UNAVAILABLE: the store cannot
+                            take a change now (etcd unreachable); nothing changed
+
+How this works
+--------------
+``Mutations`` is the only caller. It holds its lock around every call, so a
+store sees one change at a time from this node; other nodes (etcd) or people
+(hand edits of the files) change the state too, and the store reports those
+through ``follow``.
+
+- ``open`` loads the whole runtime state once, at start (for etcd at a
+  revision R that ``follow`` then watches from, R+1, so nothing is missed).
+- ``put``, ``delete`` and ``claim`` return only once the change is durable:
+  fsynced for files, committed for etcd. If the store cannot take it they
+  raise ``StateUnavailable`` and nothing changed.
+- ``claim`` is upsert-by-criteria made safe across nodes: ``build`` gets the
+  suspension that holds the criteria in the store (or None) and returns what
+  to store; for etcd this is a transaction on a key derived from the
+  criteria, retried with what etcd says if another node got there first.
+- ``remove_expired`` removes a suspension whose expiry this node has seen
+  pass; it never fails the caller (expiry is decided locally) and, for etcd,
+  is a transaction on the key's revision, so racing sweepers are harmless.
+- ``follow`` runs for the daemon's lifetime and calls
+  ``apply(read, announce=...)`` for each batch of changes made elsewhere.
+  ``apply`` (``Mutations.apply_changes``) takes the mutations lock and only
+  then calls ``read()``, which returns ``{(kind, key): Entry | None}``: the
+  batch as it stands at that moment, with this node's own writes and changes
+  it has already superseded left out. Deciding freshness under the same lock
+  as local writes is what keeps an old remote value from overwriting a newer
+  local one.
+- ``degraded`` is True while the store cannot take changes; the store calls
+  ``on_degraded(flag, reason)`` when it flips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import trio
+
+from policy.errors import FileProblem, PolicyError
+from policy.model import Entry, Suspension
+from policy.snapshot import Runtime
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+Key = tuple[str, str]  # (kind, key): ("suspension", id), ("queue", name), ("schedule", id) ...
+Updates = dict[Key, Entry | None]
+ReadUpdates = Callable[[], Awaitable[Updates]]
+Announce = Literal["each", "summary"]
+
+
+class Apply(Protocol):
+    async def __call__(self, read: ReadUpdates, *, announce: Announce) -> int: ...
+
+
+class StateUnavailable(PolicyError):
+    """The runtime-state store cannot take a change now; nothing was changed."""
+
+    code = "STATE_UNAVAILABLE"
+    status_hint = 503
+
+
+@dataclass
+class Loaded:
+    """What ``open`` read.
+
+    ``problems``: entries that could not be read (fatal at start for files).
+    ``revision``: the etcd revision the state was read at (None for files, or
+    when it came from the local copy). ``stale``: read from the local copy
+    because the store was unreachable.
+    """
+
+    runtime: Runtime
+    problems: list[FileProblem] = field(default_factory=list)
+    revision: int | None = None
+    stale: bool = False
+
+
+def _ignore(degraded: bool, reason: str) -> None:
+    pass
+
+
+class RuntimeStore(Protocol):
+    degraded: bool
+    on_degraded: Callable[[bool, str], None]
+
+    @property
+    def where(self) -> str:
+        """Where the state lives, for messages (a directory, etcd endpoints)."""
+
+    async def open(self) -> Loaded: ...
+
+    async def put(self, entry: Entry) -> None: ...
+
+    async def delete(self, entry: Entry) -> None: ...
+
+    async def claim(
+        self,
+        criteria_key: str,
+        known: Suspension | None,
+        build: Callable[[Suspension | None], Suspension],
+    ) -> tuple[Suspension, Suspension | None]:
+        """Store ``build(holder)``; returns it and the holder it replaced or updated.
+
+        ``known`` is the suspension this node believes holds the criteria.
+        """
+
+    async def remove_expired(self, suspension: Suspension) -> None: ...
+
+    async def follow(
+        self,
+        apply: Apply,
+        *,
+        stop: trio.Event,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def open_store(config: Config, *, clock: Callable[[], float] | None = None) -> RuntimeStore:
+    """The backend ``config.state`` names, not yet opened.
+
+    Raises ValueError for settings that cannot work (no endpoints, unreadable
+    TLS files).
+    """
+    if config.state.backend == "etcd":
+        import time
+
+        from .etcd import EtcdStore
+
+        return EtcdStore.from_config(config, clock=clock or time.time)
+    from .files import FileStore
+
+    return FileStore(config.state_path, debounce=config.reload.debounce_ms / 1000)

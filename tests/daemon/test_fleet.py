@@ -1,0 +1,320 @@
+"""A fleet: three real sluiced processes sharing runtime state through a real three-member etcd.
+
+The tests run in order on one fleet (starting etcd and three daemons once
+keeps the module well under a minute). Propagation is waited for on the
+events stream of the node concerned, and degraded mode on the STATUS= lines
+each daemon sends to its NOTIFY_SOCKET: nothing sleeps blindly. Every event
+line read is checked against the OpenAPI document's Event schema.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from harness import TIMEOUT, Daemon
+from openapi_support import assert_valid
+from test_openapi import EventReader
+from test_store_etcd import EtcdCluster
+
+PREFIX = "/fleet/"
+POSTFIX_REQUEST = (
+    "request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_username=\n"
+    "recipient=user@{domain}\n\n"
+)
+
+
+class Events:
+    """A node's events stream, read in a thread; ``until`` waits for one event."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[dict] = []
+        self.client = daemon.client()
+        self.client.timeout = httpx.Timeout(TIMEOUT, read=None)
+        ready = threading.Event()
+
+        def pump() -> None:
+            try:
+                with self.client.stream("GET", "/api/events/v1") as stream:
+                    for line in stream.iter_lines():
+                        if line.strip():
+                            self.lines.put(json.loads(line))
+                            ready.set()
+            except (httpx.HTTPError, RuntimeError):
+                pass
+            finally:
+                ready.set()
+                self.lines.put(None)
+
+        self.thread = threading.Thread(target=pump, daemon=True)
+        self.thread.start()
+        assert ready.wait(TIMEOUT)
+        assert self.until("hello")
+
+    def until(self, event: str | tuple[str, ...], timeout: float = 5.0, **fields) -> dict:
+        """The next event named ``event`` (or one of them) whose fields include ``fields``."""
+        names = (event,) if isinstance(event, str) else event
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {event} {fields} in {timeout}s; seen {self.seen}") from None
+            if message is None:
+                raise AssertionError(f"stream ended before {event}; seen {self.seen}")
+            self.seen.append(message)
+            # changes made on other nodes are announced as the contract says
+            assert_valid(EventReader.SCHEMA, message, f"events line {message}")
+            if message["event"] in names and all(message.get(k) == v for k, v in fields.items()):
+                return message
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class Node:
+    def __init__(self, root: Path, name: str, endpoints: list[str]) -> None:
+        self.name = name
+        (root / name).mkdir()
+        endpoints_toml = ", ".join(f'"{e}"' for e in endpoints)
+        self.d = Daemon(
+            root / name,
+            config_extra=f'[state]\nbackend = "etcd"\n[state.etcd]\nendpoints = [{endpoints_toml}]\n'
+            f'prefix = "{PREFIX}"\n',
+        )
+        text = self.d.config.read_text()
+        assert '[postfix]\nsocket = ""\n' in text
+        self.d.config.write_text(text.replace('[postfix]\nsocket = ""\n', '[postfix]\nsocket = "run/policy.sock"\n'))
+        self.events: Events | None = None
+
+    def start(self) -> Node:
+        self.d.start()
+        self.events = Events(self.d)
+        return self
+
+    def kill(self) -> None:
+        self.events.close()
+        self.d.kill()
+
+    def stop(self) -> None:
+        self.events.close()
+        assert self.d.stop() == 0
+
+    def decision(self, queue_name: str) -> dict:
+        response = self.d.get("/api/check/v1", params={"queue": queue_name})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def held(self, queue_name: str) -> bool:
+        return not self.decision(queue_name)["deliver"]
+
+    def postfix(self, domain: str) -> str:
+        """The Postfix policy server's action for a recipient at ``domain``."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(TIMEOUT)
+            sock.connect(str(self.d.dir / "run" / "policy.sock"))
+            sock.sendall(POSTFIX_REQUEST.format(domain=domain).encode())
+            answer = b""
+            while not answer.endswith(b"\n\n"):
+                data = sock.recv(4096)
+                if not data:
+                    break
+                answer += data
+        return answer.decode().strip()
+
+    def suspend(self, **body) -> httpx.Response:
+        return self.d.post("/api/admin/suspend/v1", json={"reason": "fleet test", **body})
+
+    def drain_notifications(self) -> None:
+        sock = self.d.notify.sock
+        sock.setblocking(False)
+        try:
+            while True:
+                sock.recv(65536)
+        except BlockingIOError:
+            pass
+        finally:
+            sock.setblocking(True)
+
+    def wait_status(self, degraded: bool, timeout: float = 10.0) -> str:
+        """The next STATUS= line that says (or stops saying) ``degraded``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{self.name}: no STATUS= with degraded={degraded}; seen {self.d.notify.seen[-5:]}")
+            try:
+                message = self.d.notify.next(remaining)
+            except (TimeoutError, socket.timeout):
+                continue
+            for line in message.split("\n"):
+                if line.startswith("STATUS=") and line.endswith("; degraded") == degraded:
+                    return line
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fleet")
+    etcd = EtcdCluster(root / "etcd", size=3)
+    nodes: list[Node] = []
+    try:
+        etcd.start()
+        nodes.extend(Node(root, name, etcd.endpoints) for name in "abc")
+        for node in nodes:
+            node.start()
+        yield etcd, nodes
+    finally:
+        for node in nodes:
+            if node.events is not None:
+                node.events.close()
+            node.d.close()
+        etcd.stop()
+        etcd.close()
+
+
+def test_a_suspension_made_on_a_holds_on_b_and_c_and_cancelling_it_on_c_lifts_it_everywhere(fleet):
+    """Through the check API and the Postfix policy socket of every node, with an event on each."""
+    _, (a, b, c) = fleet
+    response = a.suspend(domain="gmail.example", duration="1h")
+    assert response.status_code == 200, response.text
+    ident = response.json()["id"]
+    for node in (a, b, c):
+        added = node.events.until("suspension_added", id=ident)
+        assert added["domain"] == "gmail.example"
+        decision = node.decision("tenant@gmail.example")
+        assert not decision["deliver"] and decision["holds"][0]["id"] == ident
+        assert node.postfix("gmail.example").startswith("action=DEFER_IF_PERMIT 4.7.1 ")
+    with c.d.client() as client:
+        response = client.request("DELETE", "/api/admin/suspend/v1", json={"id": ident})
+    assert response.status_code == 200, response.text
+    for node in (a, b, c):
+        node.events.until("suspension_removed", id=ident)
+        assert not node.held("gmail.example")
+        assert node.postfix("gmail.example") == "action=DUNNO"
+
+
+def test_a_queue_pause_on_b_reaches_a_and_c(fleet):
+    _, (a, b, c) = fleet
+    response = b.d.post("/api/admin/queues/news:acme@example.com/pause", json={"reason": "warm-up"})
+    assert response.status_code == 200, response.text
+    for node in (a, b, c):
+        node.events.until("queue_paused", queue="news:acme@example.com")
+        [hold] = node.decision("news:acme@example.com")["holds"]
+        assert hold["kind"] == "queue_pause" and hold["reason"] == "warm-up"
+    assert a.d.post("/api/admin/queues/news:acme@example.com/resume").status_code == 200
+    for node in (a, b, c):
+        node.events.until("queue_resumed", queue="news:acme@example.com")
+        assert not node.held("news:acme@example.com")
+
+
+def test_the_same_criteria_posted_on_every_node_at_once_get_one_id(fleet):
+    _, nodes = fleet
+    for round_ in range(3):
+        barrier = threading.Barrier(len(nodes))
+        ids: list[str] = []
+
+        def post(node: Node) -> None:
+            with node.d.client() as client:
+                barrier.wait()
+                response = client.post(
+                    "/api/admin/suspend/v1",
+                    json={"tenant": f"race{round_}", "reason": f"from {node.name}"},
+                )
+            assert response.status_code == 200, response.text
+            ids.append(response.json()["id"])
+
+        threads = [threading.Thread(target=post, args=(node,)) for node in nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(ids) == 3 and len(set(ids)) == 1, ids
+        for node in nodes:
+            # a node that lost the race updated the winner's suspension, and says so
+            node.events.until(("suspension_added", "suspension_updated"), id=ids[0])
+            listed = [s for s in node.d.get("/api/admin/suspend/v1").json() if s["tenant"] == f"race{round_}"]
+            assert [s["id"] for s in listed] == ids[:1]
+
+
+def test_a_killed_node_catches_up_when_it_comes_back(fleet):
+    _, (a, b, c) = fleet
+    b.kill()
+    first = a.suspend(domain="while-b-was-down.example").json()["id"]
+    assert c.d.post("/api/admin/queues/down.example/pause").status_code == 200
+    c.events.until("suspension_added", id=first)
+    b.start()
+    assert b.held("while-b-was-down.example") and b.held("down.example")
+    # and it follows again
+    second = c.suspend(domain="after-b-came-back.example").json()["id"]
+    b.events.until("suspension_added", id=second)
+
+
+def test_losing_one_etcd_member_keeps_changes_flowing(fleet):
+    """The leader itself is killed; the nodes move to another member of the endpoints list."""
+    etcd, (a, b, c) = fleet
+    status = etcd.call("/v3/maintenance/status", {})
+    leader = next(
+        i for i, m in enumerate(etcd.members)
+        if httpx.post(m.url + "/v3/maintenance/status", json={}).json()["header"]["member_id"] == status["leader"]
+    )
+    etcd.stop(leader, sig=signal.SIGKILL)
+    response = a.suspend(domain="one-member-down.example")
+    assert response.status_code == 200, response.text
+    ident = response.json()["id"]
+    for node in (a, b, c):
+        node.events.until("suspension_added", id=ident, timeout=10)
+    assert c.d.post("/api/admin/queues/one-member-down.example/pause").status_code == 200
+    for node in (a, b, c):
+        node.events.until("queue_paused", queue="one-member-down.example", timeout=10)
+        assert node.held("one-member-down.example")
+        assert node.d.status()["degraded"] is False
+    etcd.start(leader)
+
+
+def test_without_etcd_every_node_serves_the_last_state_refuses_changes_and_recovers(fleet):
+    etcd, (a, b, c) = fleet
+    held = a.suspend(domain="before-the-outage.example").json()["id"]
+    for node in (a, b, c):
+        node.events.until("suspension_added", id=held)
+        node.drain_notifications()
+    etcd.stop()
+    for node in (a, b, c):
+        assert "; degraded" in node.wait_status(degraded=True)
+        assert node.d.status()["degraded"] is True
+        assert "sluice_degraded 1.0" in node.d.get("/metrics").text
+        assert node.held("before-the-outage.example")  # a hold is never dropped
+        assert node.postfix("before-the-outage.example").startswith("action=DEFER_IF_PERMIT")
+        response = node.suspend(domain="during-the-outage.example")
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "STATE_UNAVAILABLE"
+        response = node.d.post("/api/admin/queues/during.example/pause")
+        assert response.status_code == 503
+    # a node started while etcd is down serves its local copy
+    b.stop()
+    b.d.notify.seen.clear()
+    b.start()
+    assert b.d.status()["degraded"] is True
+    assert b.held("before-the-outage.example") and b.held("while-b-was-down.example")
+    assert b.suspend(domain="x.example").status_code == 503
+
+    for node in (a, b, c):
+        node.drain_notifications()
+    etcd.start()
+    for node in (a, b, c):
+        node.wait_status(degraded=False, timeout=15)
+        assert node.d.status()["degraded"] is False
+    with c.d.client() as client:
+        response = client.request("DELETE", "/api/admin/suspend/v1", json={"id": held})
+    assert response.status_code == 200, response.text
+    for node in (a, b, c):
+        node.events.until("suspension_removed", id=held)
+        assert not node.held("before-the-outage.example")

@@ -1,0 +1,92 @@
+"""The files backend through the RuntimeStore interface: claim, expiry removal, follow, open."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import trio
+
+from daemon.state.files import FileStore, render
+from daemon.state.store import Loaded, RuntimeStore, open_store
+from policy.model import QueuePolicy, Suspension
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+ID1 = "3b0b9a8e-6a52-4bd8-9d1c-5f1a0c1b2d3e"
+ID2 = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+
+
+def suspension(ident: str, reason: str = "r", **kw) -> Suspension:
+    return Suspension(id=ident, domain="x.example", reason=reason, **kw)
+
+
+def test_the_files_backend_is_a_runtime_store(tmp_path):
+    store: RuntimeStore = FileStore(tmp_path)
+    assert store.degraded is False and store.where == str(tmp_path / "runtime")
+
+
+async def test_open_reads_what_put_wrote(tmp_path):
+    store = FileStore(tmp_path)
+    await store.put(QueuePolicy(name="q.example", paused=True))
+    loaded = await FileStore(tmp_path).open()
+    assert isinstance(loaded, Loaded) and not loaded.problems and loaded.revision is None
+    assert loaded.runtime.queues["q.example"].paused
+
+
+async def test_claim_updates_the_holder_or_replaces_an_expired_one(tmp_path):
+    store = FileStore(tmp_path)
+    first = suspension(ID1)
+    stored, replaced = await store.claim(first.criteria_key, None, lambda holder: first)
+    assert stored == first and replaced is None
+    updated, replaced = await store.claim(
+        first.criteria_key, first, lambda holder: Suspension(id=holder.id, domain="x.example", reason="new")
+    )
+    assert replaced == first and updated.id == ID1
+    assert (tmp_path / "runtime" / f"suspension-{ID1}.toml").read_bytes() == render(updated)
+    fresh = suspension(ID2, expires=NOW + timedelta(hours=1))
+    stored, replaced = await store.claim(first.criteria_key, updated, lambda holder: fresh)
+    assert [p.name for p in (tmp_path / "runtime").iterdir()] == [f"suspension-{ID2}.toml"]
+    await store.remove_expired(fresh)
+    assert list((tmp_path / "runtime").iterdir()) == []
+
+
+async def test_follow_hands_hand_edits_to_apply_and_skips_own_writes(tmp_path):
+    store = FileStore(tmp_path, debounce=0.01)
+    await store.put(QueuePolicy(name="q.example", paused=True))
+    batches = []
+    got = trio.Event()
+
+    async def apply(read, *, announce):
+        updates = await read()
+        batches.append((announce, updates))
+        got.set()
+        return len(updates)
+
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: store.follow(apply, stop=stop, task_status=task_status))
+        await store.put(QueuePolicy(name="own.example", paused=True))  # our own: never reported
+        path = tmp_path / "runtime" / "queue-q.example.toml"
+        edited = tmp_path / "edited"
+        edited.write_text('[[queue]]\nname = "q.example"\npaused = true\nreason = "by hand"\n')
+        edited.replace(path)  # whole, as editors save
+        with trio.fail_after(10):
+            while not any(updates for _, updates in batches):
+                await got.wait()
+                got = trio.Event()
+        stop.set()
+    reported = {k: v for _, updates in batches for k, v in updates.items()}
+    assert list(reported) == [("queue", "q.example")]
+    assert reported[("queue", "q.example")].reason == "by hand"
+    assert {announce for announce, _ in batches} == {"summary"}
+
+
+def test_open_store_picks_the_backend_from_the_config(tmp_path):
+    from daemon.config import load_config
+
+    path = tmp_path / "sluiced.toml"
+    path.write_text('state_dir = "s"\n[reload]\ndebounce_ms = 7\n')
+    store = open_store(load_config(path))
+    assert isinstance(store, FileStore) and store.debounce == 0.007
+    path.write_text('state_dir = "s"\n[state]\nbackend = "etcd"\n[state.etcd]\nendpoints = ["http://127.0.0.1:1"]\n')
+    store = open_store(load_config(path))
+    assert type(store).__name__ == "EtcdStore" and store.where == "etcd http://127.0.0.1:1 under /sluice/"
