@@ -38,7 +38,7 @@ from policy.model import Entry, Pause, QueuePolicy, Suspension
 from policy.snapshot import Runtime, Snapshot
 
 from .current import Current
-from .events import Broadcaster
+from .events import Broadcaster, rfc3339
 from .state.files import FileStore, entry_key, name_for
 from .state.store import Announce, ReadUpdates, RuntimeStore
 
@@ -166,7 +166,7 @@ class Mutations:
             runtime = msgspec.structs.replace(runtime, suspensions=suspensions)
             self._apply(
                 runtime, event, put=(stored,), drop=drop, id=stored.id, by=actor,
-                **_criteria(stored),
+                **_described(stored),
             )
             return stored, event == "suspension_added"
 
@@ -273,7 +273,9 @@ class Mutations:
                 raise defined_in_file(f"the pause of queue {normal}", view.file.source)
             before = view.runtime
             if before.parallelism is not None:
-                entry = msgspec.structs.replace(before, paused=False, updated_at=self._now())
+                entry = msgspec.structs.replace(
+                    before, paused=False, reason=None, updated_at=self._now()
+                )
                 await self._store_queue(entry, "queue_resumed", actor)
                 return entry
             await self.store.delete(before)
@@ -304,7 +306,10 @@ class Mutations:
                 name=wanted.name,
                 paused=paused,
                 reason=before.reason if before is not None and paused else None,
-                parallelism=wanted.parallelism,
+                # QStash's upsert without parallelism keeps the one set before
+                parallelism=wanted.parallelism
+                if wanted.parallelism is not None
+                else (before.parallelism if before is not None else None),
                 created_at=before.created_at if before and before.created_at else now,
                 created_by=before.created_by if before and before.created_by else actor,
                 updated_at=now,
@@ -558,7 +563,7 @@ def _remote_event(
                 return "suspension_expired", {"id": key, **_criteria(s)}
             return "suspension_removed", {"id": key, "by": by, **_criteria(s)}
         event = "suspension_added" if old is None else "suspension_updated"
-        return event, {"id": key, "by": by, **_criteria(s)}
+        return event, {"id": key, "by": by, **_described(s)}
     if kind == "queue":
         was = before.queues.get(key)
         now_view = after.queues.get(key)
@@ -581,6 +586,16 @@ def _remote_event(
     if new is None:
         return f"{kind}_resumed", {"id": key, "by": by}
     return f"{kind}_paused", {"id": key, "reason": new.reason, "by": by}
+
+
+def _described(s: Suspension) -> dict[str, Any]:
+    """An added or updated suspension as events carry it: criteria, reason and expiry,
+    so a sender knows when the hold ends without reading the list."""
+    return {
+        **_criteria(s),
+        "reason": s.reason,
+        "expires": None if s.expires is None else rfc3339(s.expires.timestamp()),
+    }
 
 
 def _criteria(s: Suspension) -> dict[str, Any]:

@@ -238,3 +238,26 @@ async def test_hand_edits_are_taken_in_and_own_writes_are_not(tmp_path):
     path.unlink()
     assert await m.apply_disk_changes({name}) == 1
     assert m.current.snapshot.decide("x.com", clock()).deliver
+
+
+async def test_added_and_updated_suspension_events_say_when_the_hold_ends(tmp_path, autojump_clock):
+    m, events = make(tmp_path)
+    sub = events.subscribe()
+    await m.suspend({"domain": "x.com", "reason": "one", "duration": "1h"}, "alice")
+    await m.suspend({"domain": "x.com", "reason": "two", "duration": "2h"}, "alice")
+    added, updated = sub.receive.receive_nowait(), sub.receive.receive_nowait()
+    assert (added["reason"], updated["reason"]) == ("one", "two")
+    assert added["expires"] == datetime.fromtimestamp(T0 + 3600, timezone.utc).isoformat(
+        timespec="milliseconds"
+    ).replace("+00:00", "Z")
+    assert updated["expires"] > added["expires"]
+
+
+async def test_resuming_a_queue_that_keeps_its_parallelism_forgets_the_pause_reason(tmp_path):
+    m, _ = make(tmp_path)
+    await m.upsert_queue("q.example", parallelism=4, paused=False, actor="alice")
+    await m.pause_queue("q.example", {"reason": "ops"}, "alice")
+    entry = await m.resume_queue("q.example", "alice")
+    assert entry.parallelism == 4 and entry.reason is None and not entry.paused
+    await m.upsert_queue("q.example", parallelism=None, paused=True, actor="alice")
+    assert m.current.snapshot.queues["q.example"].parallelism == 4  # kept, not cleared
