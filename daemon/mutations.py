@@ -35,7 +35,7 @@ import trio
 from policy.errors import Conflict, NotFound, ValidationError
 from policy.fields import check_endpoint_id, check_schedule_id, queue_from, suspension_from
 from policy.model import Entry, Pause, QueuePolicy, Suspension
-from policy.snapshot import Runtime, Snapshot
+from policy.snapshot import EndpointView, Runtime, ScheduleView, Snapshot
 
 from .current import Current
 from .events import Broadcaster, rfc3339
@@ -353,13 +353,23 @@ class Mutations:
 
     # -- schedules and endpoints ------------------------------------------------
 
+    def _schedule(self, ident: str) -> ScheduleView:
+        view = self.current.snapshot.schedules.get(ident)
+        if view is None:
+            raise NotFound(f"schedule {ident!r} not found", code="SCHEDULE_NOT_FOUND")
+        return view
+
+    def _endpoint(self, ident: str) -> EndpointView:
+        view = self.current.snapshot.endpoints.get(ident)
+        if view is None:
+            raise NotFound(f"endpoint {ident} not found", code="ENDPOINT_NOT_FOUND")
+        return view
+
     async def pause_schedule(self, ident: str, reason: str | None, actor: str) -> bool:
         """Pause a schedule (idempotent); returns whether anything changed."""
         check_schedule_id(ident)
         async with self.lock:
-            view = self.current.snapshot.schedules.get(ident)
-            if view is None:
-                raise NotFound(f"schedule {ident!r} not found", code="SCHEDULE_NOT_FOUND")
+            view = self._schedule(ident)
             if view.paused:
                 return False
             await self._store_pause("schedule", ident, reason, actor)
@@ -368,9 +378,7 @@ class Mutations:
     async def resume_schedule(self, ident: str, actor: str) -> bool:
         check_schedule_id(ident)
         async with self.lock:
-            view = self.current.snapshot.schedules.get(ident)
-            if view is None:
-                raise NotFound(f"schedule {ident!r} not found", code="SCHEDULE_NOT_FOUND")
+            view = self._schedule(ident)
             if view.schedule.paused:
                 raise defined_in_file(f"the pause of schedule {ident}", view.schedule.source)
             if view.pause is None:
@@ -382,9 +390,7 @@ class Mutations:
         """Pause an endpoint; 409 ALREADY_PAUSED if it is (HookBridge semantics)."""
         check_endpoint_id(ident)
         async with self.lock:
-            view = self.current.snapshot.endpoints.get(ident)
-            if view is None:
-                raise NotFound(f"endpoint {ident} not found", code="ENDPOINT_NOT_FOUND")
+            view = self._endpoint(ident)
             if view.paused:
                 raise Conflict(f"endpoint {ident} is already paused", code="ALREADY_PAUSED")
             await self._store_pause("endpoint", ident, reason, actor)
@@ -393,9 +399,7 @@ class Mutations:
         """Resume an endpoint; 409 NOT_PAUSED if it is not, DEFINED_IN_FILE if a file pauses it."""
         check_endpoint_id(ident)
         async with self.lock:
-            view = self.current.snapshot.endpoints.get(ident)
-            if view is None:
-                raise NotFound(f"endpoint {ident} not found", code="ENDPOINT_NOT_FOUND")
+            view = self._endpoint(ident)
             if not view.paused:
                 raise Conflict(f"endpoint {ident} is not paused", code="NOT_PAUSED")
             if view.endpoint.paused:
