@@ -24,8 +24,10 @@ from pathlib import Path
 import structlog
 import trio
 
-from policy.diff import diff
+from policy.diff import Change, diff
 from policy.errors import PolicyLoadError
+from policy.files import PolicySet
+from policy.snapshot import Snapshot
 
 from .current import Current, ReloadResult
 from .events import Broadcaster
@@ -37,6 +39,7 @@ log = structlog.get_logger("sluice.reload")
 
 ChangeSet = set[tuple[object, str]]
 WATCH_RETRY = 1.0
+MAX_LISTED = 100  # keys of each kind named in a reload's log line and event
 WATCH_RETRY_MAX = 30.0
 
 
@@ -57,6 +60,24 @@ class Reloader:
         self.notifier = notifier
         self.clock = clock
         self.lock = trio.Lock()
+
+    async def _rebuild(self, policy: PolicySet) -> tuple[Snapshot, Snapshot, list[Change]]:
+        """The snapshot in force, the one ``policy`` makes of it, and what differs.
+
+        Building and diffing 100,000 entries takes long enough to matter, so
+        it happens in a worker thread. A runtime change swapped in meanwhile
+        would be lost by the result, so it is then built again from the
+        newer snapshot (on the loop, after a few tries, to be sure to end).
+        """
+        old = self.current.snapshot
+        if self.reader.parsed_last == 0 and policy.files == old.policy.files:
+            return old, old, []  # no file changed: nothing to build
+        for _ in range(3):
+            new, changes = await trio.to_thread.run_sync(_build_and_diff, old, policy)
+            if self.current.snapshot is old:
+                return old, new, changes
+            old = self.current.snapshot
+        return (old, *_build_and_diff(old, policy))
 
     async def reload(self, trigger: str) -> ReloadResult:
         """Reload the policy files now; returns how it went."""
@@ -88,9 +109,7 @@ class Reloader:
                     "reload_failed", result.generation, errors=list(errors), trigger=trigger
                 )
             else:
-                old = self.current.snapshot
-                new = old.with_policy(policy, old.generation + 1)
-                changes = diff(old, new)
+                old, new, changes = await self._rebuild(policy)
                 if changes or policy.files != old.policy.files:
                     self.current.swap(new)
                 else:
@@ -112,20 +131,36 @@ class Reloader:
                     parsed=self.reader.parsed_last,
                     files=len(policy.files),
                     duration_ms=round((time.perf_counter() - started) * 1000, 1),
-                    added=[f"{c.kind} {c.key}" for c in changes if c.action == "added"],
-                    removed=[f"{c.kind} {c.key}" for c in changes if c.action == "removed"],
-                    changed=[f"{c.kind} {c.key}" for c in changes if c.action == "changed"],
+                    **_summary(changes),
                 )
                 self.events.publish(
                     "reload_applied",
                     new.generation,
                     trigger=trigger,
                     changes=[
-                        {"kind": c.kind, "action": c.action, "key": c.key} for c in changes
+                        {"kind": c.kind, "action": c.action, "key": c.key}
+                        for c in changes[:MAX_LISTED]
                     ],
+                    **({"more_changes": len(changes) - MAX_LISTED} if len(changes) > MAX_LISTED else {}),
                 )
             self.notifier.ready(self.current.status_line(self.clock()))
             return result
+
+
+def _build_and_diff(old: Snapshot, policy: PolicySet) -> tuple[Snapshot, list[Change]]:
+    new = old.with_policy(policy, old.generation + 1)
+    return new, diff(old, new)
+
+
+def _summary(changes: list[Change]) -> dict[str, object]:
+    """What a reload changed, for its log line: counts, and the first keys of each kind."""
+    summary: dict[str, object] = {}
+    for action in ("added", "removed", "changed"):
+        keys = [f"{c.kind} {c.key}" for c in changes if c.action == action]
+        summary[action] = keys[:MAX_LISTED]
+        if len(keys) > MAX_LISTED:
+            summary[f"{action}_more"] = len(keys) - MAX_LISTED
+    return summary
 
 
 async def debounced(

@@ -16,7 +16,6 @@ import trio
 
 from policy.errors import InvalidQueueName, NotFound, ValidationError
 from policy.fields import check_endpoint_id
-from policy.queue_name import parse
 
 from ..current import Current
 from ..events import Broadcaster, rfc3339
@@ -91,7 +90,7 @@ def add_check_routes(
         held = 0
         for name in body.queues:
             try:
-                decision = snapshot.decide(parse(name), now)
+                decision = snapshot.decide(name, now)
             except InvalidQueueName as exc:
                 results.append(BatchErrorItem(name, BatchError(exc.code, exc.message)))
                 continue

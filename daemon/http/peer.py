@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import socket
@@ -20,12 +21,7 @@ class Peer:
 
     @property
     def user(self) -> str | None:
-        if self.uid is None:
-            return None
-        try:
-            return pwd.getpwuid(self.uid).pw_name
-        except KeyError:
-            return str(self.uid)
+        return None if self.uid is None else user_name(self.uid)
 
     def __str__(self) -> str:
         if self.uid is not None:
@@ -35,6 +31,15 @@ class Peer:
         if self.role is not None:
             return f"trusted={self.address}"
         return f"address={self.address}"
+
+
+@functools.lru_cache(maxsize=1024)
+def user_name(uid: int) -> str:
+    """The name of ``uid`` (its number if it has none); asked for every request, so cached."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def unix_peer(sock: socket.socket) -> Peer:

@@ -219,25 +219,22 @@ async def _respond(
     headers.extend(response.headers)
     if response.stream is None:
         headers.append(("Content-Length", str(len(response.body))))
-    await _send(
-        conn,
-        stream,
-        h11.Response(status_code=response.status, headers=headers, reason=_reason(response.status)),
+    head = conn.send(
+        h11.Response(status_code=response.status, headers=headers, reason=_reason(response.status))
     )
-    if head_only:
-        await _send(conn, stream, h11.EndOfMessage())
+    if response.stream is None or head_only:
+        # head, body and end in one write: one system call a response
+        if response.body and not head_only:
+            head += conn.send(h11.Data(data=response.body))
+        await stream.send_all(head + (conn.send(h11.EndOfMessage()) or b""))
         return
-    if response.stream is not None:
-        async for chunk in response.stream:
-            with trio.move_on_after(STREAM_SEND_TIMEOUT) as stuck:
-                await _send(conn, stream, h11.Data(data=chunk))
-            if stuck.cancelled_caught:
-                # a reader that stopped reading: drop it rather than hold on forever
-                raise trio.BrokenResourceError("stream consumer stopped reading")
-        await _send(conn, stream, h11.EndOfMessage())
-        return
-    elif response.body:
-        await _send(conn, stream, h11.Data(data=response.body))
+    await stream.send_all(head)
+    async for chunk in response.stream:
+        with trio.move_on_after(STREAM_SEND_TIMEOUT) as stuck:
+            await _send(conn, stream, h11.Data(data=chunk))
+        if stuck.cancelled_caught:
+            # a reader that stopped reading: drop it rather than hold on forever
+            raise trio.BrokenResourceError("stream consumer stopped reading")
     await _send(conn, stream, h11.EndOfMessage())
 
 
