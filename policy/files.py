@@ -128,7 +128,44 @@ class SourceLines:
         return None
 
 
+CHUNK_TABLES = 500
+_ARRAY_HEADER = re.compile(r"^\[\[", re.MULTILINE)
+_MEANINGFUL = re.compile(r"^[ \t]*[^ \t\r\n#]", re.MULTILINE)
+
+
+def _decode_in_chunks(text: str) -> dict[str, Any] | None:
+    """Parse a large file of ``[[kind]]`` tables a few hundred tables at a time.
+
+    The parser is compiled code that holds the interpreter for all of its
+    call: on a 100,000-table file, most of a second in which the daemon's
+    event loop, in another thread, could not run. Cut at table headers, the
+    pieces parse to the same arrays. Anything unusual (top-level keys, a
+    plain ``[table]``, a piece that does not parse alone, as a multi-line
+    string holding a header would) returns None: the caller then parses the
+    whole text, and reports any error with its true line.
+    """
+    starts = [m.start() for m in _ARRAY_HEADER.finditer(text)]
+    if len(starts) <= CHUNK_TABLES or _MEANINGFUL.search(text, 0, starts[0]):
+        return None
+    cuts = [starts[0], *starts[CHUNK_TABLES::CHUNK_TABLES], len(text)]
+    merged: dict[str, list[Any]] = {}
+    for begin, end in zip(cuts, cuts[1:]):
+        try:
+            part = tomli.loads(text[begin:end])
+        except tomli.TOMLDecodeError:
+            return None
+        for key, value in part.items():
+            if not isinstance(value, list):
+                return None
+            merged.setdefault(key, []).extend(value)
+    return merged
+
+
 def _decode(text: str, name: str) -> tuple[dict[str, Any] | None, FileProblem | None]:
+    if len(text) > 256 * 1024:
+        doc = _decode_in_chunks(text)
+        if doc is not None:
+            return doc, None
     try:
         return tomli.loads(text), None
     except tomli.TOMLDecodeError as exc:

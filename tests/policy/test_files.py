@@ -244,3 +244,41 @@ def test_runtime_shape_has_created_fields_and_requires_id():
 )
 def test_editor_droppings_are_ignored(name, read):
     assert is_policy_file(name) is read
+
+
+def test_a_large_file_parses_in_pieces_to_the_same_entries(monkeypatch):
+    import policy.files as files
+
+    tables = "".join(
+        f'[[suspension]]\ndomain = "d{i}.example"\nreason = "r {i}"\n\n[[queue]]\nname = "q{i}.example"\npaused = true\n\n'
+        for i in range(3000)
+    )
+    text = "# a comment before the first table\n\n" + tables
+    assert len(text) > 256 * 1024  # large enough for parse_policy to cut it
+    whole = files.tomli.loads(text)
+    pieces = files._decode_in_chunks(text)
+    assert pieces == whole
+    # the same entries with their true lines, either way
+    chunked = parse_policy(text, "big.toml")
+    monkeypatch.setattr(files, "_decode_in_chunks", lambda text: None)
+    assert parse_policy(text, "big.toml") == chunked
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ['reason = "top-level key"\n', '[settings]\nx = 1\n'],
+)
+def test_files_that_do_not_cut_cleanly_are_parsed_whole(prefix):
+    import policy.files as files
+
+    text = prefix + "".join(f'[[suspension]]\ndomain = "d{i}.example"\nreason = "r"\n' for i in range(1200))
+    assert files._decode_in_chunks(text) is None
+
+
+def test_a_header_inside_a_multiline_string_falls_back_to_the_whole_parse():
+    import policy.files as files
+
+    body = "".join(f'[[suspension]]\ndomain = "d{i}.example"\nreason = "r"\n' for i in range(600))
+    tricky = '[[suspension]]\ndomain = "x.example"\nreason = """one\n[[suspension]]\ntwo"""\n'
+    text = body + tricky + body.replace(".example", ".test")
+    assert files._decode(text, "a.toml")[0] == files.tomli.loads(text)
