@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import grp
 import os
 import signal
@@ -226,6 +227,7 @@ async def serve(
     except ValueError as exc:
         raise StartupError(f"http: {exc}") from None
     current = Current(Snapshot.build(policy, runtime, generation=1))
+    gc.freeze()  # the policy just loaded lives on and holds no cycles: not the collector's
     current.degraded = store.degraded
 
     def on_degraded(degraded: bool, reason: str) -> None:

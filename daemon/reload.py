@@ -17,6 +17,7 @@ measured on trio's clock.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from policy.bulk import collector_paused
 from policy.diff import Change, diff
 from policy.errors import PolicyLoadError
 from policy.files import PolicySet
@@ -143,13 +145,24 @@ class Reloader:
                     ],
                     **({"more_changes": len(changes) - MAX_LISTED} if len(changes) > MAX_LISTED else {}),
                 )
+                # Freeing 100,000 entries takes a while: let a worker thread
+                # drop the last references to the old policy, not the loop.
+                garbage = [old, changes]
+                del old, changes
+                await trio.to_thread.run_sync(garbage.clear)
             self.notifier.ready(self.current.status_line(self.clock()))
             return result
 
 
 def _build_and_diff(old: Snapshot, policy: PolicySet) -> tuple[Snapshot, list[Change]]:
-    new = old.with_policy(policy, old.generation + 1)
-    return new, diff(old, new)
+    with collector_paused():
+        new = old.with_policy(policy, old.generation + 1)
+        changes = diff(old, new)
+    # The policy lives until the next reload and holds no cycles: move it out
+    # of the collector's sight, or a full collection (on whichever thread
+    # allocates next, the event loop's too) would walk all of it.
+    gc.freeze()
+    return new, changes
 
 
 def _summary(changes: list[Change]) -> dict[str, object]:

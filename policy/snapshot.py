@@ -21,6 +21,7 @@ Where both sources speak of one thing:
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -197,6 +198,7 @@ class Snapshot:
         "endpoints",
         "_index",
         "_memo",
+        "_expiries",
     )
 
     def __init__(
@@ -216,6 +218,7 @@ class Snapshot:
         self.queues = queues
         self._index = index
         self._memo: dict[str, tuple[Decision, float, float, float]] = {}
+        self._expiries: tuple[int, list[float]] | None = None  # for active_count
         self.schedules = {
             s.id: ScheduleView(schedule=s, pause=runtime.schedule_pauses.get(s.id))
             for s in policy.schedules
@@ -383,9 +386,18 @@ class Snapshot:
         """Suspensions in force at ``now``, files first, then runtime by creation."""
         return [s for s in self.suspensions.values() if s.is_active(now)]
 
+    def active_count(self, now: float) -> int:
+        """How many suspensions are in force at ``now``; O(log n) after the first call."""
+        if self._expiries is None:
+            ends = [s.expires.timestamp() for s in self.suspensions.values() if s.expires is not None]
+            ends.sort()
+            self._expiries = (len(self.suspensions) - len(ends), ends)
+        endless, ends = self._expiries
+        return endless + len(ends) - bisect.bisect_right(ends, now)
+
     def counts(self, now: float) -> dict[str, int]:
         return {
-            "suspensions": sum(1 for s in self.suspensions.values() if s.is_active(now)),
+            "suspensions": self.active_count(now),
             "paused_queues": sum(1 for q in self.queues.values() if q.paused),
             "schedules": len(self.schedules),
             "paused_schedules": sum(1 for s in self.schedules.values() if s.paused),

@@ -246,3 +246,13 @@ def test_remembered_decisions_follow_time():
     assert s.decide("t@x.com", NOW + 91).deliver
     again = s.decide("t@x.com", NOW)  # an earlier now is decided afresh, not from memory
     assert len(again.holds) == 2
+
+
+def test_active_count_follows_time():
+    s = snapshot(
+        susp(1, domain="a.com", expires=T0 + timedelta(seconds=10)),
+        susp(2, domain="b.com", expires=T0 + timedelta(seconds=20)),
+        susp(3, domain="c.com"),
+    )
+    assert [s.active_count(NOW + dt) for dt in (0, 10, 15, 20, 0)] == [3, 2, 2, 1, 3]
+    assert s.counts(NOW + 15)["suspensions"] == 2
