@@ -302,9 +302,11 @@ class Snapshot:
                 if since <= now < until:
                     if latest == math.inf:
                         return decision
-                    return msgspec.structs.replace(
-                        decision, retry_after=max(1, math.ceil(latest - now))
-                    )
+                    retry_after = max(1, math.ceil(latest - now))
+                    if retry_after != decision.retry_after:  # a new second: remember it
+                        decision = msgspec.structs.replace(decision, retry_after=retry_after)
+                        self._memo[name] = (decision, since, until, latest)
+                    return decision
             decision, until, latest = self._decide(queue_name.parse(name), now)
             memo = self._memo
             if len(memo) >= MEMO_SIZE:
