@@ -244,9 +244,9 @@ async def serve(
     gid = admin_gid(config)
     router = Router(
         may_change=lambda peer: may_change(peer, gid),
-        on_response=lambda request, route, response: metrics.requests.labels(
-            route, request.method, str(response.status)
-        ).inc(),
+        on_response=lambda request, route, response: metrics.answered(
+            route, request.method, response.status
+        ),
     )
     add_admin_routes(
         router, current=current, mutations=mutations, reload=reloader.reload, metrics=metrics,

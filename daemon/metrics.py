@@ -76,11 +76,20 @@ class Metrics:
             "sluice_changes", "Policy changes announced, by event", ["event"], registry=self.registry
         )
         self.registry.register(_PolicyCollector(current, clock))
+        self._answered: dict[tuple[str, str, int], Any] = {}
         self._decision = {
             (source, deliver): self.decisions.labels(source, "deliver" if deliver else "hold")
             for source in ("http", "batch", "postfix")
             for deliver in (True, False)
         }
+
+    def answered(self, route: str, method: str, status: int) -> None:
+        """Count one HTTP answer (the labelled child is looked up once per combination)."""
+        key = (route, method, status)
+        child = self._answered.get(key)
+        if child is None:
+            child = self._answered[key] = self.requests.labels(route, method, str(status))
+        child.inc()
 
     def decided(self, source: str, deliver: bool, count: int = 1) -> None:
         self._decision[source, deliver].inc(count)

@@ -49,6 +49,7 @@ class Router:
         on_response: Callable[[Request, str, Response], None] | None = None,
     ) -> None:
         self.routes: list[Route] = []
+        self._exact: dict[tuple[str, str], Route] = {}  # routes without parameters, by (method, path)
         self.may_change = may_change
         self.on_response = on_response  # (request, route pattern or "unmatched", response)
 
@@ -61,9 +62,15 @@ class Router:
         change: bool = False,
         style: str = "sluice",
     ) -> None:
-        self.routes.append(Route(method, pattern, handler, change, _compile(pattern), style))
+        route = Route(method, pattern, handler, change, _compile(pattern), style)
+        self.routes.append(route)
+        if "{" not in pattern:
+            self._exact.setdefault((method, pattern), route)
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        exact = self._exact.get((method, path))
+        if exact is not None:
+            return exact, {}
         allowed = []
         for route in self.routes:
             m = route.regex.match(path)
