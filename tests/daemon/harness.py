@@ -71,7 +71,7 @@ class Daemon:
         self.log = tmp_path / "sluiced.log"
         self.config.write_text(
             textwrap.dedent(
-                f"""
+                """
                 policy_dir = "policy.d"
                 state_dir = "state"
                 [admin]

@@ -4,7 +4,6 @@ import json
 import socket
 import threading
 
-import httpx
 
 from harness import Daemon
 
