@@ -39,7 +39,7 @@ from policy.snapshot import EndpointView, Runtime, ScheduleView, Snapshot
 
 from .current import Current
 from .events import Broadcaster, rfc3339
-from .state.files import FileStore, entry_key, name_for
+from .state.files import entry_key, name_for
 from .state.store import Announce, ReadUpdates, RuntimeStore
 
 log = structlog.get_logger("sluice.mutations")
@@ -431,15 +431,6 @@ class Mutations:
         )
 
     # -- changes made elsewhere: hand edits, other nodes ----------------------
-
-    async def apply_disk_changes(self, names: set[str]) -> int:
-        """Take in runtime files changed by hand; returns how many entries changed.
-
-        The daemon's own writes are recognised and skipped. A broken file is
-        logged and its previous entry kept. Files backend only.
-        """
-        assert isinstance(self.store, FileStore)
-        return await self.apply_changes(self.store.hand_edits(names), announce="summary")
 
     async def apply_changes(self, read: ReadUpdates, *, announce: Announce = "each") -> int:
         """Apply changes the store reports; returns how many entries it reported.

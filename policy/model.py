@@ -27,10 +27,6 @@ RUNTIME = "runtime"
 FILE_ID_NAMESPACE = uuid.UUID("6f0b7c52-3f7e-5a59-9a43-7b3e1f0e8a11")
 
 
-def is_file_source(source: str) -> bool:
-    return source != RUNTIME
-
-
 class Suspension(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A suspension (KumoMTA admin suspend semantics)."""
 
@@ -72,11 +68,6 @@ class Suspension(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return criteria_key(
             self.campaign, self.tenant, self.domain, self.queue_names, self.everything
         )
-
-    @property
-    def expires_at(self) -> float | None:
-        """Expiry as seconds since the epoch, or None for no expiry."""
-        return None if self.expires is None else self.expires.timestamp()
 
     def is_active(self, now: float) -> bool:
         return self.expires is None or self.expires.timestamp() > now

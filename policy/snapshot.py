@@ -46,15 +46,6 @@ class Runtime(msgspec.Struct, frozen=True):
     schedule_pauses: Mapping[str, Pause] = msgspec.field(default_factory=dict)
     endpoint_pauses: Mapping[str, Pause] = msgspec.field(default_factory=dict)
 
-    @classmethod
-    def from_set(cls, entries: PolicySet) -> Runtime:
-        return cls(
-            suspensions={s.id: s for s in entries.suspensions},
-            queues={q.name: q for q in entries.queues},
-            schedule_pauses={p.id: p for p in entries.pauses if p.kind == "schedule"},
-            endpoint_pauses={p.id: p for p in entries.pauses if p.kind == "endpoint"},
-        )
-
 
 class QueueView(msgspec.Struct, frozen=True):
     """A queue as both sources describe it."""
