@@ -188,7 +188,9 @@ class Snapshot:
         "schedules",
         "endpoints",
         "_index",
-        "_memo",
+        "_lasting",
+        "_timed",
+        "_since",
         "_expiries",
     )
 
@@ -208,7 +210,9 @@ class Snapshot:
         self.suspensions = suspensions
         self.queues = queues
         self._index = index
-        self._memo: dict[str, tuple[Decision, float, float, float]] = {}
+        self._lasting: dict[str, Decision] = {}
+        self._timed: dict[str, tuple[Decision, float, float]] = {}
+        self._since = -math.inf
         self._expiries: tuple[int, list[float]] | None = None  # for active_count
         self.schedules = {
             s.id: ScheduleView(schedule=s, pause=runtime.schedule_pauses.get(s.id))
@@ -280,31 +284,50 @@ class Snapshot:
 
         Raises InvalidQueueName for a name that does not parse.
 
-        Decisions asked by name are remembered for this snapshot: a decision
-        can only change when one of its holds expires (a new hold means a new
-        snapshot), so a remembered one is reused while ``now`` lies between
-        when it was made and its first expiry, with ``retry_after`` counted
-        afresh. The memo is bounded and dies with the snapshot.
+        Decisions asked by name are remembered for this snapshot (a new hold
+        means a new snapshot, so only time can change them):
+        - a decision none of whose holds expire stays right for any later
+          ``now``; these live in ``_lasting``, valid while ``now`` is not
+          before the latest time one was made (``_since``), so a hit costs one
+          comparison and one dict probe;
+        - any other decision is right while ``now`` lies in a window: after it
+          was made, before its first hold expires, and within the second in
+          which its ``retry_after`` holds. These live in ``_timed`` with the
+          window.
+        Both are bounded and die with the snapshot.
         """
         if name.__class__ is str:
-            hit = self._memo.get(name)
-            if hit is not None:
-                decision, since, until, latest = hit
-                if since <= now < until:
-                    if latest == math.inf:
-                        return decision
-                    retry_after = max(1, math.ceil(latest - now))
-                    if retry_after != decision.retry_after:  # a new second: remember it
-                        decision = msgspec.structs.replace(decision, retry_after=retry_after)
-                        self._memo[name] = (decision, since, until, latest)
+            if now >= self._since:
+                decision = self._lasting.get(name)
+                if decision is not None:
                     return decision
-            decision, until, latest = self._decide(queue_name.parse(name), now)
-            memo = self._memo
-            if len(memo) >= MEMO_SIZE:
-                memo.clear()
-            memo[name] = (decision, now, until, latest)
-            return decision
+                hit = self._timed.get(name)
+                if hit is not None and hit[1] <= now < hit[2]:
+                    return hit[0]
+            return self._remember(name, now)
         return self._decide(name, now)[0]
+
+    def _remember(self, name: str, now: float) -> Decision:
+        decision, until, latest = self._decide(queue_name.parse(name), now)
+        lasting, timed = self._lasting, self._timed
+        if len(lasting) + len(timed) >= MEMO_SIZE:
+            lasting.clear()
+            timed.clear()
+        if until == math.inf and latest == math.inf:
+            if now < self._since:  # the clock went back: what is remembered may be ahead
+                lasting.clear()
+                self._since = now
+            elif now > self._since or not lasting:
+                self._since = now
+            lasting[name] = decision
+        else:
+            # retry_after, ceil(latest - now), keeps its value r while
+            # latest - r <= now < latest - r + 1; the first bound holds already.
+            high = until
+            if latest != math.inf:
+                high = min(until, latest - decision.retry_after + 1)
+            timed[name] = (decision, now, high)
+        return decision
 
     def _decide(self, q: queue_name.QueueName, now: float) -> tuple[Decision, float, float]:
         """The decision, when it stops being valid, and when its last hold ends."""

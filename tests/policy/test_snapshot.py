@@ -1,5 +1,6 @@
 """Decisions: every matching hold, in a stable order, found by hash lookups."""
 
+import math
 from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings
@@ -193,9 +194,16 @@ def queues(draw):
 @given(
     rules=st.lists(suspensions(), max_size=25),
     names=st.lists(queues(), min_size=1, max_size=10),
-    when=st.integers(min_value=-120, max_value=120),
+    whens=st.lists(
+        st.one_of(
+            st.integers(min_value=-120, max_value=120),
+            st.floats(min_value=-120, max_value=120, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
 )
-def test_decide_equals_a_linear_scan(rules, names, when):
+def test_decide_equals_a_linear_scan(rules, names, whens):
     entries = [
         Suspension(id=f"00000000-0000-4000-8000-{i:012d}", reason=f"r{i}", **kw)
         for i, kw in enumerate(rules)
@@ -203,17 +211,25 @@ def test_decide_equals_a_linear_scan(rules, names, when):
     files = tuple(s for s in entries if s.source != "runtime")
     runtime = Runtime(suspensions={s.id: s for s in entries if s.source == "runtime"})
     s = Snapshot.build(PolicySet(suspensions=files), runtime)
-    now = NOW + when
-    for name in names:
-        q = parse(name)
-        expected = {e.id for e in entries if e.is_active(now) and e.matches(q)}
-        decision = s.decide(name, now)
-        assert {h.id for h in decision.holds} == expected
-        assert len(decision.holds) == len(expected)
-        assert decision.deliver == (not expected)
-        # stable order: file entries first (as written), then runtime ones
-        sources = [s.suspensions[h.id].source == "runtime" for h in decision.holds]
-        assert sources == sorted(sources)
+    # One snapshot asked at several times, forward and back: what it
+    # remembers must never outlive an expiry or a retry_after second.
+    for when in whens:
+        now = NOW + when
+        for name in names:
+            q = parse(name)
+            expected = [e for e in entries if e.is_active(now) and e.matches(q)]
+            decision = s.decide(name, now)
+            assert {h.id for h in decision.holds} == {e.id for e in expected}
+            assert len(decision.holds) == len(expected)
+            assert decision.deliver == (not expected)
+            if expected and all(e.expires is not None for e in expected):
+                latest = max(e.expires.timestamp() for e in expected)
+                assert decision.retry_after == max(1, math.ceil(latest - now))
+            else:
+                assert decision.retry_after is None
+            # stable order: file entries first (as written), then runtime ones
+            sources = [s.suspensions[h.id].source == "runtime" for h in decision.holds]
+            assert sources == sorted(sources)
 
 
 def test_stable_order_follows_files_then_runtime_creation():
