@@ -1,9 +1,18 @@
 """Queue names parse exactly as KumoMTA splits them, normalised as DESIGN.md 1 says."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policy.errors import InvalidQueueName
-from policy.queue_name import check_component, normalise, parse
+from policy.queue_name import (
+    check_component,
+    normalise,
+    normalise_domain,
+    normalise_domain_general,
+    parse,
+    parse_general,
+)
 
 # name, campaign, tenant, domain, routing_domain, normal form
 VALID = [
@@ -114,3 +123,37 @@ def test_components_that_could_never_match_are_refused(value, part, fragment):
 
 def test_tenant_with_colon_is_a_valid_component():
     assert check_component("b:c", "tenant") == "b:c"
+
+
+# Names made of the characters that decide how a name splits and whether it is
+# valid, so that both the one-match path for common names and the general
+# path are taken, and near misses of the common form are frequent.
+_pieces = st.sampled_from(
+    ["a", "B", "mx", "7", "-", "_", ".", ":", "@", "!", " ", "é", "[", "]", "25", "\t", "x" * 63]
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_pieces, min_size=1, max_size=12).map("".join).filter(lambda n: len(n) <= 255))
+def test_common_names_parse_as_the_general_path_does(name):
+    try:
+        expected = parse_general(name)
+    except InvalidQueueName as exc:
+        with pytest.raises(InvalidQueueName) as raised:
+            parse.__wrapped__(name)
+        assert (raised.value.part, str(raised.value)) == (exc.part, str(exc))
+    else:
+        assert parse.__wrapped__(name) == expected
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_pieces, min_size=1, max_size=12).map("".join))
+def test_plain_domains_normalise_as_the_general_path_does(value):
+    try:
+        expected = normalise_domain_general(value)
+    except InvalidQueueName as exc:
+        with pytest.raises(InvalidQueueName) as raised:
+            normalise_domain(value)
+        assert (raised.value.part, str(raised.value)) == (exc.part, str(exc))
+    else:
+        assert normalise_domain(value) == expected
