@@ -1,13 +1,28 @@
-"""structlog to stdout: JSON lines under systemd or when not a TTY, console on a TTY."""
+"""structlog to stdout: JSON lines under systemd or when not a TTY, console on a TTY.
+
+How this works
+--------------
+Every line is rendered by structlog and handed to ``OUTPUT``. Outside the
+event loop (at start, in worker threads, after the loop ends) a line is
+written at once. In a ``trio.run`` given ``OUTPUT`` as an instrument, the
+loop's own lines are gathered and written together just before the loop
+waits for I/O, once per pass: a busy daemon logs a line per request, and one
+write for the requests of a pass costs a fraction of one write each. A line
+waits at most for the other tasks of its pass; whatever is pending is
+written when the run ends, however it ends.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import threading
+from typing import TextIO
 
 import msgspec
 import structlog
+import trio
 
 
 _encoder = msgspec.json.Encoder(enc_hook=str)
@@ -16,6 +31,57 @@ _encoder = msgspec.json.Encoder(enc_hook=str)
 def _encode(value: object, **_: object) -> str:
     # format(indent=0): the spacing of json.dumps, which people and greps expect
     return msgspec.json.format(_encoder.encode(value), indent=0).decode()
+
+
+class LineOutput(trio.abc.Instrument):
+    """structlog's logger: takes rendered lines and writes them to a text stream.
+
+    As a trio instrument it writes the event loop's lines just before the
+    loop waits for I/O: once per pass, with no task of its own to schedule.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream  # None: whatever sys.stdout is when a line is written
+        self._lock = threading.Lock()
+        self._lines: list[str] = []
+        self._loop_thread: int | None = None
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._lines.append(message)
+            if threading.get_ident() != self._loop_thread:
+                self._write_pending()
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+    def before_run(self) -> None:
+        with self._lock:
+            self._loop_thread = threading.get_ident()
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self._lines:
+            with self._lock:
+                self._write_pending()
+
+    def after_run(self) -> None:
+        with self._lock:
+            self._loop_thread = None
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if not self._lines:
+            return
+        text = "\n".join(self._lines) + "\n"
+        self._lines.clear()
+        stream = self._stream if self._stream is not None else sys.stdout
+        try:
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # nowhere to log to (a closed stdout): the daemon goes on
+
+
+OUTPUT = LineOutput()
 
 
 def want_json(fmt: str, stream=sys.stdout) -> bool:
@@ -46,6 +112,6 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=lambda *args: OUTPUT,
         cache_logger_on_first_use=True,
     )

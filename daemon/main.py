@@ -424,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         return validate(config.policy_path)
     logs.configure(config.log.format, config.log.level)
     try:
-        trio.run(serve, config)
+        # log lines are written once per pass of the event loop
+        trio.run(serve, config, instruments=[logs.OUTPUT])
     except StartupError as exc:
         print(f"sluiced: {exc}", file=sys.stderr)
         log.error("startup_failed", error=str(exc))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import itertools
 import json
+import math
 from http import HTTPStatus
 import secrets
 import time
@@ -159,14 +160,25 @@ class Drain:
 
     @contextmanager
     def idle(self) -> Iterator[trio.CancelScope]:
+        """A cancel scope that shutdown cancels: the whole of a connection that may be cut."""
         with trio.CancelScope() as scope:
-            if self.draining:
+            if self.rest(scope):
                 scope.cancel()
-            self._idle.add(scope)
             try:
                 yield scope
             finally:
-                self._idle.discard(scope)
+                self.awake(scope)
+
+    def rest(self, scope: trio.CancelScope) -> bool:
+        """``scope`` is idle until ``awake``: shutdown cancels it. True if shutdown has begun."""
+        if self.draining:
+            return True
+        self._idle.add(scope)
+        return False
+
+    def awake(self, scope: trio.CancelScope) -> None:
+        """``scope`` is busy again: shutdown lets it finish."""
+        self._idle.discard(scope)
 
     def start(self) -> None:
         self.draining = True
@@ -205,11 +217,11 @@ async def _send(conn: h11.Connection, stream: trio.abc.Stream, event: Any) -> No
         await stream.send_all(data)
 
 
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
 def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+    return _REASONS.get(status, b"")
 
 
 async def _respond(
@@ -254,120 +266,174 @@ async def serve_connection(
     limits: Limits = Limits(),
     drain: Drain | None = None,
 ) -> None:
-    """Serve HTTP/1.1 requests on ``stream`` until the client is done or misbehaves."""
+    """Serve HTTP/1.1 requests on ``stream`` until the client is done or misbehaves.
+
+    One cancel scope covers the connection's whole life (a scope per request
+    costs more than a small request). Its deadline is the idle timeout, moved
+    at most once a second, or the request timeout while a request that
+    arrived in pieces is still coming in; while idle it is registered with
+    ``drain`` so that shutdown closes it at once. A request that has arrived
+    whole is answered under the idle deadline, never the request timeout.
+    """
     drain = drain if drain is not None else Drain()
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header)
+    state = _Exchange()
+    scope = trio.CancelScope(deadline=trio.current_time() + limits.idle_timeout)
     try:
-        while True:
-            request_id = new_request_id()
-            idle_deadline = trio.current_time() + limits.idle_timeout
-            request_deadline: float | None = None
-            head: h11.Request | None = None
-            body = bytearray()
-            try:
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        if request_deadline is None:
-                            # idle: wait for a new request, or close quietly
-                            with drain.idle() as idle:
-                                idle.deadline = idle_deadline
-                                data = await stream.receive_some(65536)
-                            if idle.cancelled_caught:
-                                return
-                            request_deadline = trio.current_time() + limits.request_timeout
-                            conn.receive_data(data)
-                            continue
-                        with trio.move_on_at(request_deadline):
-                            conn.receive_data(await stream.receive_some(65536))
-                            continue
-                        raise HttpError(408, "REQUEST_TIMEOUT", f"request not complete within {limits.request_timeout:g} s")
-                    if isinstance(event, h11.Request):
-                        head = event
-                        # h11 caps only what is still incomplete; a head that
-                        # arrived whole is measured here
-                        size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
-                        if size > limits.max_header:
-                            raise HttpError(
-                                431,
-                                "HEADERS_TOO_LARGE",
-                                f"request headers over {limits.max_header} bytes",
-                            )
-                        max_body = limits.body_limit(event.target)
-                        length = dict(event.headers).get(b"content-length")
-                        if length is not None and int(length) > max_body:
-                            raise HttpError(
-                                413, "BODY_TOO_LARGE", f"body over {max_body} bytes"
-                            )
-                        if request_deadline is None:
-                            request_deadline = trio.current_time() + limits.request_timeout
-                    elif isinstance(event, h11.Data):
-                        body += event.data
-                        if len(body) > max_body:
-                            raise HttpError(
-                                413, "BODY_TOO_LARGE", f"body over {max_body} bytes"
-                            )
-                    elif isinstance(event, h11.EndOfMessage):
-                        break
-                    elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                        return
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                code = _PROTOCOL_CODES.get(status, "BAD_REQUEST")
-                message = str(exc) or "malformed request"
-                if status == 431:
-                    message = f"request headers over {limits.max_header} bytes"
-                await _fail(conn, stream, status, code, message, request_id, peer)
-                return
-            except HttpError as exc:
-                await _fail(conn, stream, exc.status, exc.code, exc.message, request_id, peer, head)
-                return
-
-            assert head is not None
-            started = time.perf_counter()
-            target = head.target.decode("latin-1")
-            split = urlsplit(target)
-            request = Request(
-                method=head.method.decode("ascii"),
-                target=target,
-                path=split.path,
-                query=parse_qs(split.query),
-                headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers},
-                body=bytes(body),
-                peer=peer,
-                request_id=request_id,
+        with scope:
+            await _serve_requests(conn, stream, dispatch, peer, limits, drain, scope, state)
+        if scope.cancelled_caught and state.reading and not drain.draining:
+            state.failure = (
+                408,
+                "REQUEST_TIMEOUT",
+                f"request not complete within {limits.request_timeout:g} s",
             )
-            structlog.contextvars.bind_contextvars(request_id=request_id)
-            try:
-                response = await dispatch(request)
-            finally:
-                structlog.contextvars.unbind_contextvars("request_id")
-            if response.stream is not None and request.method != "HEAD":
-                # a long-lived stream ends when its source ends (events.close()
-                # at shutdown), or when the shutdown grace runs out
-                await _respond(conn, stream, response, request_id)
-                return
-            if response.stream is not None:
-                await response.stream.aclose()  # HEAD: headers only, nothing subscribed
-            await _respond(conn, stream, response, request_id, head_only=request.method == "HEAD")
-            log.info(
-                "request",
-                method=request.method,
-                path=request.path,
-                status=response.status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                peer=str(peer),
-                request_id=request_id,
-            )
-            if drain.draining or h11.MUST_CLOSE in (conn.our_state, conn.their_state):
-                return
-            conn.start_next_cycle()
+        if state.failure is not None:
+            status, code, message = state.failure
+            await _fail(conn, stream, status, code, message, state.request_id, peer, state.head)
     except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
         return
     finally:
+        drain.awake(scope)
         with trio.move_on_after(1) as cleanup:
             cleanup.shield = True
             await stream.aclose()
+
+
+class _Exchange:
+    """Where a connection is in its current request, for what happens after it ends."""
+
+    __slots__ = ("request_id", "reading", "head", "failure")
+
+    def __init__(self) -> None:
+        self.request_id = ""
+        self.reading = False  # part of a request has arrived, not all of it
+        self.head: h11.Request | None = None
+        self.failure: tuple[int, str, str] | None = None  # to answer, then close
+
+
+async def _serve_requests(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    dispatch: Callable[[Request], Awaitable[Response]],
+    peer: Peer,
+    limits: Limits,
+    drain: Drain,
+    scope: trio.CancelScope,
+    state: _Exchange,
+) -> None:
+    """The request loop of ``serve_connection``; returns when the connection should close."""
+    receive_some = stream.receive_some
+    while True:
+        state.request_id = request_id = new_request_id()
+        state.head = head = None
+        body = bytearray()
+        max_body = limits.max_body
+        timed = False
+        first_byte = 0.0
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    if not state.reading:
+                        # idle: wait for a new request (shutdown closes us here)
+                        idle_deadline = trio.current_time() + limits.idle_timeout
+                        if idle_deadline - scope.deadline > 1.0:
+                            scope.deadline = idle_deadline
+                        if drain.rest(scope):
+                            return
+                        data = await receive_some(65536)
+                        drain.awake(scope)
+                        state.reading = True
+                        first_byte = trio.current_time()
+                        conn.receive_data(data)
+                        continue
+                    # more of this request to come: it has request_timeout
+                    # from its first byte
+                    if not timed:
+                        timed = True
+                        scope.deadline = first_byte + limits.request_timeout
+                    conn.receive_data(await receive_some(65536))
+                    continue
+                if event.__class__ is h11.Request:
+                    state.head = head = event
+                    # h11 caps only what is still incomplete; a head that
+                    # arrived whole is measured here
+                    size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                    if size > limits.max_header:
+                        raise HttpError(
+                            431, "HEADERS_TOO_LARGE", f"request headers over {limits.max_header} bytes"
+                        )
+                    max_body = limits.body_limit(event.target)
+                    for name, value in event.headers:
+                        if name == b"content-length" and int(value) > max_body:
+                            raise HttpError(413, "BODY_TOO_LARGE", f"body over {max_body} bytes")
+                elif event.__class__ is h11.Data:
+                    body += event.data
+                    if len(body) > max_body:
+                        raise HttpError(413, "BODY_TOO_LARGE", f"body over {max_body} bytes")
+                elif event.__class__ is h11.EndOfMessage:
+                    break
+                elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    return
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            message = str(exc) or "malformed request"
+            if status == 431:
+                message = f"request headers over {limits.max_header} bytes"
+            state.failure = (status, _PROTOCOL_CODES.get(status, "BAD_REQUEST"), message)
+            return
+        except HttpError as exc:
+            state.failure = (exc.status, exc.code, exc.message)
+            return
+        state.reading = False
+        if timed:  # it came in pieces under the request timeout; it is answered under the idle one
+            scope.deadline = trio.current_time() + limits.idle_timeout
+
+        assert head is not None
+        started = time.perf_counter()
+        target = head.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        if "#" in query or "#" in path:
+            path = path.partition("#")[0]
+            query = query.partition("#")[0]
+        request = Request(
+            method=head.method.decode("ascii"),
+            target=target,
+            path=path,
+            query=parse_qs(query) if query else {},
+            # h11 gives header names in lower case
+            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers},
+            body=bytes(body),
+            peer=peer,
+            request_id=request_id,
+        )
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            response = await dispatch(request)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+        if response.stream is not None and request.method != "HEAD":
+            # a long-lived stream ends when its source ends (events.close()
+            # at shutdown), or when the shutdown grace runs out
+            scope.deadline = math.inf
+            await _respond(conn, stream, response, request_id)
+            return
+        if response.stream is not None:
+            await response.stream.aclose()  # HEAD: headers only, nothing subscribed
+        await _respond(conn, stream, response, request_id, head_only=request.method == "HEAD")
+        log.info(
+            "request",
+            method=request.method,
+            path=path,
+            status=response.status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            peer=str(request.peer),
+            request_id=request_id,
+        )
+        if drain.draining or h11.MUST_CLOSE in (conn.our_state, conn.their_state):
+            return
+        conn.start_next_cycle()
 
 
 async def _fail(

@@ -1,0 +1,199 @@
+"""The HTTP adapter in process: keep-alive, timeouts and shutdown, on a fake clock."""
+
+from __future__ import annotations
+
+import json
+
+import h11
+import pytest
+import structlog
+import trio
+import trio.testing
+
+from daemon.http.peer import Peer
+from daemon.http.server import Drain, Limits, Request, Response, serve_connection
+
+LIMITS = Limits(request_timeout=10.0, idle_timeout=60.0)
+
+
+class Client:
+    """The client end of one in-memory connection, reading responses with h11."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.CLIENT)
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def response(self) -> tuple[int, dict[bytes, bytes], bytes]:
+        """The next whole response: status, headers, body."""
+        if self.conn.our_state is h11.IDLE:
+            # the request went out as raw bytes; h11 is told one went
+            self.conn.send(h11.Request(method="GET", target="/", headers=[("Host", "sluice")]))
+            self.conn.send(h11.EndOfMessage())
+        head = None
+        body = b""
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(await self.stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                head = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+                    self.conn.start_next_cycle()
+                return head.status_code, dict(head.headers), body
+            else:
+                raise AssertionError(f"no whole response: {event!r}")
+
+    async def closed(self) -> bool:
+        """Whether the server closes without sending anything more."""
+        return await self.stream.receive_some(65536) == b""
+
+
+def get(path: str, extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: sluice\r\n{extra}\r\n".encode()
+
+
+@pytest.fixture
+def served(nursery):
+    """Start a connection served by serve_connection; returns (client, drain)."""
+
+    def start(handler, drain: Drain | None = None) -> Client:
+        ours, theirs = trio.testing.memory_stream_pair()
+        nursery.start_soon(serve_connection, theirs, handler, Peer(uid=0, pid=1), LIMITS, drain)
+        return Client(ours)
+
+    return start
+
+
+async def hello(request: Request) -> Response:
+    return Response.json({"path": request.path, "query": request.query})
+
+
+async def test_keep_alive_then_idle_close(served, autojump_clock):
+    client = served(hello)
+    for n in range(3):
+        await client.send(get(f"/x?n={n}"))
+        status, headers, body = await client.response()
+        assert status == 200 and json.loads(body) == {"path": "/x", "query": {"n": [str(n)]}}
+        assert headers[b"x-request-id"].startswith(b"req_")
+        answered = trio.current_time()
+        await trio.sleep(50)  # under the idle timeout: the connection stays
+    assert await client.closed()
+    idle = trio.current_time() - answered
+    # the idle deadline moves at most once a second
+    assert LIMITS.idle_timeout - 1 <= idle <= LIMITS.idle_timeout
+
+
+async def test_a_request_that_never_finishes_gets_408(served, autojump_clock):
+    client = served(hello)
+    start = trio.current_time()
+    await client.send(b"POST /x HTTP/1.1\r\nHost: sluice\r\nContent-Length: 100\r\n\r\n{")
+    status, headers, body = await client.response()
+    waited = trio.current_time() - start
+    assert status == 408
+    assert json.loads(body)["error"]["code"] == "REQUEST_TIMEOUT"
+    assert LIMITS.request_timeout <= waited <= LIMITS.request_timeout + 1.5
+    assert headers[b"connection"] == b"close"
+
+
+async def test_slow_headers_keep_their_deadline_from_the_first_byte(served, autojump_clock):
+    client = served(hello)
+    start = trio.current_time()
+    for piece in (b"GET /x HTTP/1.1\r\n", b"Host: sluice\r\n", b"X-Slow: 1\r\n"):
+        await trio.sleep(4)  # each piece in time, the whole not
+        await client.send(piece)
+    start += 4  # the first byte
+    status, _, body = await client.response()
+    assert status == 408
+    assert trio.current_time() - start <= LIMITS.request_timeout + 1.5
+
+
+async def test_a_request_that_came_in_pieces_is_answered_however_long_it_takes(
+    served, autojump_clock
+):
+    async def slow(request: Request) -> Response:
+        await trio.sleep(LIMITS.request_timeout * 3)  # longer than the request timeout
+        return Response.json({"body": request.body.decode()})
+
+    client = served(slow)
+    await client.send(b"POST /x HTTP/1.1\r\nHost: sluice\r\nContent-Length: 4\r\n\r\n{}")
+    await trio.sleep(2)
+    await client.send(b"  ")
+    status, _, body = await client.response()
+    assert status == 200 and json.loads(body) == {"body": "{}  "}
+    # and the connection serves the next request
+    await client.send(get("/again"))
+    assert (await client.response())[0] == 200
+
+
+async def test_shutdown_closes_idle_connections_and_lets_requests_finish(
+    served, autojump_clock
+):
+    drain = Drain()
+    release = trio.Event()
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/wait":
+            await release.wait()
+        return Response.json({"path": request.path})
+
+    idle, busy = served(handler, drain), served(handler, drain)
+    await idle.send(get("/quick"))
+    assert (await idle.response())[0] == 200
+    await busy.send(get("/wait"))
+    await trio.sleep(1)
+    assert drain.active == 0  # serve_connection alone does not count; serve_listener does
+    drain.start()
+    with trio.fail_after(0.1):
+        assert await idle.closed()  # at once, not after the idle timeout
+    release.set()
+    status, _, body = await busy.response()
+    assert status == 200 and json.loads(body) == {"path": "/wait"}
+    assert await busy.closed()  # and then it closes: no new request during shutdown
+
+
+async def test_a_new_connection_during_shutdown_is_closed_at_once(served, autojump_clock):
+    drain = Drain()
+    drain.start()
+    client = served(hello, drain)
+    with trio.fail_after(0.1):
+        assert await client.closed()
+
+
+async def test_a_streamed_response_outlives_the_idle_timeout(served, autojump_clock):
+    async def chunks():
+        for n in range(3):
+            yield f"{n}\n".encode()
+            await trio.sleep(LIMITS.idle_timeout * 0.8)
+
+    async def stream(request: Request) -> Response:
+        return Response(content_type="application/x-ndjson", stream=chunks())
+
+    client = served(stream)
+    await client.send(get("/events"))
+    status, _, body = await client.response()
+    assert status == 200 and body == b"0\n1\n2\n"
+    assert trio.current_time() >= LIMITS.idle_timeout * 2
+
+
+async def test_every_request_is_logged_once_with_its_outcome(served, autojump_clock):
+    client = served(hello)
+    with structlog.testing.capture_logs() as logs:
+        await client.send(get("/one?token=secret") + get("/two"))
+        assert (await client.response())[0] == 200
+        assert (await client.response())[0] == 200
+        await client.send(b"garbage\r\n\r\n")
+        assert (await client.response())[0] == 400
+    lines = [line for line in logs if line["event"] == "request"]
+    assert [(line["path"], line["status"]) for line in lines] == [
+        ("/one", 200),
+        ("/two", 200),
+        (None, 400),
+    ]
+    assert all(line["request_id"].startswith("req_") for line in lines)
+    assert "secret" not in repr(logs)

@@ -1,0 +1,73 @@
+"""Log output: lines of one event-loop pass written together, nothing lost at the end."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from daemon.logs import LineOutput
+
+
+class Recorder:
+    """A text stream that remembers each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_outside_the_loop_each_line_is_written_at_once():
+    stream = Recorder()
+    out = LineOutput(stream)
+    out.info("one")
+    out.error("two")
+    assert stream.writes == ["one\n", "two\n"]
+
+
+def test_lines_of_one_pass_are_written_together_before_the_loop_waits():
+    stream = Recorder()
+    out = LineOutput(stream)
+
+    async def main():
+        for n in range(3):
+            out.info(f"a{n}")
+        assert stream.writes == []  # still in this pass
+        await trio.sleep(0.01)  # the loop waits for I/O: written first
+        assert stream.writes == ["a0\na1\na2\n"]
+        out.info("b")
+        await trio.lowlevel.checkpoint()
+        assert stream.writes == ["a0\na1\na2\n", "b\n"]
+
+    trio.run(main, instruments=[out])
+
+
+def test_lines_from_other_threads_are_written_at_once_and_in_order():
+    stream = Recorder()
+    out = LineOutput(stream)
+
+    async def main():
+        out.info("loop")
+        await trio.to_thread.run_sync(out.info, "thread")
+        assert "".join(stream.writes).splitlines() == ["loop", "thread"]
+
+    trio.run(main, instruments=[out])
+
+
+def test_pending_lines_are_written_when_the_run_fails():
+    stream = Recorder()
+    out = LineOutput(stream)
+
+    async def main():
+        out.info("last words")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        trio.run(main, instruments=[out])
+    assert stream.writes == ["last words\n"]
+    out.info("after")  # the loop is gone: written at once
+    assert stream.writes[-1] == "after\n"
