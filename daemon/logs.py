@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import TextIO
 
 import msgspec
@@ -84,6 +85,28 @@ class LineOutput(trio.abc.Instrument):
 OUTPUT = LineOutput()
 
 
+class Timestamp:
+    """Adds ``timestamp``: UTC, ISO 8601 with microseconds (``2026-11-23T14:22:06.710990Z``).
+
+    What ``structlog.processors.TimeStamper(fmt="iso", utc=True)`` writes, with
+    the date and time of day formatted once a second rather than once a line.
+    """
+
+    def __init__(self, clock=time.time) -> None:
+        self._clock = clock
+        self._second: int | None = None
+        self._prefix = ""
+
+    def __call__(self, logger: object, name: str, event_dict: dict) -> dict:
+        now = self._clock()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return event_dict
+
+
 def want_json(fmt: str, stream=sys.stdout) -> bool:
     if fmt == "json":
         return True
@@ -105,7 +128,7 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            Timestamp(),
             structlog.processors.format_exc_info,
             renderer,
         ],

@@ -3,7 +3,10 @@
 Counters are bumped where things happen (requests in the router, decisions
 in the check routes and the Postfix server, reloads through the events
 listener); gauges of the policy in force are read from the snapshot at
-scrape time, so they can never drift from it.
+scrape time, so they can never drift from it. The two counters bumped on
+every request are plain integers in the event loop's thread, turned into
+counter families at scrape time: a prometheus_client child takes a lock per
+bump, which a request can do without.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .current import Current
@@ -54,45 +57,55 @@ class _PolicyCollector(Collector):
         )
 
 
+class _HotCounters(Collector):
+    """Requests by route, method and status; decisions by source and outcome."""
+
+    def __init__(self) -> None:
+        self.answered: dict[tuple[str, str, int], int] = {}
+        self.decided = {
+            (source, deliver): 0 for source in ("http", "batch", "postfix") for deliver in (True, False)
+        }
+
+    def collect(self) -> Iterator[Any]:
+        requests = CounterMetricFamily(
+            "sluice_http_requests",
+            "HTTP requests answered, by route, method and status",
+            labels=["route", "method", "status"],
+        )
+        for (route, method, status), count in sorted(self.answered.items()):
+            requests.add_metric([route, method, str(status)], count)
+        yield requests
+        decisions = CounterMetricFamily(
+            "sluice_decisions",
+            "Delivery decisions, by where they were asked and their outcome",
+            labels=["source", "outcome"],
+        )
+        for (source, deliver), count in self.decided.items():
+            decisions.add_metric([source, "deliver" if deliver else "hold"], count)
+        yield decisions
+
+
 class Metrics:
     def __init__(self, current: Current, clock: Callable[[], float] = time.time) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "sluice_http_requests",
-            "HTTP requests answered, by route, method and status",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
         self.reloads = Counter(
             "sluice_reloads", "Policy reloads, by result", ["result"], registry=self.registry
-        )
-        self.decisions = Counter(
-            "sluice_decisions",
-            "Delivery decisions, by where they were asked and their outcome",
-            ["source", "outcome"],
-            registry=self.registry,
         )
         self.changes = Counter(
             "sluice_changes", "Policy changes announced, by event", ["event"], registry=self.registry
         )
         self.registry.register(_PolicyCollector(current, clock))
-        self._answered: dict[tuple[str, str, int], Any] = {}
-        self._decision = {
-            (source, deliver): self.decisions.labels(source, "deliver" if deliver else "hold")
-            for source in ("http", "batch", "postfix")
-            for deliver in (True, False)
-        }
+        self._counts = _HotCounters()
+        self.registry.register(self._counts)
 
     def answered(self, route: str, method: str, status: int) -> None:
-        """Count one HTTP answer (the labelled child is looked up once per combination)."""
+        """Count one HTTP answer."""
+        counts = self._counts.answered
         key = (route, method, status)
-        child = self._answered.get(key)
-        if child is None:
-            child = self._answered[key] = self.requests.labels(route, method, str(status))
-        child.inc()
+        counts[key] = counts.get(key, 0) + 1
 
     def decided(self, source: str, deliver: bool, count: int = 1) -> None:
-        self._decision[source, deliver].inc(count)
+        self._counts.decided[source, deliver] += count
 
     def on_event(self, message: dict[str, Any]) -> None:
         """Events listener: reloads and changes, counted as they are announced."""

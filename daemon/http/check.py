@@ -54,7 +54,7 @@ def add_check_routes(
     heartbeat: float = 15.0,
 ) -> None:
     async def check(request: Request) -> Response:
-        given = [k for k in ("queue", "schedule", "endpoint") if request.arg(k) is not None]
+        given = [k for k in request.query if k in ("queue", "schedule", "endpoint")]
         if len(given) != 1:
             raise ValidationError("give exactly one of ?queue=, ?schedule= or ?endpoint=")
         kind = given[0]

@@ -56,12 +56,17 @@ class Limits:
     # Batch checks carry up to 10,000 names, more than 64 KiB of them.
     large_bodies: tuple[tuple[str, int], ...] = (("/api/check/v1", 2 * 1024 * 1024),)
 
-    def body_limit(self, target: bytes) -> int:
-        path = target.split(b"?", 1)[0].decode("latin-1")
-        return dict(self.large_bodies).get(path, self.max_body)
     request_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_connections: int = 256
+
+    def body_limit(self, target: bytes) -> int:
+        """The body limit of the route ``target`` (a request target) goes to."""
+        path = target.partition(b"?")[0]
+        for large, limit in self.large_bodies:
+            if path == large.encode():
+                return limit
+        return self.max_body
 
 
 class HttpError(Exception):
@@ -359,15 +364,17 @@ async def _serve_requests(
                     state.head = head = event
                     # h11 caps only what is still incomplete; a head that
                     # arrived whole is measured here
-                    size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                    raw = event.headers.raw_items()
+                    size = len(event.target) + sum([len(k) + len(v) + 4 for k, v in raw])
                     if size > limits.max_header:
                         raise HttpError(
                             431, "HEADERS_TOO_LARGE", f"request headers over {limits.max_header} bytes"
                         )
+                    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
                     max_body = limits.body_limit(event.target)
-                    for name, value in event.headers:
-                        if name == b"content-length" and int(value) > max_body:
-                            raise HttpError(413, "BODY_TOO_LARGE", f"body over {max_body} bytes")
+                    length = headers.get("content-length")
+                    if length is not None and int(length) > max_body:
+                        raise HttpError(413, "BODY_TOO_LARGE", f"body over {max_body} bytes")
                 elif event.__class__ is h11.Data:
                     body += event.data
                     if len(body) > max_body:
@@ -402,8 +409,7 @@ async def _serve_requests(
             target=target,
             path=path,
             query=parse_qs(query) if query else {},
-            # h11 gives header names in lower case
-            headers={k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers},
+            headers=headers,
             body=bytes(body),
             peer=peer,
             request_id=request_id,
