@@ -198,8 +198,11 @@ class Notifications:
 class Sluiced:
     """The real sluiced on a temporary directory, with the production log settings.
 
+    The layout is a production one in miniature: config and policy under
+    ``etc/`` (the policy watcher watches ``etc/``, the parent of
+    ``policy.d``), runtime state under ``state/``, sockets under ``run/``.
     Logs (JSON lines, level info, one line per request, as under systemd) go
-    to ``sluiced.log`` in the directory rather than a pipe.
+    to ``sluiced.log`` in the directory rather than to journald.
     """
 
     def __init__(
@@ -217,13 +220,14 @@ class Sluiced:
         module: str = "daemon.main",
     ) -> None:
         self.dir = directory
-        self.policy = directory / "policy.d"
+        self.etc = directory / "etc"
+        self.policy = self.etc / "policy.d"
         self.policy.mkdir(parents=True, exist_ok=True)
         self.state = directory / "state"
         self.runtime = self.state / "runtime"
         self.admin = directory / "run" / "admin.sock"
         self.postfix = directory / "run" / "policy.sock" if postfix_socket else None
-        self.config = directory / "sluiced.toml"
+        self.config = self.etc / "sluiced.toml"
         self.log = directory / "sluiced.log"
         self.watchdog_usec = watchdog_usec
         self.profile = profile  # run under cProfile: stats of start i go to "<profile>.<i>"
@@ -231,12 +235,12 @@ class Sluiced:
         self.module = module  # another entry point wrapping daemon.main, for experiments
         http = f'listen = "{http_listen}"\n'
         if tokens:
-            (directory / "tokens.toml").write_text(tokens)
+            (self.etc / "tokens.toml").write_text(tokens)
             http += 'tokens_file = "tokens.toml"\n'
         self.config.write_text(
-            f'policy_dir = "policy.d"\nstate_dir = "state"\n'
-            f'[admin]\nsocket = "run/admin.sock"\n'
-            f'[postfix]\nsocket = "{"run/policy.sock" if postfix_socket else ""}"\n'
+            f'policy_dir = "policy.d"\nstate_dir = "{self.state}"\n'
+            f'[admin]\nsocket = "{self.admin}"\n'
+            f'[postfix]\nsocket = "{self.postfix or ""}"\n'
             f'listen = "{postfix_listen}"\n'
             f"[http]\n{http}"
             f"[reload]\ndebounce_ms = {debounce_ms}\n"
@@ -248,7 +252,7 @@ class Sluiced:
 
     def write_policy(self, name: str, text: str) -> float:
         """Replace policy file ``name`` in one rename; returns the monotonic time of the rename."""
-        tmp = self.dir / f".{name}.tmp"  # outside policy.d: the watcher sees one event
+        tmp = self.etc / f".{name}.tmp"  # outside policy.d: the watcher sees one event
         tmp.write_text(text)
         os.replace(tmp, self.policy / name)
         return time.monotonic()
