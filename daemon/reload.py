@@ -238,7 +238,7 @@ async def watch_tree(
                 *paths,
                 stop_event=stop,
                 debounce=50,
-                step=50,
+                step=10,
                 recursive=True,
                 watch_filter=wanted,
                 rust_timeout=1000,
