@@ -43,7 +43,7 @@ from pathlib import Path
 
 from benchlib import (
     ROOT, Best, ClientPool, CpuShare, Http, Scratch, Sluiced, header, ms, proc_cpu,
-    print_profile, request_bytes, spawn_server, table, verdict, wrap,
+    print_profile, request_bytes, spawn_server, stop_servers, table, verdict, wrap,
 )
 
 BARE_BODY = b'{"queue":"bench.example","deliver":true,"holds":[],"retry_after":null,"generation":1}\n'
@@ -359,9 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pool is not None:
             pool.close()
-        for p in servers:
-            p.kill()
-            p.wait()
+        stop_servers(servers)
         daemon.close()
         scratch.close()
     return 0

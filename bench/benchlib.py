@@ -360,6 +360,13 @@ def spawn_server(args: list[str], address, log: Path) -> subprocess.Popen:
     return proc
 
 
+def stop_servers(procs: list[subprocess.Popen]) -> None:
+    """Kill and reap reference server processes (from ``spawn_server`` or Popen)."""
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
 # -- raw HTTP -----------------------------------------------------------------
 
 

@@ -56,7 +56,7 @@ from pathlib import Path
 
 from benchlib import (
     PEERS, CpuShare, Http, Scratch, Sluiced, header, ms, print_profile, proc_cpu,
-    proc_tree_cpu, request_bytes, table, verdict, wrap,
+    proc_tree_cpu, request_bytes, stop_servers, table, verdict, wrap,
 )
 
 LOAD = PEERS / "policy_load.py"
@@ -428,9 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for pfw in postfwds.values():
             pfw.stop()
-        for p in procs:
-            p.kill()
-            p.wait()
+        stop_servers(procs)
         daemon.close()
         scratch.close()
     return 0

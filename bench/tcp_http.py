@@ -33,7 +33,7 @@ from pathlib import Path
 from admin_http import measure
 from benchlib import (
     ROOT, Best, ClientPool, CpuShare, Http, Scratch, Sluiced, header, ms, request_bytes,
-    spawn_server, table, verdict, wrap,
+    spawn_server, stop_servers, table, verdict, wrap,
 )
 from postfix import free_port
 
@@ -137,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pool is not None:
             pool.close()
-        for p in servers:
-            p.kill()
-            p.wait()
+        stop_servers(servers)
         daemon.close()
         scratch.close()
     return 0

@@ -316,9 +316,7 @@ class Snapshot:
         if until == math.inf and latest == math.inf:
             if now < self._since:  # the clock went back: what is remembered may be ahead
                 lasting.clear()
-                self._since = now
-            elif now > self._since or not lasting:
-                self._since = now
+            self._since = now
             lasting[name] = decision
         else:
             # retry_after, ceil(latest - now), keeps its value r while

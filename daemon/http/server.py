@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import h11
 import msgspec
@@ -62,11 +62,20 @@ class Limits:
 
     def body_limit(self, target: bytes) -> int:
         """The body limit of the route ``target`` (a request target) goes to."""
-        path = target.partition(b"?")[0]
+        path = _split_target(target.decode("latin-1"))[0]
         for large, limit in self.large_bodies:
-            if path == large.encode():
+            if path == large:
                 return limit
         return self.max_body
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """A request target's path and query string, without any fragment."""
+    path, _, query = target.partition("?")
+    if "#" in query or "#" in path:
+        path = path.partition("#")[0]
+        query = query.partition("#")[0]
+    return path, query
 
 
 class HttpError(Exception):
@@ -400,10 +409,7 @@ async def _serve_requests(
         assert head is not None
         started = time.perf_counter()
         target = head.target.decode("latin-1")
-        path, _, query = target.partition("?")
-        if "#" in query or "#" in path:
-            path = path.partition("#")[0]
-            query = query.partition("#")[0]
+        path, query = _split_target(target)
         request = Request(
             method=head.method.decode("ascii"),
             target=target,
@@ -457,7 +463,7 @@ async def _fail(
         "request",
         method=head.method.decode("ascii", "replace") if head else None,
         # the path only: a query may carry a token (?qstash_token=)
-        path=urlsplit(head.target.decode("latin-1")).path if head else None,
+        path=_split_target(head.target.decode("latin-1"))[0] if head else None,
         status=status,
         error=code,
         peer=str(peer),

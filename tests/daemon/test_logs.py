@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -15,9 +16,11 @@ class Recorder:
 
     def __init__(self) -> None:
         self.writes: list[str] = []
+        self.writers: list[int] = []  # the thread of each write
 
     def write(self, text: str) -> None:
         self.writes.append(text)
+        self.writers.append(threading.get_ident())
 
     def flush(self) -> None:
         pass
@@ -54,8 +57,11 @@ def test_lines_from_other_threads_are_written_at_once_and_in_order():
 
     async def main():
         out.info("loop")
-        await trio.to_thread.run_sync(out.info, "thread")
-        assert "".join(stream.writes).splitlines() == ["loop", "thread"]
+        await trio.lowlevel.checkpoint()  # a pass of the loop: its line is written
+        worker = await trio.to_thread.run_sync(lambda: out.info("thread") or threading.get_ident())
+        # the worker's line is written by the worker itself, not left for the loop
+        assert stream.writes == ["loop\n", "thread\n"]
+        assert stream.writers == [threading.get_ident(), worker]
 
     trio.run(main, instruments=[out])
 
