@@ -350,6 +350,10 @@ def test_reload_of_a_broken_policy_exits_1_and_status_shows_why(d):
 # -- watch -------------------------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Watch:
     """``sluicectl watch`` running, its stdout lines read into a queue."""
 
@@ -361,6 +365,9 @@ class Watch:
             text=True,
             cwd=ROOT,
             env=clean_env(),
+            # as from a terminal: Ctrl-C interrupts it even when the test
+            # runner itself was started with SIGINT ignored (a background job)
+            preexec_fn=_default_sigint,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
