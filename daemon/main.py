@@ -51,7 +51,7 @@ from .metrics import Metrics
 from .mutations import Mutations
 from .policy_dir import PolicyReader
 from .postfix import bind_loopback, refuse_postfix, serve_postfix_connection
-from .reload import Reloader, debounced, follow, watch_tree
+from .reload import Reloader, Watcher, debounced, follow
 from .state.store import open_store
 from .systemd import Notifier, listen_fds, watchdog_interval
 from .tcp import bind_tcp, parse_listen, server_tls
@@ -310,12 +310,13 @@ async def serve(
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as received:
             async with trio.open_nursery() as background:
                 delay = config.reload.debounce_ms / 1000
+                watcher = Watcher(stop)  # one for the policy and the runtime state
+                policy_changes = watcher.tree(config.policy_path, token_file.path)
+                await background.start(follow, debounced(policy_changes, delay), on_policy_change)
                 await background.start(
-                    follow, debounced(watch_tree(config.policy_path, stop, token_file.path), delay), on_policy_change
+                    functools.partial(store.follow, mutations.apply_changes, stop=stop, watcher=watcher)
                 )
-                await background.start(
-                    functools.partial(store.follow, mutations.apply_changes, stop=stop)
-                )
+                await background.start(watcher.run)
                 await background.start(_sweeper, mutations, clock)
                 interval = watchdog_interval()
                 if interval:

@@ -8,9 +8,10 @@ changed files are parsed again), and either swaps in a new snapshot with the
 next generation and logs the diff, or keeps the snapshot in force and
 records the errors. Either way systemd then hears READY=1 and a STATUS=.
 
-Change sets come from an async iterator: ``watch_tree`` (watchfiles on the
-directory that holds the watched one, so deleting and recreating the
-directory itself is seen) in production, a scripted fake in tests.
+Change sets come from an async iterator: a ``Watcher`` tree (watchfiles on
+the directory that holds the watched one, so deleting and recreating the
+directory itself is seen; one watcher for all the daemon's trees) in
+production, a scripted fake in tests.
 ``debounced`` groups change sets that arrive within the debounce window,
 measured on trio's clock.
 """
@@ -18,6 +19,7 @@ measured on trio's clock.
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -209,51 +211,106 @@ async def debounced(
                     return
 
 
-async def watch_tree(
-    directory: Path, stop: trio.Event, also: Path | None = None
-) -> AsyncIterator[ChangeSet]:
-    """Change sets for ``directory`` and anything in it, surviving its deletion.
+WATCH_STEP_MS = 20
 
-    watchfiles watches the parent directory, recursively, and only paths
-    inside ``directory`` (or the directory itself, or the file ``also``) are
-    passed on. ``also`` must live in the same parent directory tree.
+
+class Watcher:
+    """One watchfiles watcher for every tree the daemon follows.
+
+    watchfiles' loop runs in a worker thread that takes the interpreter lock
+    every ``step`` to look for changes; the event loop's thread then has to
+    give it up, which under load costs requests their time. So the daemon
+    runs one watcher, at a 20 ms step, for the policy directory and the
+    runtime state alike, and hands each tree the changes inside it.
+
+    A tree is watched through its parent directory, recursively, so deleting
+    and recreating the directory itself is seen; only paths inside the
+    directory (or the directory itself, or the file ``also``) reach it.
+    Trees are added with ``tree`` before ``run`` starts.
     """
-    import watchfiles
 
-    directory = directory.resolve()
-    parent = directory.parent
-    prefix = str(directory)
-    extra = str(also.resolve()) if also is not None else None
-    paths = [parent]
-    if also is not None and not str(also.resolve()).startswith(str(parent) + "/"):
-        paths.append(also.resolve().parent)
+    def __init__(self, stop: trio.Event) -> None:
+        self._stop = stop
+        self._trees: list[tuple[str, str | None, trio.MemorySendChannel[ChangeSet]]] = []
+        self._roots: list[Path] = []
+        self._running = False
 
-    def wanted(_change: object, path: str) -> bool:
-        return path == prefix or path.startswith(prefix + "/") or path == extra
+    def tree(self, directory: Path, also: Path | None = None) -> AsyncIterator[ChangeSet]:
+        """Change sets for ``directory`` and anything in it (and the file ``also``)."""
+        if self._running:
+            raise RuntimeError("trees are added before the watcher runs")
+        directory = directory.resolve()
+        extra = also.resolve() if also is not None else None
+        send, receive = trio.open_memory_channel[ChangeSet](math.inf)
+        self._trees.append((str(directory), str(extra) if extra is not None else None, send))
+        self._roots.append(directory.parent)
+        if extra is not None:
+            self._roots.append(extra.parent)
+        return _drain(receive)
 
-    backoff = WATCH_RETRY
-    while not stop.is_set():
+    def _paths(self) -> list[Path]:
+        """The roots to watch, none inside another (watched recursively)."""
+        roots = sorted(set(self._roots), key=lambda p: len(p.parts))
+        kept: list[Path] = []
+        for root in roots:
+            if not any(root == k or k in root.parents for k in kept):
+                kept.append(root)
+        return kept
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch until ``stop`` is set; a watcher that fails is started again, with backoff."""
+        import watchfiles
+
+        self._running = True
+        paths = self._paths()
+        trees = self._trees
+
+        def wanted(_change: object, path: str) -> bool:
+            return any(_inside(path, prefix, extra) for prefix, extra, _ in trees)
+
+        task_status.started()
+        backoff = WATCH_RETRY
         try:
-            async for changes in watchfiles.awatch(
-                *paths,
-                stop_event=stop,
-                debounce=50,
-                step=10,
-                recursive=True,
-                watch_filter=wanted,
-                rust_timeout=1000,
-                yield_on_timeout=False,
-            ):
-                backoff = WATCH_RETRY
-                yield {(change, path) for change, path in changes}
-            return
-        except (OSError, RuntimeError) as exc:
-            # e.g. no inotify instance left: reloads still come by SIGHUP and
-            # the API meanwhile, and the watcher is tried again
-            log.error("watcher_failed", paths=[str(p) for p in paths], error=str(exc), retry_in=backoff)
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, WATCH_RETRY_MAX)
-            yield {("rescan", str(directory))}  # catch up on what the watcher missed
+            while not self._stop.is_set():
+                try:
+                    async for changes in watchfiles.awatch(
+                        *paths,
+                        stop_event=self._stop,
+                        debounce=50,
+                        step=WATCH_STEP_MS,
+                        recursive=True,
+                        watch_filter=wanted,
+                        rust_timeout=1000,
+                        yield_on_timeout=False,
+                    ):
+                        backoff = WATCH_RETRY
+                        for prefix, extra, send in trees:
+                            mine = {(c, p) for c, p in changes if _inside(p, prefix, extra)}
+                            if mine:
+                                send.send_nowait(mine)
+                    return
+                except (OSError, RuntimeError) as exc:
+                    # e.g. no inotify instance left: reloads still come by SIGHUP
+                    # and the API meanwhile, and the watcher is tried again
+                    log.error("watcher_failed", paths=[str(p) for p in paths], error=str(exc),
+                              retry_in=backoff)
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, WATCH_RETRY_MAX)
+                    for prefix, _extra, send in trees:
+                        send.send_nowait({("rescan", prefix)})  # catch up on what was missed
+        finally:
+            for _prefix, _extra, send in trees:
+                send.close()
+
+
+def _inside(path: str, prefix: str, extra: str | None) -> bool:
+    return path == prefix or path.startswith(prefix + "/") or path == extra
+
+
+async def _drain(receive: trio.MemoryReceiveChannel[ChangeSet]) -> AsyncIterator[ChangeSet]:
+    async with receive:
+        async for changes in receive:
+            yield changes
 
 
 async def follow(

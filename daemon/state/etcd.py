@@ -81,6 +81,7 @@ from .store import Apply, Loaded, StateUnavailable, Updates, _ignore
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..reload import Watcher
 
 log = structlog.get_logger("sluice.state")
 
@@ -409,12 +410,13 @@ class EtcdStore:
         apply: Apply,
         *,
         stop: trio.Event,
+        watcher: Watcher | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Apply other nodes' changes until ``stop`` is set; reconnect with backoff.
 
         Ready once the watch runs, or once it has failed and the node serves
-        what it has, degraded.
+        what it has, degraded. ``watcher`` is not used: changes come from etcd.
         """
         started = False
 

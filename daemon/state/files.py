@@ -26,7 +26,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 import msgspec
@@ -40,6 +40,9 @@ from policy.model import Entry, Pause, QueuePolicy, Suspension
 from policy.snapshot import Runtime
 
 from .store import Apply, Loaded, ReadUpdates, Updates, _ignore
+
+if TYPE_CHECKING:
+    from ..reload import Watcher
 
 log = structlog.get_logger("sluice.state")
 
@@ -255,10 +258,15 @@ class FileStore:
         apply: Apply,
         *,
         stop: trio.Event,
+        watcher: Watcher | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Watch the runtime directory and take in hand edits, until ``stop`` is set."""
-        from ..reload import debounced, follow, watch_tree
+        """Watch the runtime directory and take in hand edits, until ``stop`` is set.
+
+        The directory becomes a tree of ``watcher`` (which the caller runs),
+        or of a watcher of its own.
+        """
+        from ..reload import Watcher, debounced, follow
 
         self.directory.mkdir(parents=True, exist_ok=True)
 
@@ -267,11 +275,15 @@ class FileStore:
             if names:
                 await apply(self.hand_edits(names), announce="summary")
 
-        await follow(
-            debounced(watch_tree(self.directory, stop), self.debounce),
-            on_change,
-            task_status=task_status,
-        )
+        own = watcher is None
+        if watcher is None:
+            watcher = Watcher(stop)
+        changes = debounced(watcher.tree(self.directory), self.debounce)
+        async with trio.open_nursery() as nursery:
+            if own:
+                await nursery.start(watcher.run)
+            await nursery.start(follow, changes, on_change)
+            task_status.started()
 
     # -- writing -----------------------------------------------------------
 

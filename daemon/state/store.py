@@ -52,6 +52,7 @@ from policy.snapshot import Runtime
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..reload import Watcher
 
 Key = tuple[str, str]  # (kind, key): ("suspension", id), ("queue", name), ("schedule", id) ...
 Updates = dict[Key, Entry | None]
@@ -122,6 +123,7 @@ class RuntimeStore(Protocol):
         apply: Apply,
         *,
         stop: trio.Event,
+        watcher: Watcher | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None: ...
 

@@ -33,7 +33,7 @@ async def test_a_watcher_that_cannot_start_is_retried_and_says_so(tmp_path, auto
     import watchfiles
     from structlog.testing import capture_logs
 
-    from daemon.reload import watch_tree
+    from daemon.reload import Watcher
 
     attempts = []
 
@@ -44,11 +44,16 @@ async def test_a_watcher_that_cannot_start_is_retried_and_says_so(tmp_path, auto
 
     monkeypatch.setattr(watchfiles, "awatch", failing_awatch)
     stop = trio.Event()
+    watcher = Watcher(stop)
+    changes = watcher.tree(tmp_path / "policy.d")
     with capture_logs() as logs:
-        gen = watch_tree(tmp_path / "policy.d", stop)
-        first = await gen.__anext__()  # after the first failure: a rescan, not a crash
-        second = await gen.__anext__()
-        await gen.aclose()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watcher.run)
+            first = await changes.__anext__()  # after the first failure: a rescan, not a crash
+            second = await changes.__anext__()
+            stop.set()
+            nursery.cancel_scope.cancel()
     assert first == second == {("rescan", str((tmp_path / "policy.d").resolve()))}
-    assert attempts == [0, 1.0]  # backing off
+    assert attempts[:2] == [0, 1.0]  # backing off: tried again after 1 s, then after 2 s more
+    assert attempts[2:] in ([], [3.0])
     assert logs[0]["event"] == "watcher_failed" and "Too many open files" in logs[0]["error"]
