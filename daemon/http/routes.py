@@ -112,13 +112,18 @@ class Router:
                     403, "FORBIDDEN", f"{request.peer} may read but not change state"
                 )
             request.params = params
-            response = await route.handler(request)
+            if route.change:
+                # the lines a change logs name the request that made it
+                with structlog.contextvars.bound_contextvars(request_id=request.request_id):
+                    response = await route.handler(request)
+            else:
+                response = await route.handler(request)
         except Exception as exc:  # noqa: BLE001 - mapped in one place, re-raised if unknown
             style = route.style if route is not None else self._style_of(request.path)
             try:
                 response = map_error(exc, request.request_id, style)
             except Exception:
-                log.exception("handler_failed", path=request.path)
+                log.exception("handler_failed", path=request.path, request_id=request.request_id)
                 response = map_error(
                     HttpError(500, "INTERNAL", "internal error; see the daemon's log"),
                     request.request_id,

@@ -42,7 +42,6 @@ from .peer import Peer
 
 log = structlog.get_logger("sluice.http")
 
-SERVER_NAME = b"sluice"
 STREAM_SEND_TIMEOUT = 10.0
 LINGER = 2.0
 LINGER_BYTES = 4 * 1024 * 1024
@@ -67,6 +66,14 @@ class Limits:
             if path == large:
                 return limit
         return self.max_body
+
+
+def parse_query(query: str) -> dict[str, list[str]]:
+    """``urllib.parse.parse_qs(query)``; one plain ``name=value`` is read without it."""
+    if "&" in query or "%" in query or "+" in query:
+        return parse_qs(query)
+    name, equals, value = query.partition("=")
+    return {name: [value]} if equals and value else {}
 
 
 def _split_target(target: str) -> tuple[str, str]:
@@ -245,12 +252,13 @@ async def _respond(
     request_id: str,
     head_only: bool = False,
 ) -> None:
-    headers = [("Server", SERVER_NAME), ("X-Request-Id", request_id)]
+    # names and values as bytes: h11 takes them as they are
+    headers = [(b"X-Request-Id", request_id.encode("ascii"))]
     if response.content_type and (response.body or response.stream is not None):
-        headers.append(("Content-Type", response.content_type))
+        headers.append((b"Content-Type", response.content_type.encode("latin-1")))
     headers.extend(response.headers)
     if response.stream is None:
-        headers.append(("Content-Length", str(len(response.body))))
+        headers.append((b"Content-Length", b"%d" % len(response.body)))
     head = conn.send(
         h11.Response(status_code=response.status, headers=headers, reason=_reason(response.status))
     )
@@ -338,6 +346,7 @@ async def _serve_requests(
 ) -> None:
     """The request loop of ``serve_connection``; returns when the connection should close."""
     receive_some = stream.receive_some
+    peer_text = str(peer)  # for the log lines; a TCP request's token may name another
     while True:
         state.request_id = request_id = new_request_id()
         state.head = head = None
@@ -380,10 +389,11 @@ async def _serve_requests(
                             431, "HEADERS_TOO_LARGE", f"request headers over {limits.max_header} bytes"
                         )
                     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
-                    max_body = limits.body_limit(event.target)
                     length = headers.get("content-length")
-                    if length is not None and int(length) > max_body:
-                        raise HttpError(413, "BODY_TOO_LARGE", f"body over {max_body} bytes")
+                    if length is not None or "transfer-encoding" in headers:  # a body comes
+                        max_body = limits.body_limit(event.target)
+                        if length is not None and int(length) > max_body:
+                            raise HttpError(413, "BODY_TOO_LARGE", f"body over {max_body} bytes")
                 elif event.__class__ is h11.Data:
                     body += event.data
                     if len(body) > max_body:
@@ -414,17 +424,13 @@ async def _serve_requests(
             method=head.method.decode("ascii"),
             target=target,
             path=path,
-            query=parse_qs(query) if query else {},
+            query=parse_query(query),
             headers=headers,
             body=bytes(body),
             peer=peer,
             request_id=request_id,
         )
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        try:
-            response = await dispatch(request)
-        finally:
-            structlog.contextvars.unbind_contextvars("request_id")
+        response = await dispatch(request)
         if response.stream is not None and request.method != "HEAD":
             # a long-lived stream ends when its source ends (events.close()
             # at shutdown), or when the shutdown grace runs out
@@ -440,7 +446,7 @@ async def _serve_requests(
             path=path,
             status=response.status,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
-            peer=str(request.peer),
+            peer=peer_text if request.peer is peer else str(request.peer),
             request_id=request_id,
         )
         if drain.draining or h11.MUST_CLOSE in (conn.our_state, conn.their_state):

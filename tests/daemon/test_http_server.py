@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qs
 
 import h11
 import pytest
 import structlog
 import trio
 import trio.testing
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from daemon.http.peer import Peer
-from daemon.http.server import Drain, Limits, Request, Response, serve_connection
+from daemon.http.server import Drain, Limits, Request, Response, parse_query, serve_connection
 
 LIMITS = Limits(request_timeout=10.0, idle_timeout=60.0)
 
@@ -197,3 +200,20 @@ async def test_every_request_is_logged_once_with_its_outcome(served, autojump_cl
     ]
     assert all(line["request_id"].startswith("req_") for line in lines)
     assert "secret" not in repr(logs)
+
+
+# -- the query string --------------------------------------------------------
+
+_QUERY_CHARS = st.sampled_from(list("qa=&%+;#é 0:@!.") + ["%40", "%zz", "%C3%A9"])
+
+
+@given(st.lists(_QUERY_CHARS, max_size=20).map("".join))
+@example("queue=newsletter:acme@bench.example")
+@example("queue=")
+@example("queue")
+@example("=x")
+@example("queue=a+b")
+@example("queue=a%40b")
+@example("queue=a&queue=b")
+def test_a_query_string_reads_as_parse_qs_reads_it(query):
+    assert parse_query(query) == parse_qs(query)
