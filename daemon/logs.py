@@ -102,9 +102,16 @@ class Timestamp:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        event_dict["timestamp"] = "%s%06dZ" % (self._prefix, (now - second) * 1_000_000)
         return event_dict
+
+
+def exc_info_as_text(logger: object, name: str, event_dict: dict) -> dict:
+    """``structlog.processors.format_exc_info``, asked only of lines that carry ``exc_info``."""
+    if "exc_info" in event_dict:
+        return structlog.processors.format_exc_info(logger, name, event_dict)
+    return event_dict
 
 
 def want_json(fmt: str, stream=sys.stdout) -> bool:
@@ -129,7 +136,7 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             Timestamp(),
-            structlog.processors.format_exc_info,
+            exc_info_as_text,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

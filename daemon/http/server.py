@@ -96,7 +96,7 @@ class HttpError(Exception):
         self.headers: list[tuple[str, str]] = []
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     method: str
     target: str
@@ -140,7 +140,7 @@ class Request:
             raise HttpError(400, "INVALID_JSON", f"body is not valid JSON: {exc}") from None
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     status: int = 200
     body: bytes = b""
@@ -347,6 +347,7 @@ async def _serve_requests(
     """The request loop of ``serve_connection``; returns when the connection should close."""
     receive_some = stream.receive_some
     peer_text = str(peer)  # for the log lines; a TCP request's token may name another
+    request_line = log.bind().info  # the logger itself, not the module's lazy proxy, each time
     while True:
         state.request_id = request_id = new_request_id()
         state.head = head = None
@@ -440,7 +441,7 @@ async def _serve_requests(
         if response.stream is not None:
             await response.stream.aclose()  # HEAD: headers only, nothing subscribed
         await _respond(conn, stream, response, request_id, head_only=request.method == "HEAD")
-        log.info(
+        request_line(
             "request",
             method=request.method,
             path=path,
