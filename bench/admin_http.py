@@ -276,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                 best = results[name, c]
                 b = best.best
                 ratio = best.rps / bare_best.rps
-                target = "" if name == "bare h11" else ">= 70% of bare"
-                ok = "" if name == "bare h11" else verdict(ratio >= 0.70)
+                # DESIGN.md's target is for the check; the status route is shown beside it
+                target = ">= 70% of bare" if name == "sluice check" else ""
+                ok = verdict(ratio >= 0.70) if name == "sluice check" else ""
                 rows.append([str(c), name, f"{best.rps:,.0f}/s", best.spread(),
                              f"{b['server_us']:.0f} µs", ms(b["p50"], 2), ms(b["p99"], 2),
                              f"{b['client_cpu']:.0%}",
