@@ -250,7 +250,7 @@ class Watcher:
 
     def _paths(self) -> list[Path]:
         """The roots to watch, none inside another (watched recursively)."""
-        roots = sorted(set(self._roots), key=lambda p: len(p.parts))
+        roots = sorted(set(self._roots), key=lambda p: (len(p.parts), str(p)))
         kept: list[Path] = []
         for root in roots:
             if not any(root == k or k in root.parents for k in kept):

@@ -1,5 +1,6 @@
 """Debounce and the reload function, on trio's clock with scripted change sets."""
 
+import pytest
 import trio
 
 from daemon.reload import debounced
@@ -57,3 +58,42 @@ async def test_a_watcher_that_cannot_start_is_retried_and_says_so(tmp_path, auto
     assert attempts[:2] == [0, 1.0]  # backing off: tried again after 1 s, then after 2 s more
     assert attempts[2:] in ([], [3.0])
     assert logs[0]["event"] == "watcher_failed" and "Too many open files" in logs[0]["error"]
+
+
+async def test_one_watcher_hands_each_tree_only_its_own_changes(tmp_path, monkeypatch):
+    import watchfiles
+
+    from daemon.reload import Watcher
+
+    etc, state = (tmp_path / "etc").resolve(), (tmp_path / "state").resolve()
+    policy, tokens, runtime = etc / "policy.d", etc / "tokens.toml", state / "runtime"
+    watched: list[tuple] = []
+    stop = trio.Event()
+
+    async def scripted_awatch(*paths, watch_filter, **kwargs):
+        watched.append(paths)
+        changes = {
+            ("modified", str(policy / "10-a.toml")),
+            ("modified", str(tokens)),
+            ("added", str(runtime / "queue-x.toml")),
+            ("modified", str(etc / "sluiced.toml")),  # beside policy.d: no tree's
+            ("modified", str(state / "other")),
+        }
+        yield {c for c in changes if watch_filter(*c)}
+        await stop.wait()
+
+    monkeypatch.setattr(watchfiles, "awatch", scripted_awatch)
+    watcher = Watcher(stop)
+    policy_changes = watcher.tree(policy, tokens)
+    runtime_changes = watcher.tree(runtime)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watcher.run)
+        with trio.fail_after(5):
+            got_policy = await policy_changes.__anext__()
+            got_runtime = await runtime_changes.__anext__()
+        stop.set()
+    assert watched == [(etc, state)]  # one watcher; tokens.toml's directory is etc/ already
+    assert got_policy == {("modified", str(policy / "10-a.toml")), ("modified", str(tokens))}
+    assert got_runtime == {("added", str(runtime / "queue-x.toml"))}
+    with pytest.raises(RuntimeError, match="before the watcher runs"):
+        watcher.tree(tmp_path / "late")
