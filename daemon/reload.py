@@ -232,7 +232,6 @@ class Watcher:
     def __init__(self, stop: trio.Event) -> None:
         self._stop = stop
         self._trees: list[tuple[str, str | None, trio.MemorySendChannel[ChangeSet]]] = []
-        self._roots: list[Path] = []
         self._running = False
 
     def tree(self, directory: Path, also: Path | None = None) -> AsyncIterator[ChangeSet]:
@@ -243,14 +242,13 @@ class Watcher:
         extra = also.resolve() if also is not None else None
         send, receive = trio.open_memory_channel[ChangeSet](math.inf)
         self._trees.append((str(directory), str(extra) if extra is not None else None, send))
-        self._roots.append(directory.parent)
-        if extra is not None:
-            self._roots.append(extra.parent)
         return _drain(receive)
 
     def _paths(self) -> list[Path]:
-        """The roots to watch, none inside another (watched recursively)."""
-        roots = sorted(set(self._roots), key=lambda p: (len(p.parts), str(p)))
+        """The parents of the trees (and of ``also``), none inside another (watched recursively)."""
+        watched = [path for prefix, extra, _ in self._trees for path in (prefix, extra) if path]
+        parents = {Path(path).parent for path in watched}
+        roots = sorted(parents, key=lambda p: (len(p.parts), str(p)))
         kept: list[Path] = []
         for root in roots:
             if not any(root == k or k in root.parents for k in kept):

@@ -20,17 +20,15 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from harness import unavailable
 
 ETCD = shutil.which("etcd")
 
 
 def require_etcd() -> str:
-    """The etcd binary; skip without it here, fail under CI (env CI set), which installs it."""
+    """The etcd binary (skips without it, or fails under CI)."""
     if ETCD is None:
-        message = "etcd is not installed (apt-get install etcd-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must install it")
-        pytest.skip(message)
+        unavailable("etcd is not installed (apt-get install etcd-server)")
     return ETCD
 
 
