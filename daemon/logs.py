@@ -19,7 +19,8 @@ import os
 import sys
 import threading
 import time
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import msgspec
 import structlog
@@ -30,8 +31,8 @@ _encoder = msgspec.json.Encoder(enc_hook=str)
 
 
 def _encode(value: object, **_: object) -> str:
-    # format(indent=0): the spacing of json.dumps, which people and greps expect
-    return msgspec.json.format(_encoder.encode(value), indent=0).decode()
+    # compact, as most JSON loggers write: no spaces after ":" and ","
+    return _encoder.encode(value).decode()
 
 
 class LineOutput(trio.abc.Instrument):
@@ -114,6 +115,37 @@ def exc_info_as_text(logger: object, name: str, event_dict: dict) -> dict:
     return event_dict
 
 
+_TIMESTAMP = Timestamp()
+_fast_info = False  # configure() sets it: JSON lines, and info lines are written
+
+
+def info_writer(logger: Any, event: str) -> Callable[..., None]:
+    """``logger.info(event, **kw)`` as a function of ``kw``, for a line written very often.
+
+    With JSON lines at level info or below (what a daemon under systemd
+    writes), the line is put together here rather than by structlog's chain
+    of processors, at about half the cost: the same keys in the same order
+    (the call's, ``event``, any context variables, ``level``,
+    ``timestamp``), rendered the same way. Any other configuration gets the
+    logger's own ``info``. Made once and used for many lines: it follows the
+    configuration in force when it was made.
+    """
+    if not _fast_info:
+        info = logger.bind().info  # the logger itself, not the lazy proxy, every call
+        return lambda **kw: info(event, **kw)
+    merge = structlog.contextvars.merge_contextvars
+    stamp = _TIMESTAMP
+    emit = OUTPUT.msg
+
+    def write(**kw: Any) -> None:
+        kw["event"] = event
+        merge(None, "info", kw)
+        kw["level"] = "info"
+        emit(_encode(stamp(None, "info", kw)))
+
+    return write
+
+
 def want_json(fmt: str, stream=sys.stdout) -> bool:
     if fmt == "json":
         return True
@@ -123,7 +155,10 @@ def want_json(fmt: str, stream=sys.stdout) -> bool:
 
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
+    global _fast_info
     json_lines = want_json(fmt)
+    threshold = logging.getLevelNamesMapping()[level.upper()]
+    _fast_info = json_lines and threshold <= logging.INFO
     renderer = (
         # msgspec renders a line several times faster than the json module;
         # values it does not know are written as their str()
@@ -135,13 +170,11 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            Timestamp(),
+            _TIMESTAMP,
             exc_info_as_text,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=lambda *args: OUTPUT,
         cache_logger_on_first_use=True,
     )

@@ -24,6 +24,7 @@ from .routes import Router
 from .server import HttpError, Request, Response
 
 MAX_BATCH = 10_000
+_KINDS = frozenset(("queue", "schedule", "endpoint"))
 _encoder = msgspec.json.Encoder()
 
 
@@ -54,11 +55,12 @@ def add_check_routes(
     heartbeat: float = 15.0,
 ) -> None:
     async def check(request: Request) -> Response:
-        given = [k for k in request.query if k in ("queue", "schedule", "endpoint")]
+        query = request.query
+        given = _KINDS.intersection(query)
         if len(given) != 1:
             raise ValidationError("give exactly one of ?queue=, ?schedule= or ?endpoint=")
-        kind = given[0]
-        value = request.arg(kind)
+        (kind,) = given
+        value = query[kind][-1]
         snapshot = current.snapshot
         if kind == "queue":
             decision = snapshot.decide(value, clock())

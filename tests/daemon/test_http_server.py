@@ -202,6 +202,23 @@ async def test_every_request_is_logged_once_with_its_outcome(served, autojump_cl
     assert "secret" not in repr(logs)
 
 
+async def test_a_routes_own_header_is_checked_and_cannot_inject_another(served, autojump_clock):
+    async def injecting(request: Request) -> Response:
+        response = Response.json({"ok": True})
+        response.headers.append(("Allow", "GET\r\nSet-Cookie: stolen=1"))
+        return response
+
+    client = served(injecting)
+    await client.send(get("/x"))
+    # h11 refuses the header: the connection closes with nothing sent
+    assert await client.closed()
+    client = served(hello)
+    await client.send(get("/x"))
+    status, headers, _ = await client.response()
+    assert status == 200 and headers[b"x-request-id"].startswith(b"req_")
+    assert headers[b"content-type"] == b"application/json"
+
+
 # -- the query string --------------------------------------------------------
 
 _QUERY_CHARS = st.sampled_from(list("qa=&%+;#é 0:@!.") + ["%40", "%zz", "%C3%A9"])

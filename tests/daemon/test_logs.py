@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import structlog
 import trio
 
+from daemon import logs
 from daemon.logs import LineOutput, Timestamp
 
 
@@ -95,3 +98,44 @@ def test_timestamps_are_utc_iso_with_microseconds(now):
     stamp = Timestamp(clock=iter([now, now + 1]).__next__)
     first, second = (stamp(None, "info", {})["timestamp"] for _ in range(2))
     assert datetime.fromisoformat(second) - datetime.fromisoformat(first) == timedelta(seconds=1)
+
+
+@pytest.fixture
+def configured():
+    """``logs.configure`` for one test, then the configuration there was before it."""
+    before = structlog.get_config()
+    fast_before = logs._fast_info
+    yield logs.configure
+    structlog.configure(**before)
+    logs._fast_info = fast_before
+
+
+def _lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_an_info_writer_writes_what_the_logger_writes(configured, capsys):
+    configured("json", "info")
+    logger = structlog.get_logger("sluice.http")
+    write = logs.info_writer(logger, "request")
+    fields = dict(method="GET", path="/api/check/v1", status=200, duration_ms=0.25, peer="uid=0(root)")
+    with structlog.contextvars.bound_contextvars(node="mx1"):
+        write(**fields)
+        logger.info("request", **fields)
+    fast, slow = capsys.readouterr().out.splitlines()
+    fast_line, slow_line = json.loads(fast), json.loads(slow)
+    # the same keys in the same order, context variables included, the same rendering
+    assert list(fast_line) == list(slow_line) == [*fields, "event", "node", "level", "timestamp"]
+    assert fast_line.pop("timestamp") <= slow_line.pop("timestamp")
+    assert fast_line == slow_line
+    assert fast.startswith('{"method":"GET","path":"/api/check/v1","status":200,')
+
+
+def test_an_info_writer_follows_the_level_and_the_console_format(configured, capsys):
+    configured("json", "warning")
+    logs.info_writer(structlog.get_logger("a"), "request")(status=200)
+    assert capsys.readouterr().out == ""  # below the level: nothing
+    configured("console", "info")
+    logs.info_writer(structlog.get_logger("b"), "request")(status=200)
+    line = capsys.readouterr().out
+    assert "request" in line and "status" in line and "200" in line and not line.startswith("{")
