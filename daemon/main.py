@@ -244,9 +244,7 @@ async def serve(
     gid = admin_gid(config)
     router = Router(
         may_change=lambda peer: may_change(peer, gid),
-        on_response=lambda request, route, response: metrics.answered(
-            route, request.method, response.status
-        ),
+        on_response=metrics.answered,
     )
     add_admin_routes(
         router, current=current, mutations=mutations, reload=reloader.reload, metrics=metrics,

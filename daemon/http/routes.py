@@ -46,12 +46,12 @@ class Router:
     def __init__(
         self,
         may_change: Callable[[Peer], bool],
-        on_response: Callable[[Request, str, Response], None] | None = None,
+        on_response: Callable[[str, str, int], None] | None = None,
     ) -> None:
         self.routes: list[Route] = []
         self._exact: dict[tuple[str, str], Route] = {}  # routes without parameters, by (method, path)
         self.may_change = may_change
-        self.on_response = on_response  # (request, route pattern or "unmatched", response)
+        self.on_response = on_response  # (route pattern or "unmatched", method, status)
 
     def add(
         self,
@@ -130,5 +130,7 @@ class Router:
                     style,
                 )
         if self.on_response is not None:
-            self.on_response(request, route.pattern if route else "unmatched", response)
+            self.on_response(
+                route.pattern if route else "unmatched", request.method, response.status
+            )
         return response
