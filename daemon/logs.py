@@ -86,6 +86,9 @@ class LineOutput(trio.abc.Instrument):
 OUTPUT = LineOutput()
 
 
+_DIGITS = [f"{n:03d}" for n in range(1000)]
+
+
 class Timestamp:
     """Adds ``timestamp``: UTC, ISO 8601 with microseconds (``2026-11-23T14:22:06.710990Z``).
 
@@ -95,16 +98,19 @@ class Timestamp:
 
     def __init__(self, clock=time.time) -> None:
         self._clock = clock
-        self._second: int | None = None
-        self._prefix = ""
+        # (a second, its date and time of day): one attribute, as threads share it
+        self._second: tuple[int, str] = (-1, "")
 
     def __call__(self, logger: object, name: str, event_dict: dict) -> dict:
         now = self._clock()
         second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-        event_dict["timestamp"] = "%s%06dZ" % (self._prefix, (now - second) * 1_000_000)
+        cached, prefix = self._second
+        if second != cached:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+            self._second = (second, prefix)
+        # the microseconds from a table of three-digit strings: no number formatting
+        micro = int((now - second) * 1_000_000)
+        event_dict["timestamp"] = prefix + _DIGITS[micro // 1000] + _DIGITS[micro % 1000] + "Z"
         return event_dict
 
 

@@ -56,10 +56,15 @@ def add_check_routes(
 ) -> None:
     async def check(request: Request) -> Response:
         query = request.query
-        given = _KINDS.intersection(query)
-        if len(given) != 1:
+        kind = None
+        for name in query:
+            if name in _KINDS:
+                if kind is not None:
+                    kind = None
+                    break
+                kind = name
+        if kind is None:
             raise ValidationError("give exactly one of ?queue=, ?schedule= or ?endpoint=")
-        (kind,) = given
         value = query[kind][-1]
         snapshot = current.snapshot
         if kind == "queue":

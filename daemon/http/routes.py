@@ -9,14 +9,14 @@ otherwise); the check is one function given to the router.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 import structlog
 
 from .peer import Peer
-from .server import Handler, HttpError, Request, Response, map_error
+from .server import NO_PARAMS, Handler, HttpError, Request, Response, map_error
 
 log = structlog.get_logger("sluice.http")
 
@@ -67,10 +67,10 @@ class Router:
         if "{" not in pattern:
             self._exact.setdefault((method, pattern), route)
 
-    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+    def match(self, method: str, path: str) -> tuple[Route, Mapping[str, str]]:
         exact = self._exact.get((method, path))
         if exact is not None:
-            return exact, {}
+            return exact, NO_PARAMS
         allowed = []
         for route in self.routes:
             m = route.regex.match(path)

@@ -24,8 +24,8 @@ import json
 import math
 from http import HTTPStatus
 import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from types import MappingProxyType
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,17 +97,33 @@ class HttpError(Exception):
         self.headers: list[tuple[str, str]] = []
 
 
+NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+
+
+def header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Request headers by lower-case name (the last of a repeated one)."""
+    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw}
+
+
 @dataclass(slots=True)
 class Request:
     method: str
     target: str
     path: str
     query: dict[str, list[str]]
-    headers: dict[str, str]
+    raw_headers: list[tuple[bytes, bytes]]
     body: bytes
     peer: Peer
     request_id: str
-    params: dict[str, str] = field(default_factory=dict)
+    params: Mapping[str, str]  # the route's {name} segments, set by the router
+    _headers: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers by lower-case name, made when first asked for: most routes never do."""
+        if self._headers is None:
+            self._headers = header_dict(self.raw_headers)
+        return self._headers
 
     def no_body(self) -> None:
         """For routes that take no body: refuse one (other than ``{}``) rather than ignore it."""
@@ -167,7 +183,7 @@ class Drain:
     def __init__(self) -> None:
         self.draining = False
         self.active = 0
-        self._idle: set[trio.CancelScope] = set()
+        self.resting: set[trio.CancelScope] = set()  # idle: cancelled when shutdown begins
         self._empty = trio.Event()
 
     @contextmanager
@@ -195,16 +211,16 @@ class Drain:
         """``scope`` is idle until ``awake``: shutdown cancels it. True if shutdown has begun."""
         if self.draining:
             return True
-        self._idle.add(scope)
+        self.resting.add(scope)
         return False
 
     def awake(self, scope: trio.CancelScope) -> None:
         """``scope`` is busy again: shutdown lets it finish."""
-        self._idle.discard(scope)
+        self.resting.discard(scope)
 
     def start(self) -> None:
         self.draining = True
-        for scope in list(self._idle):
+        for scope in list(self.resting):
             scope.cancel()
         if self.active == 0:
             self._empty.set()
@@ -213,9 +229,18 @@ class Drain:
         await self._empty.wait()
 
 
-# ``req_`` + this process's random prefix + a counter: unique, and no system call
-_request_ids = map(f"req_{secrets.token_hex(4)}{{:08x}}".format, itertools.count(1))
-new_request_id = _request_ids.__next__
+def _request_ids() -> Iterator[str]:
+    """``req_`` + this process's random prefix + a counter: unique, and no system call.
+
+    Made a thousand at a time: formatting one number in passing, between the
+    other work of a request, costs several times what it does in a batch.
+    """
+    prefix = f"req_{secrets.token_hex(4)}"
+    for start in itertools.count(1, 1024):
+        yield from [f"{prefix}{n:08x}" for n in range(start, start + 1024)]
+
+
+new_request_id = _request_ids().__next__
 
 
 def error_body(code: str, message: str, request_id: str) -> bytes:
@@ -236,19 +261,11 @@ async def _send(conn: h11.Connection, stream: trio.abc.Stream, event: Any) -> No
 
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
-def _reason(status: int) -> bytes:
-    return _REASONS.get(status, b"")
-
-
-async def _respond(
-    conn: h11.Connection,
-    stream: trio.abc.Stream,
-    response: Response,
-    request_id: str,
-    head_only: bool = False,
-) -> None:
+def _head(conn: h11.Connection, response: Response, request_id: str) -> bytes:
+    """The status line and headers of ``response``, from h11."""
     headers = [(b"X-Request-Id", request_id.encode("ascii"))]
     if response.content_type and (response.body or response.stream is not None):
         headers.append((b"Content-Type", response.content_type.encode("latin-1")))
@@ -259,21 +276,35 @@ async def _respond(
     # than the rest of a small response. The headers made here (our request
     # id, the route's content type, digits) need none, and skip it (h11's
     # flag for headers it parsed itself); a route's own headers are checked.
-    head = conn.send(
+    return conn.send(
         h11.Response(
             status_code=response.status,
             headers=headers,
-            reason=_reason(response.status),
+            reason=_REASONS.get(response.status, b""),
             _parsed=not response.headers,
         )
     )
+
+
+def _whole(conn: h11.Connection, response: Response, request_id: str, head_only: bool) -> bytes:
+    """A response without a stream, head, body and end: sent in one system call."""
+    data = _head(conn, response, request_id)
+    if response.body and not head_only:
+        data += conn.send(h11.Data(data=response.body))
+    return data + (conn.send(h11.EndOfMessage()) or b"")
+
+
+async def _respond(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    response: Response,
+    request_id: str,
+    head_only: bool = False,
+) -> None:
     if response.stream is None or head_only:
-        # head, body and end in one write: one system call a response
-        if response.body and not head_only:
-            head += conn.send(h11.Data(data=response.body))
-        await stream.send_all(head + (conn.send(h11.EndOfMessage()) or b""))
+        await stream.send_all(_whole(conn, response, request_id, head_only))
         return
-    await stream.send_all(head)
+    await stream.send_all(_head(conn, response, request_id))
     async for chunk in response.stream:
         with trio.move_on_after(STREAM_SEND_TIMEOUT) as stuck:
             await _send(conn, stream, h11.Data(data=chunk))
@@ -351,15 +382,20 @@ async def _serve_requests(
 ) -> None:
     """The request loop of ``serve_connection``; returns when the connection should close."""
     receive_some = stream.receive_some
+    send_all = stream.send_all
     peer_text = str(peer)  # for the log lines; a TCP request's token may name another
     request_line = info_writer(log, "request")
     max_header = limits.max_header
+    idle_timeout = limits.idle_timeout
     now = trio.lowlevel.current_clock().current_time  # trio.current_time, a call shorter
+    deadline = scope.deadline  # what scope.deadline is, without asking it every time
+    resting = drain.resting  # shutdown cancels these: drain.rest and awake, without the calls
+    finished = now()
     while True:
         state.request_id = request_id = new_request_id()
         state.head = head = None
-        body = bytearray()
-        max_body = limits.max_body
+        body = b""
+        max_body = 0  # looked up when a body shows (or is announced)
         timed = False
         try:
             while True:
@@ -367,21 +403,23 @@ async def _serve_requests(
                 if event is h11.NEED_DATA:
                     if not state.reading:
                         # idle: wait for a new request (shutdown closes us here)
-                        idle_deadline = now() + limits.idle_timeout
-                        if idle_deadline - scope.deadline > 1.0:
-                            scope.deadline = idle_deadline
-                        if drain.rest(scope):
+                        if finished + idle_timeout - deadline > 1.0:
+                            scope.deadline = deadline = finished + idle_timeout
+                        if drain.draining:
                             return
+                        resting.add(scope)
                         data = await receive_some(65536)
-                        drain.awake(scope)
+                        resting.discard(scope)
                         state.reading = True
                         conn.receive_data(data)
                         continue
+                    if head is not None and not max_body:
+                        max_body = _body_limit(head, limits)  # a body comes: is it too big?
                     # more of this request to come: it has request_timeout
                     # from its first byte (parsed just now, with no wait between)
                     if not timed:
                         timed = True
-                        scope.deadline = now() + limits.request_timeout
+                        scope.deadline = deadline = now() + limits.request_timeout
                     conn.receive_data(await receive_some(65536))
                     continue
                 if event.__class__ is h11.Request:
@@ -389,20 +427,17 @@ async def _serve_requests(
                     # h11 caps only what is still incomplete; a head that
                     # arrived whole is measured here
                     size = len(event.target)
-                    headers = {}
-                    for name, value in event.headers.raw_items():
+                    raw = event.headers.raw_items()
+                    for name, value in raw:
                         size += len(name) + len(value) + 4
-                        headers[name.decode("latin-1").lower()] = value.decode("latin-1")
                     if size > max_header:
                         raise HttpError(
                             431, "HEADERS_TOO_LARGE", f"request headers over {max_header} bytes"
                         )
-                    length = headers.get("content-length")
-                    if length is not None or "transfer-encoding" in headers:  # a body comes
-                        max_body = limits.body_limit(event.target)
-                        if length is not None and int(length) > max_body:
-                            raise HttpError(413, "BODY_TOO_LARGE", f"body over {max_body} bytes")
                 elif event.__class__ is h11.Data:
+                    if not max_body:
+                        max_body = _body_limit(head, limits)
+                        body = bytearray()
                     body += event.data
                     if len(body) > max_body:
                         raise HttpError(413, "BODY_TOO_LARGE", f"body over {max_body} bytes")
@@ -420,45 +455,63 @@ async def _serve_requests(
         except HttpError as exc:
             state.failure = (exc.status, exc.code, exc.message)
             return
+        started = now()
         state.reading = False
         if timed:  # it came in pieces under the request timeout; it is answered under the idle one
-            scope.deadline = trio.current_time() + limits.idle_timeout
+            scope.deadline = deadline = started + idle_timeout
 
         assert head is not None
-        started = time.perf_counter_ns()
         target = head.target.decode("latin-1")
         path, query = _split_target(target)
+        method = _METHODS.get(head.method) or head.method.decode("ascii")
         request = Request(
-            method=head.method.decode("ascii"),
+            method=method,
             target=target,
             path=path,
             query=parse_query(query),
-            headers=headers,
+            raw_headers=raw,
             body=bytes(body),
             peer=peer,
             request_id=request_id,
+            params=NO_PARAMS,
         )
         response = await dispatch(request)
-        if response.stream is not None and request.method != "HEAD":
+        if response.stream is None and method != "HEAD":
+            await send_all(_whole(conn, response, request_id, False))
+        elif response.stream is None or method == "HEAD":
+            if response.stream is not None:
+                await response.stream.aclose()  # HEAD: headers only, nothing subscribed
+            await send_all(_whole(conn, response, request_id, True))
+        else:
             # a long-lived stream ends when its source ends (events.close()
             # at shutdown), or when the shutdown grace runs out
             scope.deadline = math.inf
             await _respond(conn, stream, response, request_id)
             return
-        if response.stream is not None:
-            await response.stream.aclose()  # HEAD: headers only, nothing subscribed
-        await _respond(conn, stream, response, request_id, head_only=request.method == "HEAD")
+        finished = now()
         request_line(
-            method=request.method,
+            method=method,
             path=path,
             status=response.status,
-            duration_ms=(time.perf_counter_ns() - started) // 1000 / 1000,
+            duration_ms=int((finished - started) * 1_000_000) / 1000,
             peer=peer_text if request.peer is peer else str(request.peer),
             request_id=request_id,
         )
-        if drain.draining or h11.MUST_CLOSE in (conn.our_state, conn.their_state):
+        if drain.draining:
             return
-        conn.start_next_cycle()
+        try:
+            conn.start_next_cycle()
+        except h11.LocalProtocolError:
+            return  # one side said Connection: close, or an HTTP/1.0 peer
+
+
+def _body_limit(head: h11.Request, limits: Limits) -> int:
+    """The body limit of a request whose body has begun, or 413 if it announces more."""
+    max_body = limits.body_limit(head.target)
+    length = header_dict(head.headers.raw_items()).get("content-length")
+    if length is not None and int(length) > max_body:
+        raise HttpError(413, "BODY_TOO_LARGE", f"body over {max_body} bytes")
+    return max_body
 
 
 async def _fail(
@@ -491,7 +544,7 @@ async def _fail(
     except h11.LocalProtocolError:
         # h11 refuses to answer some garbage at all; write the bytes ourselves.
         raw = (
-            f"HTTP/1.1 {status} {_reason(status).decode()}\r\nContent-Type: application/json\r\n"
+            f"HTTP/1.1 {status} {_REASONS.get(status, b'').decode()}\r\nContent-Type: application/json\r\n"
             f"X-Request-Id: {request_id}\r\nConnection: close\r\n"
             f"Content-Length: {len(response.body)}\r\n\r\n"
         ).encode() + response.body

@@ -500,7 +500,7 @@ async def test_overflow_line_matches_the_event_schema() -> None:
     from daemon.http.check import add_check_routes
     from daemon.http.peer import Peer
     from daemon.http.routes import Router
-    from daemon.http.server import Request
+    from daemon.http.server import NO_PARAMS, Request
     from policy.files import combine
     from policy.snapshot import Snapshot
 
@@ -510,7 +510,8 @@ async def test_overflow_line_matches_the_event_schema() -> None:
     _call_with_dummies(add_check_routes, router, current=current, events=events)
     route = next(r for r in router.routes if (r.method, r.pattern) == ("GET", "/api/events/v1"))
     request = Request(method="GET", target="/api/events/v1", path="/api/events/v1", query={},
-                      headers={}, body=b"", peer=Peer(), request_id="req_0000000000000000")
+                      raw_headers=[], body=b"", peer=Peer(), request_id="req_0000000000000000",
+                      params=NO_PARAMS)
     response = await route.handler(request)
     lines = [await response.stream.__anext__()]
     for n in range(3):
