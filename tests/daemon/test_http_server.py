@@ -202,6 +202,29 @@ async def test_every_request_is_logged_once_with_its_outcome(served, autojump_cl
     assert "secret" not in repr(logs)
 
 
+async def test_an_announced_body_over_the_limit_is_refused_before_it_is_sent(served, autojump_clock):
+    client = served(hello)
+    start = trio.current_time()
+    await client.send(b"POST /x HTTP/1.1\r\nHost: sluice\r\nContent-Length: 10000000\r\n\r\n")
+    status, _, body = await client.response()
+    # answered on the head alone: no wait for a body the client may never send
+    assert status == 413 and json.loads(body)["error"]["code"] == "BODY_TOO_LARGE"
+    assert trio.current_time() - start < LIMITS.request_timeout
+
+
+async def test_a_body_within_the_limit_reaches_the_route(served, autojump_clock):
+    async def echo(request: Request) -> Response:
+        return Response.json({"body": request.body.decode(), "type": request.headers["content-type"]})
+
+    client = served(echo)
+    await client.send(b"POST /x HTTP/1.1\r\nHost: sluice\r\nContent-Type: text/plain\r\n"
+                      b"Content-Length: 5\r\n\r\nhel")
+    await trio.sleep(1)  # the rest comes later, within the request timeout
+    await client.send(b"lo")
+    status, _, body = await client.response()
+    assert status == 200 and json.loads(body) == {"body": "hello", "type": "text/plain"}
+
+
 async def test_a_routes_own_header_is_checked_and_cannot_inject_another(served, autojump_clock):
     async def injecting(request: Request) -> Response:
         response = Response.json({"ok": True})
