@@ -261,6 +261,7 @@ async def _send(conn: h11.Connection, stream: trio.abc.Stream, event: Any) -> No
 
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_SIZES = [b"%d" % n for n in range(1024)]  # Content-Length values, formatted once
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
@@ -271,7 +272,8 @@ def _head(conn: h11.Connection, response: Response, request_id: str) -> bytes:
         headers.append((b"Content-Type", response.content_type.encode("latin-1")))
     headers.extend(response.headers)
     if response.stream is None:
-        headers.append((b"Content-Length", b"%d" % len(response.body)))
+        size = len(response.body)
+        headers.append((b"Content-Length", _SIZES[size] if size < len(_SIZES) else b"%d" % size))
     # h11 checks every header name and value against injection, at more cost
     # than the rest of a small response. The headers made here (our request
     # id, the route's content type, digits) need none, and skip it (h11's
