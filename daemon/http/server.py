@@ -240,7 +240,7 @@ def _request_ids() -> Iterator[str]:
         yield from [f"{prefix}{n:08x}" for n in range(start, start + 1024)]
 
 
-new_request_id = _request_ids().__next__
+new_request_id = _request_ids().__next__  # the event loop's thread only (a generator)
 
 
 def error_body(code: str, message: str, request_id: str) -> bytes:
