@@ -301,10 +301,10 @@ async def _respond(
     stream: trio.abc.Stream,
     response: Response,
     request_id: str,
-    head_only: bool = False,
 ) -> None:
-    if response.stream is None or head_only:
-        await stream.send_all(_whole(conn, response, request_id, head_only))
+    """Send ``response``: whole in one write, or a stream chunk by chunk as it comes."""
+    if response.stream is None:
+        await stream.send_all(_whole(conn, response, request_id, False))
         return
     await stream.send_all(_head(conn, response, request_id))
     async for chunk in response.stream:
