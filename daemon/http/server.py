@@ -396,7 +396,7 @@ async def _serve_requests(
     while True:
         state.request_id = request_id = new_request_id()
         state.head = head = None
-        body = b""
+        body = bytearray()  # grows in place: a body in many pieces is not copied again each time
         max_body = 0  # looked up when a body shows (or is announced)
         timed = False
         try:
@@ -439,7 +439,6 @@ async def _serve_requests(
                 elif event.__class__ is h11.Data:
                     if not max_body:
                         max_body = _body_limit(head, limits)
-                        body = bytearray()
                     body += event.data
                     if len(body) > max_body:
                         raise HttpError(413, "BODY_TOO_LARGE", f"body over {max_body} bytes")

@@ -225,6 +225,20 @@ async def test_a_body_within_the_limit_reaches_the_route(served, autojump_clock)
     assert status == 200 and json.loads(body) == {"body": "hello", "type": "text/plain"}
 
 
+async def test_a_chunked_body_in_many_small_pieces_arrives_whole(served, autojump_clock):
+    async def echo(request: Request) -> Response:
+        return Response.json({"size": len(request.body), "tail": request.body[-10:].decode()})
+
+    client = served(echo)
+    await client.send(b"POST /x HTTP/1.1\r\nHost: sluice\r\nTransfer-Encoding: chunked\r\n\r\n")
+    payload = b"0123456789" * 3000
+    for start in range(0, len(payload), 16):  # the head first, then the body 16 bytes a chunk
+        await client.send(b"10\r\n" + payload[start:start + 16] + b"\r\n")
+    await client.send(b"0\r\n\r\n")
+    status, _, body = await client.response()
+    assert status == 200 and json.loads(body) == {"size": len(payload), "tail": "0123456789"}
+
+
 async def test_a_routes_own_header_is_checked_and_cannot_inject_another(served, autojump_clock):
     async def injecting(request: Request) -> Response:
         response = Response.json({"ok": True})
