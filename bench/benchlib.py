@@ -218,6 +218,7 @@ class Sluiced:
         watchdog_usec: int | None = None,
         profile: Path | None = None,
         module: str = "daemon.main",
+        launcher: tuple[str, ...] = (),
     ) -> None:
         self.dir = directory
         self.etc = directory / "etc"
@@ -233,6 +234,7 @@ class Sluiced:
         self.profile = profile  # run under cProfile: stats of start i go to "<profile>.<i>"
         self.profiles: list[Path] = []
         self.module = module  # another entry point wrapping daemon.main, for experiments
+        self.launcher = launcher  # a command the daemon runs under (valgrind ...)
         http = f'listen = "{http_listen}"\n'
         if tokens:
             (self.etc / "tokens.toml").write_text(tokens)
@@ -274,7 +276,7 @@ class Sluiced:
             prof = ["-m", "cProfile", "-o", str(self.profiles[-1])]
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, *prof,
+            [*self.launcher, sys.executable, *prof,
              "-m", self.module, "--config", str(self.config)],
             stdout=self._logfile, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
         )
@@ -348,12 +350,14 @@ def wait_connectable(address, timeout: float = TIMEOUT) -> None:
             time.sleep(0.02)
 
 
-def spawn_server(args: list[str], address, log: Path) -> subprocess.Popen:
+def spawn_server(args: list[str], address, log: Path, launcher: tuple[str, ...] = (),
+                 timeout: float = TIMEOUT) -> subprocess.Popen:
     """A reference server from a bench script (``python bench/X.py --serve ...``)."""
     out = open(log, "a")
-    proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = subprocess.Popen([*launcher, sys.executable, *args], stdout=out,
+                            stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        wait_connectable(address)
+        wait_connectable(address, timeout)
     except OSError:
         proc.kill()
         raise RuntimeError(f"reference server {args} did not come up: {log.read_text()[-2000:]}")
