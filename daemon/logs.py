@@ -141,14 +141,13 @@ def info_writer(logger: Any, event: str) -> Callable[..., None]:
         return lambda **kw: info(event, **kw)
     merge = structlog.contextvars.merge_contextvars
     stamp = _TIMESTAMP
-    encode = _encoder.encode
     emit = OUTPUT.msg
 
     def write(**kw: Any) -> None:
         kw["event"] = event
         merge(None, "info", kw)
         kw["level"] = "info"
-        emit(encode(stamp(None, "info", kw)).decode())  # as _encode renders
+        emit(_encode(stamp(None, "info", kw)))
 
     return write
 

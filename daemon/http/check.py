@@ -55,17 +55,11 @@ def add_check_routes(
     heartbeat: float = 15.0,
 ) -> None:
     async def check(request: Request) -> Response:
-        query = request.query
-        kind = None
-        for name in query:
-            if name in _KINDS:
-                if kind is not None:
-                    kind = None
-                    break
-                kind = name
-        if kind is None:
+        given = _KINDS.intersection(request.query)
+        if len(given) != 1:
             raise ValidationError("give exactly one of ?queue=, ?schedule= or ?endpoint=")
-        value = query[kind][-1]
+        (kind,) = given
+        value = request.arg(kind)
         snapshot = current.snapshot
         if kind == "queue":
             decision = snapshot.decide(value, clock())

@@ -106,10 +106,7 @@ class Router:
             if authenticate is not None:
                 # before routing: without a token, even the route table stays private
                 request.peer = authenticate(request)
-            route = self._exact.get((request.method, request.path))  # most are: no match() call
-            params = NO_PARAMS
-            if route is None:
-                route, params = self.match(request.method, request.path)
+            route, params = self.match(request.method, request.path)
             if route.change and not self.may_change(request.peer):
                 raise HttpError(
                     403, "FORBIDDEN", f"{request.peer} may read but not change state"

@@ -24,10 +24,10 @@ import json
 import math
 from http import HTTPStatus
 import secrets
-from types import MappingProxyType
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -183,7 +183,7 @@ class Drain:
     def __init__(self) -> None:
         self.draining = False
         self.active = 0
-        self.resting: set[trio.CancelScope] = set()  # idle: cancelled when shutdown begins
+        self._idle: set[trio.CancelScope] = set()
         self._empty = trio.Event()
 
     @contextmanager
@@ -211,16 +211,16 @@ class Drain:
         """``scope`` is idle until ``awake``: shutdown cancels it. True if shutdown has begun."""
         if self.draining:
             return True
-        self.resting.add(scope)
+        self._idle.add(scope)
         return False
 
     def awake(self, scope: trio.CancelScope) -> None:
         """``scope`` is busy again: shutdown lets it finish."""
-        self.resting.discard(scope)
+        self._idle.discard(scope)
 
     def start(self) -> None:
         self.draining = True
-        for scope in list(self.resting):
+        for scope in list(self._idle):
             scope.cancel()
         if self.active == 0:
             self._empty.set()
@@ -390,14 +390,13 @@ async def _serve_requests(
     max_header = limits.max_header
     idle_timeout = limits.idle_timeout
     now = trio.lowlevel.current_clock().current_time  # trio.current_time, a call shorter
-    deadline = scope.deadline  # what scope.deadline is, without asking it every time
-    resting = drain.resting  # shutdown cancels these: drain.rest and awake, without the calls
     finished = now()
     while True:
         state.request_id = request_id = new_request_id()
         state.head = head = None
         body = bytearray()  # grows in place: a body in many pieces is not copied again each time
-        max_body = 0  # looked up when a body shows (or is announced)
+        headers: dict[str, str] | None = None  # read when a body shows (or is announced)
+        max_body = 0
         timed = False
         try:
             while True:
@@ -405,23 +404,23 @@ async def _serve_requests(
                 if event is h11.NEED_DATA:
                     if not state.reading:
                         # idle: wait for a new request (shutdown closes us here)
-                        if finished + idle_timeout - deadline > 1.0:
-                            scope.deadline = deadline = finished + idle_timeout
-                        if drain.draining:
+                        if finished + idle_timeout - scope.deadline > 1.0:
+                            scope.deadline = finished + idle_timeout
+                        if drain.rest(scope):
                             return
-                        resting.add(scope)
                         data = await receive_some(65536)
-                        resting.discard(scope)
+                        drain.awake(scope)
                         state.reading = True
                         conn.receive_data(data)
                         continue
-                    if head is not None and not max_body:
-                        max_body = _body_limit(head, limits)  # a body comes: is it too big?
+                    if head is not None and headers is None:
+                        # a body comes: is it too big?
+                        headers, max_body = _body_limit(head.target, raw, limits)
                     # more of this request to come: it has request_timeout
                     # from its first byte (parsed just now, with no wait between)
                     if not timed:
                         timed = True
-                        scope.deadline = deadline = now() + limits.request_timeout
+                        scope.deadline = now() + limits.request_timeout
                     conn.receive_data(await receive_some(65536))
                     continue
                 if event.__class__ is h11.Request:
@@ -437,8 +436,8 @@ async def _serve_requests(
                             431, "HEADERS_TOO_LARGE", f"request headers over {max_header} bytes"
                         )
                 elif event.__class__ is h11.Data:
-                    if not max_body:
-                        max_body = _body_limit(head, limits)
+                    if headers is None:
+                        headers, max_body = _body_limit(head.target, raw, limits)
                     body += event.data
                     if len(body) > max_body:
                         raise HttpError(413, "BODY_TOO_LARGE", f"body over {max_body} bytes")
@@ -459,7 +458,7 @@ async def _serve_requests(
         started = now()
         state.reading = False
         if timed:  # it came in pieces under the request timeout; it is answered under the idle one
-            scope.deadline = deadline = started + idle_timeout
+            scope.deadline = started + idle_timeout
 
         assert head is not None
         target = head.target.decode("latin-1")
@@ -475,20 +474,19 @@ async def _serve_requests(
             peer=peer,
             request_id=request_id,
             params=NO_PARAMS,
+            _headers=headers,
         )
         response = await dispatch(request)
-        if response.stream is None and method != "HEAD":
-            await send_all(_whole(conn, response, request_id, False))
-        elif response.stream is None or method == "HEAD":
-            if response.stream is not None:
-                await response.stream.aclose()  # HEAD: headers only, nothing subscribed
-            await send_all(_whole(conn, response, request_id, True))
-        else:
-            # a long-lived stream ends when its source ends (events.close()
-            # at shutdown), or when the shutdown grace runs out
-            scope.deadline = math.inf
-            await _respond(conn, stream, response, request_id)
-            return
+        head_only = method == "HEAD"
+        if response.stream is not None:
+            if not head_only:
+                # a long-lived stream ends when its source ends (events.close()
+                # at shutdown), or when the shutdown grace runs out
+                scope.deadline = math.inf
+                await _respond(conn, stream, response, request_id)
+                return
+            await response.stream.aclose()  # HEAD: headers only, nothing subscribed
+        await send_all(_whole(conn, response, request_id, head_only))
         finished = now()
         request_line(
             method=method,
@@ -506,13 +504,16 @@ async def _serve_requests(
             return  # one side said Connection: close, or an HTTP/1.0 peer
 
 
-def _body_limit(head: h11.Request, limits: Limits) -> int:
-    """The body limit of a request whose body has begun, or 413 if it announces more."""
-    max_body = limits.body_limit(head.target)
-    length = header_dict(head.headers.raw_items()).get("content-length")
+def _body_limit(
+    target: bytes, raw: list[tuple[bytes, bytes]], limits: Limits
+) -> tuple[dict[str, str], int]:
+    """For a request whose body has begun: its headers and body limit, or 413 if it announces more."""
+    headers = header_dict(raw)
+    max_body = limits.body_limit(target)
+    length = headers.get("content-length")
     if length is not None and int(length) > max_body:
         raise HttpError(413, "BODY_TOO_LARGE", f"body over {max_body} bytes")
-    return max_body
+    return headers, max_body
 
 
 async def _fail(

@@ -276,7 +276,7 @@ class FileStore:
                 await apply(self.hand_edits(names), announce="summary")
 
         own = watcher is None
-        if watcher is None:
+        if own:
             watcher = Watcher(stop)
         changes = debounced(watcher.tree(self.directory), self.debounce)
         async with trio.open_nursery() as nursery:

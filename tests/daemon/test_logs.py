@@ -110,10 +110,6 @@ def configured():
     logs._fast_info = fast_before
 
 
-def _lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines()]
-
-
 def test_an_info_writer_writes_what_the_logger_writes(configured, capsys):
     configured("json", "info")
     logger = structlog.get_logger("sluice.http")
