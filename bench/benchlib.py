@@ -4,7 +4,7 @@ Not a benchmark itself. The scripts in ``bench/`` import it by name (a script's
 own directory is first on ``sys.path``), as they import ``decide`` for its
 workload generators and its table.
 
-- ``Sluiced`` starts the real daemon (``python -m daemon.main``) on a
+- ``Sluiced`` starts the real daemon (``python -m sluice.daemon.main``) on a
   temporary directory, as ``tests/daemon/harness.py`` does: readiness is the
   READY=1 it sends to a datagram NOTIFY_SOCKET owned by the bench, never a
   sleep. A thread timestamps every notification, so READY=1, RELOADING=1 and,
@@ -40,13 +40,14 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-PEERS = ROOT.parent / "shared" / "peers"
+PARTS = ROOT / "tests" / "parts"  # the real parts the tests drive: Postfix, postfwd, load
 TIMEOUT = 30.0
 
 try:
-    import policy  # noqa: F401  (installed editable in .venv)
-except ImportError:  # run with another interpreter from a checkout
-    sys.path.insert(0, str(ROOT))
+    import sluice.policy  # noqa: F401
+except ImportError:
+    sys.exit("bench: install the project first (README: pip install -e '.[test]'), then run with .venv/bin/python")
+sys.path.insert(0, str(PARTS))
 
 from decide import fmt_rate, table, verdict  # noqa: E402,F401  (re-exported)
 
@@ -217,7 +218,7 @@ class Sluiced:
         log_level: str = "info",
         watchdog_usec: int | None = None,
         profile: Path | None = None,
-        module: str = "daemon.main",
+        module: str = "sluice.daemon.main",
         launcher: tuple[str, ...] = (),
     ) -> None:
         self.dir = directory
@@ -233,7 +234,7 @@ class Sluiced:
         self.watchdog_usec = watchdog_usec
         self.profile = profile  # run under cProfile: stats of start i go to "<profile>.<i>"
         self.profiles: list[Path] = []
-        self.module = module  # another entry point wrapping daemon.main, for experiments
+        self.module = module  # another entry point wrapping sluice.daemon.main, for experiments
         self.launcher = launcher  # a command the daemon runs under (valgrind ...)
         http = f'listen = "{http_listen}"\n'
         if tokens:

@@ -66,16 +66,11 @@ import tomllib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-try:
-    import policy  # noqa: F401  (installed editable in .venv)
-except ImportError:  # run with another interpreter from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import tomli
 
-from policy import queue_name
-from policy.files import combine, parse_policy
-from policy.snapshot import Snapshot
+from sluice.policy import queue_name
+from sluice.policy.files import combine, parse_policy
+from sluice.policy.snapshot import Snapshot
 
 # -- workload ---------------------------------------------------------------
 

@@ -12,7 +12,7 @@ interleaved rounds (each server once per round), each figure the best round:
 
 1. Postfix policy requests per second and latency with 8 persistent
    connections (one outstanding request each, as smtpd does), driven by
-   ``../shared/peers/policy_load.py`` (one client process, RCPT-state
+   ``tests/parts/policy_load.py`` (one client process, RCPT-state
    requests of 26 attributes, recipient domains d0.example .. d999.example,
    ``sasl_username`` tenant97 style), against:
      sluice      the real sluiced, on its policy unix socket and on its
@@ -20,7 +20,7 @@ interleaved rounds (each server once per round), each figure the best round:
      echo        a bare trio server written below that answers
                  ``action=DUNNO`` to every request (every blank line), on a
                  unix socket and on TCP: the cost of trio and the sockets alone;
-     postfwd     postfwd2 (Debian), started by ``../shared/peers/start_postfwd.sh``
+     postfwd     postfwd2 (Debian), started by ``tests/parts/postfwd_server.py``
                  on TCP with its cache off (every request walks the rules), with
                  100 rules and, in the full run, 1,000 rules. Instances share
                  postfwd's cache port, so one runs at a time: each is started
@@ -55,12 +55,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchlib import (
-    PEERS, CpuShare, Http, Scratch, Sluiced, header, ms, print_profile, proc_cpu,
+    PARTS, CpuShare, Http, Scratch, Sluiced, header, ms, print_profile, proc_cpu,
     proc_tree_cpu, request_bytes, stop_servers, table, verdict, wrap,
 )
+import postfwd_server  # tests/parts, put on sys.path by benchlib
 
-LOAD = PEERS / "policy_load.py"
-START_POSTFWD = PEERS / "start_postfwd.sh"
+LOAD = PARTS / "policy_load.py"
 DOMAINS = 1000  # the load's recipient domains d0 .. d999.example
 HELD = [f"d{i}.example" for i in range(0, DOMAINS, 10)]  # 10% of requests
 
@@ -140,26 +140,13 @@ def wait_port(port: int, timeout: float = 20) -> None:
             time.sleep(0.05)
 
 
-class Postfwd:
+class Postfwd(postfwd_server.Postfwd):
+    """postfwd2 holding ``domains``, checked to apply its rules on 8 connections at once."""
+
     def __init__(self, base: Path, domains: list[str], port: int) -> None:
-        self.base = base
-        self.port = port
-        base.mkdir(parents=True, exist_ok=True)
-        # postfwd drops to user nobody, which must be able to read the rules file
-        for d in (base.parent, base):
-            d.chmod(0o755)
-        (base / "held.txt").write_text("\n".join(domains) + "\n")
-        done = subprocess.run(
-            ["bash", str(START_POSTFWD), str(base / "held.txt"), str(port)],
-            env={**os.environ, "PFW_BASE": str(base / "pfw")}, capture_output=True, text=True,
-            timeout=60,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr.strip() or done.stdout.strip())
-        self.stop_cmd = done.stdout.rpartition("stop: ")[2].strip()
-        self.pid = int((base / "pfw" / "postfwd2.pid").read_text().split()[0])
-        # start_postfwd.sh waits for any answer; wait for the rules to be in force on
-        # every connection (a held domain answered DEFER_IF_PERMIT on 8 at once)
+        super().__init__(base, port)
+        base.parent.chmod(0o755)  # postfwd runs as nobody, which must reach its rules
+        self.start(domains)
         deadline = time.monotonic() + 20
         while True:
             socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
@@ -177,22 +164,7 @@ class Postfwd:
             time.sleep(0.2)
 
     def cpu(self) -> float:
-        return proc_tree_cpu(self.pid)
-
-    def stop(self) -> None:
-        """Stop it and wait until it is gone: instances share a cache port (10043)."""
-        subprocess.run(self.stop_cmd.split(), capture_output=True, timeout=30)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            alive = os.path.exists(f"/proc/{self.pid}")
-            try:
-                socket.create_connection(("127.0.0.1", 10043), timeout=1).close()
-                cache = True
-            except OSError:
-                cache = False
-            if not alive and not cache:
-                return
-            time.sleep(0.1)
+        return proc_tree_cpu(self.pid())
 
 
 def run_load(target: str, conns: int, seconds: float, warmup: float, cpu_of) -> dict:
@@ -275,9 +247,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # the batch workload: decide.py's mixed shapes, loaded by the daemon and by this process
     import decide
-    from policy import queue_name
-    from policy.files import combine, parse_policy
-    from policy.snapshot import Snapshot
+    from sluice.policy import queue_name
+    from sluice.policy.files import combine, parse_policy
+    from sluice.policy.snapshot import Snapshot
 
     rng = random.Random(20251123)
     now_dt = datetime.now(timezone.utc).replace(microsecond=0)
@@ -367,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             f"client CPU: share of one CPU each used during the run (2 CPUs in all). Each run "
             f"{seconds:g} s after {warmup:g} s of warm-up. sluice remembers DUNNO answers per "
             f"connection within a snapshot (the load repeats 1,000 domains x 4 recipients), "
-            f"postfwd's request cache is off (start_postfwd.sh). held: share of DEFER_IF_PERMIT "
+            f"postfwd's request cache is off (tests/parts/postfwd_server.py). held: share of DEFER_IF_PERMIT "
             f"answers (10% expected)." + (f" {skipped}" if skipped else "")))
 
         # -- 2: batch checks ----------------------------------------------------

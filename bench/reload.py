@@ -6,7 +6,7 @@ Run from the repository root with the project's virtualenv:
     .venv/bin/python bench/reload.py            # full run (about 2.5 minutes)
     .venv/bin/python bench/reload.py --quick    # smoke run (5,000 suspensions, about 20 s)
 
-Everything is measured on the real sluiced (``python -m daemon.main``), started
+Everything is measured on the real sluiced (``python -m sluice.daemon.main``), started
 on a temporary directory with the production log settings (JSON, level info)
 and readiness taken from its READY=1 on a NOTIFY_SOCKET owned by the bench.
 The suspensions are decide.py's mixed shapes (``make_rules``/``to_toml``).
@@ -45,7 +45,7 @@ The suspensions are decide.py's mixed shapes (``make_rules``/``to_toml``).
     policy, with the 100,000-suspension file, and with 100,000 runtime
     suspensions; starts interleaved, best of 3 (quick: 1; the runtime case,
     slow to start, once). Reference: the
-    interpreter importing ``daemon.main`` and exiting. Targets: READY under
+    interpreter importing ``sluice.daemon.main`` and exiting. Targets: READY under
     1 s for the example config; RSS under 200 MB at 100,000.
 
 ``--profile`` runs the reload daemon under cProfile and prints where the
@@ -155,8 +155,8 @@ def runtime_files(directory: Path, n: int, seed: int, now: datetime) -> None:
     """``n`` runtime suspensions as the daemon stores them, one file each."""
     import msgspec
 
-    from daemon.state.files import file_name, render
-    from policy.fields import suspension_from
+    from sluice.daemon.state.files import file_name, render
+    from sluice.policy.fields import suspension_from
 
     directory.mkdir(parents=True, exist_ok=True)
     for r in decide.make_rules(n, random.Random(seed), now):
@@ -344,7 +344,7 @@ def durable_write_seconds(directory: Path, count: int = 50) -> float:
 
 def import_seconds() -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import daemon.main"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-c", "import sluice.daemon.main"], cwd=ROOT, check=True)
     return time.perf_counter() - t0
 
 
@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
                      "RSS", "peak RSS", "target", "verdict"], rows, "<>>><<>><<"))
         print(wrap(
             f"READY: from spawning the process to its READY=1 (best of {starts}, starts "
-            f"interleaved; the runtime case once). import only: `python -c 'import daemon.main'` (the interpreter and "
+            f"interleaved; the runtime case once). import only: `python -c 'import sluice.daemon.main'` (the interpreter and "
             f"the daemon's imports, nothing loaded), the floor. RSS: VmRSS 0.3 s after READY; "
             f"peak RSS: VmHWM (the start's high-water mark). The last row: the daemon of "
             f"(a)-(c), holding the {n:,}-suspension file after {len(kinds)} reload episodes "

@@ -1,4 +1,4 @@
-"""sluiced and sluicectl: the trio shell around the ``policy`` core.
+"""sluiced and sluicectl: the trio shell around the ``sluice.policy`` core.
 
     config       sluiced.toml
     logs         structlog set-up
@@ -9,8 +9,12 @@
     state/       runtime state on disk
     mutations    the one way to change runtime state
     reload       watcher, debounce, SIGHUP -> parse off-loop -> swap
-    sweep        removal of expired runtime suspensions
+    postfix      the Postfix policy delegation protocol
     http/        h11 adapter, route table, error envelope, routes
     main         sluiced: arguments, the nursery tree, signals
     ctl          sluicectl
 """
+
+from importlib.metadata import version
+
+__version__ = version("sluice")  # one source: pyproject.toml

@@ -25,10 +25,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from policy.duration import format_duration
-from policy.tokens import NAME as TOKEN_NAME
-from policy.tokens import new_token
+from sluice.policy.duration import format_duration
+from sluice.policy.tokens import NAME as TOKEN_NAME
+from sluice.policy.tokens import new_token
 
+from . import __version__
 from .client import AdminClient, Refused, Reply, Unreachable
 from .config import ConfigError, load_config
 from .offline import edit, plural, validate
@@ -352,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         "2 usage, 3 daemon unreachable.",
         parents=[_common(sub=False)],
     )
+    parser.add_argument("--version", action="version", version=f"sluicectl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = [_common(sub=True)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from policy.snapshot import Snapshot
+from sluice.policy.snapshot import Snapshot
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from pathlib import Path
 import structlog
 import trio
 
-from policy import __version__
-from policy.errors import PolicyLoadError
-from policy.snapshot import Snapshot
+from sluice.daemon import __version__
+from sluice.policy.errors import PolicyLoadError
+from sluice.policy.snapshot import Snapshot
 
 from . import logs
 from .config import Config, ConfigError, load_config, socket_mode

@@ -32,10 +32,10 @@ import msgspec
 import structlog
 import trio
 
-from policy.errors import Conflict, NotFound, ValidationError
-from policy.fields import check_endpoint_id, check_schedule_id, queue_from, suspension_from
-from policy.model import Entry, Pause, QueuePolicy, Suspension
-from policy.snapshot import EndpointView, Runtime, ScheduleView, Snapshot
+from sluice.policy.errors import Conflict, NotFound, ValidationError
+from sluice.policy.fields import check_endpoint_id, check_schedule_id, queue_from, suspension_from
+from sluice.policy.model import Entry, Pause, QueuePolicy, Suspension
+from sluice.policy.snapshot import EndpointView, Runtime, ScheduleView, Snapshot
 
 from .current import Current
 from .events import Broadcaster, rfc3339

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from policy.errors import FileProblem, PolicyLoadError
-from policy.files import ParsedFile, combine, is_policy_file
+from sluice.policy.errors import FileProblem, PolicyLoadError
+from sluice.policy.files import ParsedFile, combine, is_policy_file
 
 from .policy_dir import PolicyReader, parse_bytes
 

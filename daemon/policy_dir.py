@@ -11,8 +11,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from policy.errors import FileProblem, PolicyLoadError
-from policy.files import ParsedFile, PolicySet, combine, is_policy_file, parse_policy
+from sluice.policy.errors import FileProblem, PolicyLoadError
+from sluice.policy.files import ParsedFile, PolicySet, combine, is_policy_file, parse_policy
 
 
 def parse_bytes(data: bytes, name: str) -> ParsedFile:

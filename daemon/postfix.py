@@ -55,9 +55,9 @@ from typing import NamedTuple
 import structlog
 import trio
 
-from policy.errors import InvalidQueueName
-from policy.queue_name import QueueName, parse
-from policy.snapshot import Hold, Snapshot
+from sluice.policy.errors import InvalidQueueName
+from sluice.policy.queue_name import QueueName, parse
+from sluice.policy.snapshot import Hold, Snapshot
 
 from .config import PostfixConfig
 from .current import Current

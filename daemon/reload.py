@@ -27,11 +27,11 @@ from pathlib import Path
 import structlog
 import trio
 
-from policy.bulk import collector_paused
-from policy.diff import Change, diff
-from policy.errors import PolicyLoadError
-from policy.files import PolicySet
-from policy.snapshot import Snapshot
+from sluice.policy.bulk import collector_paused
+from sluice.policy.diff import Change, diff
+from sluice.policy.errors import PolicyLoadError
+from sluice.policy.files import PolicySet
+from sluice.policy.snapshot import Snapshot
 
 from .current import Current, ReloadResult
 from .events import Broadcaster

@@ -11,5 +11,3 @@ Modules:
     snapshot    files + runtime -> one immutable snapshot, and its decisions
     diff        what changed between two snapshots
 """
-
-__version__ = "0.1.0"

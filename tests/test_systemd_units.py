@@ -168,7 +168,7 @@ def test_sockets_carry_the_names_the_daemon_expects() -> None:
 
 def test_socket_paths_and_modes_match_the_daemon_defaults() -> None:
     """Socket activation and the daemon's own binding use the same paths and modes."""
-    from daemon.config import AdminConfig, PostfixConfig
+    from sluice.daemon.config import AdminConfig, PostfixConfig
 
     for unit, defaults in (("sluiced.socket", AdminConfig()), ("sluiced-policy.socket", PostfixConfig())):
         path = UNIT_DIR / unit
@@ -181,7 +181,7 @@ def test_exec_start_uses_the_daemon_cli() -> None:
     (exec_start,) = _values(UNIT_DIR / SERVICE, "Service", "ExecStart")
     argv = shlex.split(exec_start)
     assert argv == [INSTALLED_EXEC, "--config", "/etc/sluice/sluiced.toml"]
-    if importlib.util.find_spec("daemon.main") is None:
+    if importlib.util.find_spec("sluice.daemon.main") is None:
         pytest.skip("daemon/main.py (the sluiced CLI) is not written yet")
     result = subprocess.run(
         [str(_installed_sluiced()), "--help"], capture_output=True, text=True, timeout=60

@@ -11,12 +11,12 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from policy import __version__
-from policy.duration import format_duration
-from policy.errors import ValidationError
-from policy.model import Suspension
-from policy.queue_name import normalise
-from policy.snapshot import EndpointView, QueueView, ScheduleView
+from sluice.daemon import __version__
+from sluice.policy.duration import format_duration
+from sluice.policy.errors import ValidationError
+from sluice.policy.model import Suspension
+from sluice.policy.queue_name import normalise
+from sluice.policy.snapshot import EndpointView, QueueView, ScheduleView
 
 from ..current import Current, ReloadResult
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE

@@ -13,8 +13,8 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from policy.errors import FileProblem, PolicyLoadError
-from policy.tokens import Tokens, parse_tokens
+from sluice.policy.errors import FileProblem, PolicyLoadError
+from sluice.policy.tokens import Tokens, parse_tokens
 
 from .peer import Peer
 from .server import HttpError, Request

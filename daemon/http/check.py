@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 import trio
 
-from policy.errors import InvalidQueueName, NotFound, ValidationError
-from policy.fields import check_endpoint_id
+from sluice.policy.errors import InvalidQueueName, NotFound, ValidationError
+from sluice.policy.fields import check_endpoint_id
 
 from ..current import Current
 from ..events import Broadcaster, rfc3339

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from policy.errors import NotFound
-from policy.fields import check_endpoint_id
-from policy.snapshot import EndpointView
+from sluice.policy.errors import NotFound
+from sluice.policy.fields import check_endpoint_id
+from sluice.policy.snapshot import EndpointView
 
 from ..current import Current
 from ..mutations import Mutations

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from policy.errors import NotFound, ValidationError
-from policy.queue_name import normalise
-from policy.snapshot import QueueView, ScheduleView
+from sluice.policy.errors import NotFound, ValidationError
+from sluice.policy.queue_name import normalise
+from sluice.policy.snapshot import QueueView, ScheduleView
 
 from ..current import Current
 from ..mutations import Mutations

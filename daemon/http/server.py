@@ -36,7 +36,7 @@ import msgspec
 import structlog
 import trio
 
-from policy.errors import PolicyError
+from sluice.policy.errors import PolicyError
 
 from ..logs import info_writer
 from .peer import Peer

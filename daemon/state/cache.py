@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 import trio
 
-from policy.snapshot import Runtime
+from sluice.policy.snapshot import Runtime
 
 from .files import FileStore
 

@@ -59,7 +59,7 @@ from urllib.parse import quote, unquote
 import structlog
 import trio
 
-from policy.model import Entry, Suspension
+from sluice.policy.model import Entry, Suspension
 
 from .cache import LocalCopy
 from .files import entry_key, name_for, only_entry, parse_entry, render, runtime_from

@@ -34,10 +34,10 @@ import structlog
 import tomli_w
 import trio
 
-from policy.errors import FileProblem
-from policy.files import ParsedFile, is_policy_file, parse_runtime
-from policy.model import Entry, Pause, QueuePolicy, Suspension
-from policy.snapshot import Runtime
+from sluice.policy.errors import FileProblem
+from sluice.policy.files import ParsedFile, is_policy_file, parse_runtime
+from sluice.policy.model import Entry, Pause, QueuePolicy, Suspension
+from sluice.policy.snapshot import Runtime
 
 from .store import Apply, Loaded, ReadUpdates, Updates, _ignore
 

@@ -46,9 +46,9 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import trio
 
-from policy.errors import FileProblem, PolicyError
-from policy.model import Entry, Suspension
-from policy.snapshot import Runtime
+from sluice.policy.errors import FileProblem, PolicyError
+from sluice.policy.model import Entry, Suspension
+from sluice.policy.snapshot import Runtime
 
 if TYPE_CHECKING:
     from ..config import Config

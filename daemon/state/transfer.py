@@ -39,8 +39,8 @@ from typing import BinaryIO
 
 import trio
 
-from policy.files import is_policy_file, parse_runtime
-from policy.model import Entry
+from sluice.policy.files import is_policy_file, parse_runtime
+from sluice.policy.model import Entry
 
 from ..config import Config
 from .files import FileStore, entry_key, file_name, only_entry, parse_entry, render, write_files
@@ -229,7 +229,7 @@ def import_state(
 
 def _placeholder(name: str) -> Entry:
     """An entry with the kind and key ``name`` stands for, to remove a broken text."""
-    from policy.model import Pause, QueuePolicy, Suspension
+    from sluice.policy.model import Pause, QueuePolicy, Suspension
 
     from .files import key_of
 

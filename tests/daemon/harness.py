@@ -112,7 +112,7 @@ class Daemon:
         environ.update(env or {})
         self.logfile = open(self.log, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.main", "--config", str(self.config)],
+            [sys.executable, "-m", "sluice.daemon.main", "--config", str(self.config)],
             stdout=self.logfile,
             stderr=subprocess.STDOUT,
             env=environ,

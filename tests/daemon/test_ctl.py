@@ -56,7 +56,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def command(*args: str, socket_path: Path | None) -> list[str]:
     prefix = ["--socket", str(socket_path)] if socket_path is not None else []
-    return [sys.executable, "-m", "daemon.ctl", *prefix, *args]
+    return [sys.executable, "-m", "sluice.daemon.ctl", *prefix, *args]
 
 
 def run(*args: str, socket_path: Path | None, env: dict[str, str] | None = None, **kw):
@@ -743,10 +743,10 @@ def test_ctrl_c_while_the_editor_runs_is_the_editors(d, tmp_path):
 
 
 def test_token_new_prints_a_token_once_and_an_entry_that_accepts_it():
-    from policy.tokens import parse_tokens
+    from sluice.policy.tokens import parse_tokens
 
     out = subprocess.run(
-        [sys.executable, "-m", "daemon.ctl", "token", "new", "deploy-bot", "--role", "admin"],
+        [sys.executable, "-m", "sluice.daemon.ctl", "token", "new", "deploy-bot", "--role", "admin"],
         capture_output=True, text=True, cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
@@ -758,15 +758,15 @@ def test_token_new_prints_a_token_once_and_an_entry_that_accepts_it():
     assert found is not None and (found.name, found.role) == ("deploy-bot", "admin")
     assert token not in entry
     bad = subprocess.run(
-        [sys.executable, "-m", "daemon.ctl", "token", "new", "bad name"],
+        [sys.executable, "-m", "sluice.daemon.ctl", "token", "new", "bad name"],
         capture_output=True, text=True, cwd=ROOT,
     )
     assert bad.returncode == 2
 
 
 def test_state_export_and_import_through_sluicectl(tmp_path):
-    from daemon.state.files import render
-    from policy.model import Suspension
+    from sluice.daemon.state.files import render
+    from sluice.policy.model import Suspension
 
     def config(where):
         where.mkdir()
@@ -781,7 +781,7 @@ def test_state_export_and_import_through_sluicectl(tmp_path):
 
     def ctl(*args):
         return subprocess.run(
-            [sys.executable, "-m", "daemon.ctl", *args], capture_output=True, text=True, cwd=ROOT
+            [sys.executable, "-m", "sluice.daemon.ctl", *args], capture_output=True, text=True, cwd=ROOT
         )
 
     out = ctl("--config", str(source), "state", "export", str(tmp_path / "dump.toml"))

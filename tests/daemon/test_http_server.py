@@ -13,8 +13,8 @@ import trio.testing
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from daemon.http.peer import Peer
-from daemon.http.server import Drain, Limits, Request, Response, parse_query, serve_connection
+from sluice.daemon.http.peer import Peer
+from sluice.daemon.http.server import Drain, Limits, Request, Response, parse_query, serve_connection
 
 LIMITS = Limits(request_timeout=10.0, idle_timeout=60.0)
 

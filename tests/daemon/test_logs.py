@@ -10,8 +10,8 @@ import pytest
 import structlog
 import trio
 
-from daemon import logs
-from daemon.logs import LineOutput, Timestamp
+from sluice.daemon import logs
+from sluice.daemon.logs import LineOutput, Timestamp
 
 
 class Recorder:

@@ -5,14 +5,14 @@ from datetime import datetime, timezone
 import pytest
 import trio
 
-from policy.errors import Conflict, NotFound, ValidationError
-from policy.fields import EntryInvalid
-from policy.files import combine, parse_policy
-from policy.snapshot import Snapshot
-from daemon.current import Current
-from daemon.events import Broadcaster
-from daemon.mutations import Mutations
-from daemon.state.files import FileStore
+from sluice.policy.errors import Conflict, NotFound, ValidationError
+from sluice.policy.fields import EntryInvalid
+from sluice.policy.files import combine, parse_policy
+from sluice.policy.snapshot import Snapshot
+from sluice.daemon.current import Current
+from sluice.daemon.events import Broadcaster
+from sluice.daemon.mutations import Mutations
+from sluice.daemon.state.files import FileStore
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc).timestamp()
 EP = "ep_550e8400e29b41d4a716446655440000"
@@ -124,7 +124,7 @@ async def test_expired_suspension_is_swept_at_its_expiry(tmp_path, autojump_cloc
     sub = events.subscribe()
     s, _ = await m.suspend({"domain": "x.com", "reason": "r", "duration": "90s"}, "alice")
     sub.receive.receive_nowait()
-    from daemon.main import _sweeper
+    from sluice.daemon.main import _sweeper
 
     async with trio.open_nursery() as nursery:
         await nursery.start(_sweeper, m, clock)

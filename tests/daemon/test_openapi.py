@@ -144,8 +144,8 @@ def wired_routes() -> dict[tuple[str, str], bool]:
     unnamed (``/v2/queues/{}``): the document names them as each API's own
     documentation does (``{queueName}``), the code as it likes (``{name}``).
     """
-    import daemon.main as main
-    from daemon.http.routes import Router
+    import sluice.daemon.main as main
+    from sluice.daemon.http.routes import Router
 
     tree = ast.parse(inspect.getsource(main))
     adders = sorted(
@@ -495,14 +495,14 @@ async def test_overflow_line_matches_the_event_schema() -> None:
     Filling the real daemon's buffer would take thousands of changes, so the
     real handler runs in process on a Broadcaster with a buffer of one.
     """
-    from daemon.current import Current
-    from daemon.events import Broadcaster
-    from daemon.http.check import add_check_routes
-    from daemon.http.peer import Peer
-    from daemon.http.routes import Router
-    from daemon.http.server import NO_PARAMS, Request
-    from policy.files import combine
-    from policy.snapshot import Snapshot
+    from sluice.daemon.current import Current
+    from sluice.daemon.events import Broadcaster
+    from sluice.daemon.http.check import add_check_routes
+    from sluice.daemon.http.peer import Peer
+    from sluice.daemon.http.routes import Router
+    from sluice.daemon.http.server import NO_PARAMS, Request
+    from sluice.policy.files import combine
+    from sluice.policy.snapshot import Snapshot
 
     current = Current(Snapshot.build(combine([])))
     events = Broadcaster(buffer=1)
@@ -562,8 +562,8 @@ def test_state_unavailable_answers_as_documented() -> None:
     (server.map_error, with each route's error style) in process: making etcd
     unreachable is the etcd tests' business.
     """
-    store = pytest.importorskip("daemon.state.store")
-    from daemon.http.server import map_error
+    store = pytest.importorskip("sluice.daemon.state.store")
+    from sluice.daemon.http.server import map_error
 
     error = store.StateUnavailable("etcd is unreachable (connection refused)")
     request_id = "req_0123456789abcdef"

@@ -1,6 +1,6 @@
 """Reading the policy directory: name order, droppings ignored, only changed files parsed."""
 
-from daemon.policy_dir import PolicyReader
+from sluice.daemon.policy_dir import PolicyReader
 
 
 def test_only_changed_files_are_parsed_again(tmp_path):

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import smtplib
 import socket
 import stat
-import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+import throwaway_postfix
 
-from harness import ROOT, Daemon, unavailable
-
-PEERS = ROOT.parent / "shared" / "peers"
-START_POSTFIX = PEERS / "start_postfix.sh"
+from harness import Daemon, unavailable
 
 HOLDS = """
 [[suspension]]
@@ -105,19 +101,8 @@ def test_non_loopback_policy_listener_is_refused_at_start(tmp_path, daemons):
 
 def require_postfix() -> None:
     """Skip without Postfix here; under CI (env CI set) its absence is a failure."""
-    missing = []
-    if not Path("/usr/sbin/postfix").exists():
-        missing.append("Postfix is not installed (apt-get install postfix)")
-    try:
-        pwd.getpwnam("postfix")
-    except KeyError:
-        missing.append("there is no 'postfix' user")
-    if os.geteuid() != 0:
-        missing.append("starting a Postfix instance needs root")
-    if not START_POSTFIX.exists():
-        missing.append(f"{START_POSTFIX} is missing (shared/ beside the clone)")
-    if missing:
-        unavailable("real Postfix test cannot run: " + "; ".join(missing))
+    if problems := throwaway_postfix.missing():
+        unavailable("real Postfix test cannot run: " + "; ".join(problems))
 
 
 @pytest.fixture
@@ -137,28 +122,15 @@ def reachable_dir():
 
 @pytest.fixture
 def postfix(reachable_dir):
-    """Start Postfix with ``check_policy_service`` on a socket; yields (smtp port, maillog)."""
+    """A throw-away Postfix whose smtpd asks the policy socket in ``reachable_dir``."""
     require_postfix()
-    base = reachable_dir / "postfix"
-    port = free_port()
-    policy = f"unix:{reachable_dir / 'policy.sock'}"
-
-    def start() -> int:
-        done = subprocess.run(
-            ["bash", str(START_POSTFIX), policy, f"127.0.0.1:{port}"],
-            env={**os.environ, "PFX_BASE": str(base)},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, f"start_postfix.sh failed:\n{done.stdout}\n{done.stderr}"
-        return port
-
+    instance = throwaway_postfix.Instance(
+        reachable_dir / "postfix", f"unix:{reachable_dir / 'policy.sock'}", f"127.0.0.1:{free_port()}"
+    )
     try:
-        yield start, base / "maillog"
+        yield instance
     finally:
-        if (base / "etc" / "main.cf").exists():
-            subprocess.run(["postfix", "-c", str(base / "etc"), "stop"], capture_output=True, timeout=60)
+        instance.stop()
 
 
 def rcpt(port: int, recipient: str) -> tuple[int, str]:
@@ -172,11 +144,11 @@ def rcpt(port: int, recipient: str) -> tuple[int, str]:
 
 
 def test_real_postfix_defers_recipients_at_suspended_domains(tmp_path, daemons, reachable_dir, postfix):
-    start_postfix, maillog = postfix
     daemon = policy_daemon(tmp_path, reachable_dir / "policy.sock")
     daemons.append(daemon)
     daemon.start()
-    port = start_postfix()
+    postfix.start()
+    port = int(postfix.listen.rsplit(":", 1)[1])
 
     # a file suspension: 4xx at RCPT, with its reason in the reply
     code, message = rcpt(port, "someone@blocked.example")
@@ -200,6 +172,6 @@ def test_real_postfix_defers_recipients_at_suspended_domains(tmp_path, daemons, 
     assert rcpt(port, "someone@other.example")[0] == 250
     assert rcpt(port, "someone@blocked.example")[0] == 450
 
-    log = maillog.read_text(errors="replace")
+    log = postfix.log()
     assert "problem talking to server" not in log
     assert "Recipient address rejected: sluice test: blocked.example is on hold" in log

@@ -10,10 +10,10 @@ import structlog
 import trio
 import trio.testing
 
-from daemon.config import PostfixConfig
-from daemon.current import Current
-from daemon.http.server import Drain, Limits, serve_listener
-from daemon.postfix import (
+from sluice.daemon.config import PostfixConfig
+from sluice.daemon.current import Current
+from sluice.daemon.http.server import Drain, Limits, serve_listener
+from sluice.daemon.postfix import (
     IDLE_TIMEOUT,
     MAX_REASON,
     REQUEST_TIMEOUT,
@@ -22,8 +22,8 @@ from daemon.postfix import (
     reason_text,
     serve_postfix_connection,
 )
-from policy.files import combine, parse_policy
-from policy.snapshot import Hold, Snapshot
+from sluice.policy.files import combine, parse_policy
+from sluice.policy.snapshot import Hold, Snapshot
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
@@ -500,7 +500,7 @@ def test_tcp_listener_binds_loopback():
 
 
 async def test_over_the_connection_cap_postfix_gets_a_temporary_failure():
-    from daemon.postfix import TOO_MANY, refuse_postfix
+    from sluice.daemon.postfix import TOO_MANY, refuse_postfix
 
     client, server = trio.testing.memory_stream_pair()
     await refuse_postfix(server)

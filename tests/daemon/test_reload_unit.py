@@ -3,7 +3,7 @@
 import pytest
 import trio
 
-from daemon.reload import debounced
+from sluice.daemon.reload import debounced
 
 
 async def scripted(steps):
@@ -34,7 +34,7 @@ async def test_a_watcher_that_cannot_start_is_retried_and_says_so(tmp_path, auto
     import watchfiles
     from structlog.testing import capture_logs
 
-    from daemon.reload import Watcher
+    from sluice.daemon.reload import Watcher
 
     attempts = []
 
@@ -63,7 +63,7 @@ async def test_a_watcher_that_cannot_start_is_retried_and_says_so(tmp_path, auto
 async def test_one_watcher_hands_each_tree_only_its_own_changes(tmp_path, monkeypatch):
     import watchfiles
 
-    from daemon.reload import Watcher
+    from sluice.daemon.reload import Watcher
 
     etc, state = (tmp_path / "etc").resolve(), (tmp_path / "state").resolve()
     policy, tokens, runtime = etc / "policy.d", etc / "tokens.toml", state / "runtime"

@@ -100,7 +100,7 @@ def check(d, queue):
 
 def ctl(d, *args):
     out = subprocess.run(
-        [sys.executable, "-m", "daemon.ctl", "--socket", str(d.admin), "--json", *args],
+        [sys.executable, "-m", "sluice.daemon.ctl", "--socket", str(d.admin), "--json", *args],
         capture_output=True, text=True, cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr

@@ -175,15 +175,15 @@ def b64(value: str | bytes) -> str:
 # -- in-process tests of EtcdStore ---------------------------------------------------
 
 
-from policy.errors import PolicyError  # noqa: E402
-from policy.files import combine, parse_policy  # noqa: E402
-from policy.snapshot import Snapshot  # noqa: E402
-from daemon.current import Current  # noqa: E402
-from daemon.events import Broadcaster  # noqa: E402
-from daemon.mutations import Mutations  # noqa: E402
-from daemon.state.etcd import EtcdStore
-from daemon.state.gateway import Gateway  # noqa: E402
-from daemon.state.store import StateUnavailable  # noqa: E402
+from sluice.policy.errors import PolicyError  # noqa: E402
+from sluice.policy.files import combine, parse_policy  # noqa: E402
+from sluice.policy.snapshot import Snapshot  # noqa: E402
+from sluice.daemon.current import Current  # noqa: E402
+from sluice.daemon.events import Broadcaster  # noqa: E402
+from sluice.daemon.mutations import Mutations  # noqa: E402
+from sluice.daemon.state.etcd import EtcdStore
+from sluice.daemon.state.gateway import Gateway  # noqa: E402
+from sluice.daemon.state.store import StateUnavailable  # noqa: E402
 
 FILES = """
 [[schedule]]
@@ -294,7 +294,7 @@ async def test_a_change_on_one_node_is_applied_and_announced_on_the_other_once(e
     # the value in etcd is the files backend's text, byte for byte
     stored = etcd.get_prefix(prefix + "runtime/")
     assert list(stored) == [prefix + "runtime/queue/acme%40example.com", prefix + "runtime/schedule/digest"]
-    from daemon.state.files import render
+    from sluice.daemon.state.files import render
 
     assert stored[prefix + "runtime/queue/acme%40example.com"] == render(
         a.current.snapshot.runtime.queues["acme@example.com"]
@@ -520,7 +520,7 @@ async def test_tls_with_a_client_certificate(tmp_path):
         health_client=httpx.Client(verify=health_ctx, timeout=1.0, trust_env=False),
     ).start()
     try:
-        from daemon.config import load_config
+        from sluice.daemon.config import load_config
 
         config = tmp_path / "sluiced.toml"
         config.write_text(
@@ -529,7 +529,7 @@ async def test_tls_with_a_client_certificate(tmp_path):
         )
         store = EtcdStore.from_config(load_config(config))
         await store.put(
-            __import__("policy.model", fromlist=["QueuePolicy"]).QueuePolicy(name="tls.example", paused=True)
+            __import__("sluice.policy.model", fromlist=["QueuePolicy"]).QueuePolicy(name="tls.example", paused=True)
         )
         loaded = await store.open()
         assert "tls.example" in loaded.runtime.queues and not loaded.stale

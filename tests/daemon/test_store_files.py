@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import trio
 
-from daemon.state.files import FileStore, render
-from daemon.state.store import Loaded, RuntimeStore, open_store
-from policy.model import QueuePolicy, Suspension
+from sluice.daemon.state.files import FileStore, render
+from sluice.daemon.state.store import Loaded, RuntimeStore, open_store
+from sluice.policy.model import QueuePolicy, Suspension
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 ID1 = "3b0b9a8e-6a52-4bd8-9d1c-5f1a0c1b2d3e"
@@ -81,7 +81,7 @@ async def test_follow_hands_hand_edits_to_apply_and_skips_own_writes(tmp_path):
 
 
 def test_open_store_picks_the_backend_from_the_config(tmp_path):
-    from daemon.config import load_config
+    from sluice.daemon.config import load_config
 
     path = tmp_path / "sluiced.toml"
     path.write_text('state_dir = "s"\n[reload]\ndebounce_ms = 7\n')

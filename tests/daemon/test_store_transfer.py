@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from daemon.config import load_config
-from daemon.current import Current
-from daemon.events import Broadcaster
-from daemon.mutations import Mutations
-from daemon.state.files import FileStore
-from daemon.state.transfer import StoreUnreachable, TransferError, export_state, import_state
-from policy.files import combine, parse_policy
-from policy.snapshot import Snapshot
+from sluice.daemon.config import load_config
+from sluice.daemon.current import Current
+from sluice.daemon.events import Broadcaster
+from sluice.daemon.mutations import Mutations
+from sluice.daemon.state.files import FileStore
+from sluice.daemon.state.transfer import StoreUnreachable, TransferError, export_state, import_state
+from sluice.policy.files import combine, parse_policy
+from sluice.policy.snapshot import Snapshot
 from test_store_etcd import EtcdCluster, free_port
 
 FILES = """

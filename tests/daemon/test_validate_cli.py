@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def sluicectl(*args):
     return subprocess.run(
-        [sys.executable, "-m", "daemon.ctl", *args], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "sluice.daemon.ctl", *args], capture_output=True, text=True, cwd=ROOT
     )
 
 

@@ -1,8 +1,8 @@
 """diff(old, new) lists what a reload or a change added, removed and changed."""
 
-from policy.diff import diff
-from policy.files import combine, parse_policy
-from policy.snapshot import Snapshot
+from sluice.policy.diff import diff
+from sluice.policy.files import combine, parse_policy
+from sluice.policy.snapshot import Snapshot
 
 
 def snap(text, generation=1):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from policy.duration import format_duration, parse_duration
-from policy.errors import InvalidDuration
+from sluice.policy.duration import format_duration, parse_duration
+from sluice.policy.errors import InvalidDuration
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from types import MappingProxyType
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from policy.fields import EntryInvalid, _file_suspension_fast, suspension_from
+from sluice.policy.fields import EntryInvalid, _file_suspension_fast, suspension_from
 
 texts = st.one_of(
     st.sampled_from(["acme", "news", "Gmail.COM.", "bücher.example", "a b", "", " ", "x@y", "c:d",

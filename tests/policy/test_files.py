@@ -5,8 +5,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from policy.errors import PolicyLoadError
-from policy.files import combine, is_policy_file, parse_policy, parse_runtime
+from sluice.policy.errors import PolicyLoadError
+from sluice.policy.files import combine, is_policy_file, parse_policy, parse_runtime
 
 
 def parse(text, name="10-test.toml"):
@@ -247,7 +247,7 @@ def test_editor_droppings_are_ignored(name, read):
 
 
 def test_a_large_file_parses_in_pieces_to_the_same_entries(monkeypatch):
-    import policy.files as files
+    import sluice.policy.files as files
 
     tables = "".join(
         f'[[suspension]]\ndomain = "d{i}.example"\nreason = "r {i}"\n\n[[queue]]\nname = "q{i}.example"\npaused = true\n\n'
@@ -269,14 +269,14 @@ def test_a_large_file_parses_in_pieces_to_the_same_entries(monkeypatch):
     ['reason = "top-level key"\n', '[settings]\nx = 1\n'],
 )
 def test_files_that_do_not_cut_cleanly_are_parsed_whole(prefix):
-    import policy.files as files
+    import sluice.policy.files as files
 
     text = prefix + "".join(f'[[suspension]]\ndomain = "d{i}.example"\nreason = "r"\n' for i in range(1200))
     assert files._decode_in_chunks(text) is None
 
 
 def test_a_header_inside_a_multiline_string_falls_back_to_the_whole_parse():
-    import policy.files as files
+    import sluice.policy.files as files
 
     body = "".join(f'[[suspension]]\ndomain = "d{i}.example"\nreason = "r"\n' for i in range(600))
     tricky = '[[suspension]]\ndomain = "x.example"\nreason = """one\n[[suspension]]\ntwo"""\n'

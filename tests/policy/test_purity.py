@@ -7,11 +7,11 @@ import sys
 def test_policy_imports_without_trio():
     code = (
         "import sys\n"
-        "for name in ('trio', 'watchfiles', 'h11', 'socket', 'daemon'):\n"
+        "for name in ('trio', 'watchfiles', 'h11', 'socket', 'sluice.daemon'):\n"
         "    sys.modules[name] = None  # any import of these now fails\n"
-        "import policy, policy.snapshot, policy.files, policy.diff, policy.fields\n"
-        "from policy.files import combine, parse_policy\n"
-        "from policy.snapshot import Snapshot\n"
+        "import sluice.policy.snapshot, sluice.policy.files, sluice.policy.diff, sluice.policy.fields\n"
+        "from sluice.policy.files import combine, parse_policy\n"
+        "from sluice.policy.snapshot import Snapshot\n"
         "s = Snapshot.build(combine([parse_policy('[[suspension]]\\ndomain = \"x.com\"\\n"
         "reason = \"r\"\\n', 'a.toml')]))\n"
         "assert not s.decide('x.com', 0.0).deliver\n"

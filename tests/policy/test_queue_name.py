@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.errors import InvalidQueueName
-from policy.queue_name import (
+from sluice.policy.errors import InvalidQueueName
+from sluice.policy.queue_name import (
     check_component,
     normalise,
     normalise_domain,

@@ -6,10 +6,10 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy.files import PolicySet, combine, parse_policy
-from policy.model import Pause, QueuePolicy, Schedule, Endpoint, Suspension
-from policy.queue_name import parse
-from policy.snapshot import Runtime, Snapshot
+from sluice.policy.files import PolicySet, combine, parse_policy
+from sluice.policy.model import Pause, QueuePolicy, Schedule, Endpoint, Suspension
+from sluice.policy.queue_name import parse
+from sluice.policy.snapshot import Runtime, Snapshot
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 NOW = T0.timestamp()

@@ -2,7 +2,7 @@
 
 import hashlib
 
-from policy.tokens import new_token, parse_tokens
+from sluice.policy.tokens import new_token, parse_tokens
 
 
 def digest(token):

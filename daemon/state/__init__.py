@@ -1,0 +1,1 @@
+"""Runtime state: the store interface, the file and etcd backends, and moving state between them."""
