@@ -239,3 +239,12 @@ def test_socket_mode(tmp_path, mode):
         assert oct(d.admin.stat().st_mode & 0o777) == oct(int(mode, 8))
     finally:
         d.close()
+
+
+def test_status_reports_the_version_from_pyproject(daemon):
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    daemon.start()
+    assert daemon.status()["version"] == pyproject["project"]["version"]
