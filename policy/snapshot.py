@@ -68,6 +68,16 @@ class QueueView(msgspec.Struct, frozen=True):
         return self.holder is not None
 
     @property
+    def file_pause(self) -> str | None:
+        """Where a policy file pauses this queue, or None."""
+        return self.file.source if self.file is not None and self.file.paused else None
+
+    @property
+    def own(self) -> QueuePolicy | None:
+        """The runtime's entry for this queue, if any."""
+        return self.runtime
+
+    @property
     def parallelism(self) -> int | None:
         if self.runtime is not None and self.runtime.parallelism is not None:
             return self.runtime.parallelism
@@ -81,6 +91,16 @@ class ScheduleView(msgspec.Struct, frozen=True):
     @property
     def paused(self) -> bool:
         return self.schedule.paused or self.pause is not None
+
+    @property
+    def file_pause(self) -> str | None:
+        """Where a policy file pauses this schedule, or None."""
+        return self.schedule.source if self.schedule.paused else None
+
+    @property
+    def own(self) -> Pause | None:
+        """The runtime's pause of this schedule, if any."""
+        return self.pause
 
     @property
     def holder_source(self) -> str | None:
@@ -102,6 +122,16 @@ class EndpointView(msgspec.Struct, frozen=True):
     @property
     def paused(self) -> bool:
         return self.endpoint.paused or self.pause is not None
+
+    @property
+    def file_pause(self) -> str | None:
+        """Where a policy file pauses this endpoint, or None."""
+        return self.endpoint.source if self.endpoint.paused else None
+
+    @property
+    def own(self) -> Pause | None:
+        """The runtime's pause of this endpoint, if any."""
+        return self.pause
 
     @property
     def holder_source(self) -> str | None:
@@ -192,6 +222,8 @@ class Snapshot:
         "_timed",
         "_since",
         "_expiries",
+        "_holders",
+        "_next_expiry",
     )
 
     def __init__(
@@ -214,6 +246,8 @@ class Snapshot:
         self._timed: dict[str, tuple[Decision, float, float]] = {}
         self._since = -math.inf
         self._expiries: tuple[int, list[float]] | None = None  # for active_count
+        self._holders: dict[str, Suspension] | None = None  # for runtime_holder
+        self._next_expiry: float | None | bool = False  # False: not yet computed
         self.schedules = {
             s.id: ScheduleView(schedule=s, pause=runtime.schedule_pauses.get(s.id))
             for s in policy.schedules
@@ -395,6 +429,25 @@ class Snapshot:
         return EndpointDecision(
             endpoint=endpoint_id, deliver=not holds, holds=holds, generation=self.generation
         )
+
+    def runtime_holder(self, criteria_key: str) -> Suspension | None:
+        """The runtime suspension with these criteria (active or not yet swept), or None.
+
+        Derived from the runtime on first use and kept with this snapshot, so
+        it can never disagree with it.
+        """
+        if self._holders is None:
+            self._holders = {s.criteria_key: s for s in self.runtime.suspensions.values()}
+        return self._holders.get(criteria_key)
+
+    def next_runtime_expiry(self) -> float | None:
+        """When the earliest runtime suspension expires (None if none will)."""
+        if self._next_expiry is False:
+            self._next_expiry = min(
+                (s.expires.timestamp() for s in self.runtime.suspensions.values() if s.expires),
+                default=None,
+            )
+        return self._next_expiry
 
     def active_suspensions(self, now: float) -> list[Suspension]:
         """Suspensions in force at ``now``, files first, then runtime by creation."""

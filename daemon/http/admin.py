@@ -14,6 +14,7 @@ from typing import Any
 from sluice.daemon import __version__
 from sluice.policy.duration import format_duration
 from sluice.policy.errors import ValidationError
+from sluice.policy.fields import queue_from
 from sluice.policy.model import Suspension
 from sluice.policy.queue_name import normalise
 from sluice.policy.snapshot import EndpointView, QueueView, ScheduleView
@@ -124,11 +125,18 @@ def add_admin_routes(
     metrics: Metrics,
     clock: Callable[[], float] = time.time,
 ) -> None:
-    def actor(request: Request) -> str:
-        return str(request.peer)
+    _add_suspension_routes(router, current, mutations, clock)
+    _add_pause_routes(router, current, mutations, clock)
+    _add_status_routes(router, current, reload, metrics, clock)
 
-    # -- suspensions ---------------------------------------------------------
 
+def actor(request: Request) -> str:
+    return str(request.peer)
+
+
+def _add_suspension_routes(
+    router: Router, current: Current, mutations: Mutations, clock: Callable[[], float]
+) -> None:
     async def suspend(request: Request) -> Response:
         stored, _created = await mutations.suspend(request.json(), actor(request))
         return Response.json({"id": stored.id})
@@ -155,74 +163,64 @@ def add_admin_routes(
     router.add("GET", "/api/admin/suspend/v1", list_suspensions)
     router.add("DELETE", "/api/admin/suspend/v1", cancel, change=True)
 
-    # -- queues --------------------------------------------------------------
 
-    async def pause_queue(request: Request) -> Response:
-        body = request.json(optional=True)
-        await mutations.pause_queue(request.params["name"], body, actor(request))
-        return Response.json(queue_json(_queue_view(request.params["name"])))
+# What can be paused through the admin API: kind, route prefix, path parameter.
+PAUSABLE = (
+    ("queue", "/api/admin/queues/{name}", "name"),
+    ("schedule", "/api/admin/schedules/{id}", "id"),
+    ("endpoint", "/api/admin/endpoints/{id}", "id"),
+)
 
-    async def resume_queue(request: Request) -> Response:
-        request.no_body()
-        await mutations.resume_queue(request.params["name"], actor(request))
-        name = normalise(request.params["name"])
-        return Response.json(queue_json(current.snapshot.queues.get(name) or QueueView(name=name)))
 
-    def _queue_view(name: str, missing_ok: bool = False) -> QueueView | None:
-        view = current.snapshot.queues.get(normalise(name))
-        if view is None and not missing_ok:
-            raise HttpError(404, "QUEUE_NOT_FOUND", f"queue {name!r} not found")
-        return view
+def _pause_request(kind: str, request: Request) -> dict[str, Any]:
+    """A pause's fields from its body: reason (and parallelism, for a queue)."""
+    if kind != "queue":
+        return {"reason": _reason(request)}
+    wanted = queue_from(request.json(optional=True) or {}, mode="api", name=request.params["name"])
+    return {"reason": wanted.reason, "parallelism": wanted.parallelism}
+
+
+def _add_pause_routes(
+    router: Router, current: Current, mutations: Mutations, clock: Callable[[], float]
+) -> None:
+    def answer(kind: str, ident: str, request: Request) -> Response:
+        """The object as it stands after the change, in its list's shape."""
+        snapshot = current.snapshot
+        if kind == "queue":
+            name = normalise(ident)
+            return Response.json(queue_json(snapshot.queues.get(name) or QueueView(name=name)))
+        if kind == "schedule":
+            return Response.json(schedule_json(snapshot.schedules[ident], _now()))
+        data = {"id": ident, "paused": snapshot.endpoints[ident].paused}
+        return Response.json({"data": data, "meta": {"request_id": request.request_id}})
+
+    def routes(kind: str, param: str) -> tuple[Callable, Callable]:
+        async def pause(request: Request) -> Response:
+            ident = request.params[param]
+            await mutations.pause(kind, ident, actor(request), **_pause_request(kind, request))
+            return answer(kind, ident, request)
+
+        async def resume(request: Request) -> Response:
+            request.no_body()
+            ident = request.params[param]
+            await mutations.resume(kind, ident, actor(request))
+            return answer(kind, ident, request)
+
+        return pause, resume
+
+    for kind, prefix, param in PAUSABLE:
+        pause, resume = routes(kind, param)
+        router.add("POST", prefix + "/pause", pause, change=True)
+        router.add("POST", prefix + "/resume", resume, change=True)
 
     async def list_queues(request: Request) -> Response:
         views = sorted(current.snapshot.queues.values(), key=lambda v: v.name)
         return Response.json([queue_json(v) for v in views if v.paused])
 
-    router.add("POST", "/api/admin/queues/{name}/pause", pause_queue, change=True)
-    router.add("POST", "/api/admin/queues/{name}/resume", resume_queue, change=True)
-    router.add("GET", "/api/admin/queues", list_queues)
-
-    # -- schedules -----------------------------------------------------------
-
-    async def pause_schedule(request: Request) -> Response:
-        ident = request.params["id"]
-        await mutations.pause_schedule(ident, _reason(request), actor(request))
-        return Response.json(schedule_json(current.snapshot.schedules[ident], _now()))
-
-    async def resume_schedule(request: Request) -> Response:
-        request.no_body()
-        ident = request.params["id"]
-        await mutations.resume_schedule(ident, actor(request))
-        return Response.json(schedule_json(current.snapshot.schedules[ident], _now()))
-
     async def list_schedules(request: Request) -> Response:
         now = _now()
         return Response.json(
             [schedule_json(v, now) for v in current.snapshot.schedules.values()]
-        )
-
-    def _now() -> datetime:
-        return datetime.fromtimestamp(clock(), timezone.utc)
-
-    router.add("POST", "/api/admin/schedules/{id}/pause", pause_schedule, change=True)
-    router.add("POST", "/api/admin/schedules/{id}/resume", resume_schedule, change=True)
-    router.add("GET", "/api/admin/schedules", list_schedules)
-
-    # -- endpoints (HookBridge semantics and envelope) --------------------------
-
-    async def pause_endpoint(request: Request) -> Response:
-        ident = request.params["id"]
-        await mutations.pause_endpoint(ident, _reason(request), actor(request))
-        return Response.json(
-            {"data": {"id": ident, "paused": True}, "meta": {"request_id": request.request_id}}
-        )
-
-    async def resume_endpoint(request: Request) -> Response:
-        request.no_body()
-        ident = request.params["id"]
-        await mutations.resume_endpoint(ident, actor(request))
-        return Response.json(
-            {"data": {"id": ident, "paused": False}, "meta": {"request_id": request.request_id}}
         )
 
     async def list_endpoints(request: Request) -> Response:
@@ -233,12 +231,21 @@ def add_admin_routes(
             }
         )
 
-    router.add("POST", "/api/admin/endpoints/{id}/pause", pause_endpoint, change=True)
-    router.add("POST", "/api/admin/endpoints/{id}/resume", resume_endpoint, change=True)
+    def _now() -> datetime:
+        return datetime.fromtimestamp(clock(), timezone.utc)
+
+    router.add("GET", "/api/admin/queues", list_queues)
+    router.add("GET", "/api/admin/schedules", list_schedules)
     router.add("GET", "/api/admin/endpoints", list_endpoints)
 
-    # -- status and reload ---------------------------------------------------
 
+def _add_status_routes(
+    router: Router,
+    current: Current,
+    reload: Reload,
+    metrics: Metrics,
+    clock: Callable[[], float],
+) -> None:
     async def status(request: Request) -> Response:
         now = clock()
         snapshot = current.snapshot

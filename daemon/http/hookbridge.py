@@ -58,12 +58,12 @@ def add_hookbridge_routes(
 
     async def pause(request: Request) -> Response:
         ident = request.params["id"]
-        await mutations.pause_endpoint(ident, None, str(request.peer))
+        await mutations.pause("endpoint", ident, str(request.peer))
         return envelope(request, {"id": ident, "paused": True})
 
     async def resume(request: Request) -> Response:
         ident = request.params["id"]
-        await mutations.resume_endpoint(ident, str(request.peer))
+        await mutations.resume("endpoint", ident, str(request.peer))
         return envelope(request, {"id": ident, "paused": False, "messages_requeued": 0})
 
     async def get(request: Request) -> Response:

@@ -83,11 +83,11 @@ def add_qstash_routes(
         return found
 
     async def pause(request: Request) -> Response:
-        await mutations.pause_queue(request.params["name"], None, actor(request))
+        await mutations.pause("queue", request.params["name"], actor(request))
         return Response()
 
     async def resume(request: Request) -> Response:
-        await mutations.resume_queue(request.params["name"], actor(request))
+        await mutations.resume("queue", request.params["name"], actor(request))
         return Response()
 
     async def get(request: Request) -> Response:
@@ -136,11 +136,11 @@ def add_qstash_routes(
         return found
 
     async def pause_schedule(request: Request) -> Response:
-        await mutations.pause_schedule(request.params["id"], None, actor(request))
+        await mutations.pause("schedule", request.params["id"], actor(request))
         return Response()
 
     async def resume_schedule(request: Request) -> Response:
-        await mutations.resume_schedule(request.params["id"], actor(request))
+        await mutations.resume("schedule", request.params["id"], actor(request))
         return Response()
 
     async def get_schedule(request: Request) -> Response:

@@ -152,55 +152,55 @@ async def test_expired_never_matches_even_before_the_sweep(tmp_path, autojump_cl
 async def test_queue_pause_is_idempotent_and_file_pause_is_not_ours(tmp_path):
     m, events = make(tmp_path)
     sub = events.subscribe()
-    await m.pause_queue("acme@Example.COM", {"reason": "ops"}, "alice")
+    await m.pause("queue", "acme@Example.COM", "alice", reason="ops")
     generation = m.current.snapshot.generation
-    await m.pause_queue("acme@example.com", None, "alice")  # again: nothing changes
+    await m.pause("queue", "acme@example.com", "alice")  # again: nothing changes
     assert m.current.snapshot.generation == generation
     assert not m.current.snapshot.decide("acme@example.com", clock()).deliver
-    await m.resume_queue("acme@example.com", "alice")
-    await m.resume_queue("acme@example.com", "alice")  # again: nothing changes
+    await m.resume("queue", "acme@example.com", "alice")
+    await m.resume("queue", "acme@example.com", "alice")  # again: nothing changes
     assert m.current.snapshot.decide("acme@example.com", clock()).deliver
     assert [sub.receive.receive_nowait()["event"] for _ in range(2)] == ["queue_paused", "queue_resumed"]
     with pytest.raises(Conflict) as info:
-        await m.resume_queue("held.example", "alice")
+        await m.resume("queue", "held.example", "alice")
     assert info.value.code == "DEFINED_IN_FILE" and "10-a.toml line 6" in info.value.message
     with pytest.raises(ValidationError) as info:
-        await m.pause_queue("bad name", None, "alice")
+        await m.pause("queue", "bad name", "alice")
     assert info.value.code == "INVALID_QUEUE_NAME"
 
 
 async def test_schedule_pause(tmp_path):
     m, _ = make(tmp_path)
-    assert await m.pause_schedule("digest", "incident", "alice") is True
-    assert await m.pause_schedule("digest", None, "alice") is False
+    assert not (await m.pause("schedule", "digest", "alice", reason="incident")).empty
+    assert (await m.pause("schedule", "digest", "alice")).empty
     assert not m.current.snapshot.decide_schedule("digest").run
-    assert await m.resume_schedule("digest", "alice") is True
-    assert await m.resume_schedule("digest", "alice") is False
+    assert not (await m.resume("schedule", "digest", "alice")).empty
+    assert (await m.resume("schedule", "digest", "alice")).empty
     with pytest.raises(NotFound) as info:
-        await m.pause_schedule("nope", None, "alice")
+        await m.pause("schedule", "nope", "alice")
     assert info.value.code == "SCHEDULE_NOT_FOUND"
     with pytest.raises(Conflict) as info:
-        await m.resume_schedule("held", "alice")
+        await m.resume("schedule", "held", "alice")
     assert info.value.code == "DEFINED_IN_FILE"
 
 
 async def test_endpoint_pause_has_hookbridge_semantics(tmp_path):
     m, _ = make(tmp_path)
-    await m.pause_endpoint(EP, None, "alice")
+    await m.pause("endpoint", EP, "alice")
     with pytest.raises(Conflict) as info:
-        await m.pause_endpoint(EP, None, "alice")
+        await m.pause("endpoint", EP, "alice")
     assert info.value.code == "ALREADY_PAUSED"
-    await m.resume_endpoint(EP, "alice")
+    await m.resume("endpoint", EP, "alice")
     with pytest.raises(Conflict) as info:
-        await m.resume_endpoint(EP, "alice")
+        await m.resume("endpoint", EP, "alice")
     assert info.value.code == "NOT_PAUSED"
     with pytest.raises(ValidationError, match="endpoint_id must be in format ep_xxx"):
-        await m.pause_endpoint("ep_123", None, "alice")
+        await m.pause("endpoint", "ep_123", "alice")
     with pytest.raises(NotFound) as info:
-        await m.pause_endpoint("ep_" + "0" * 32, None, "alice")
+        await m.pause("endpoint", "ep_" + "0" * 32, "alice")
     assert info.value.code == "ENDPOINT_NOT_FOUND"
     with pytest.raises(Conflict) as info:
-        await m.resume_endpoint(EP2, "alice")
+        await m.resume("endpoint", EP2, "alice")
     assert info.value.code == "DEFINED_IN_FILE"
 
 
@@ -259,8 +259,8 @@ async def test_added_and_updated_suspension_events_say_when_the_hold_ends(tmp_pa
 async def test_resuming_a_queue_that_keeps_its_parallelism_forgets_the_pause_reason(tmp_path):
     m, _ = make(tmp_path)
     await m.upsert_queue("q.example", parallelism=4, paused=False, actor="alice")
-    await m.pause_queue("q.example", {"reason": "ops"}, "alice")
-    entry = await m.resume_queue("q.example", "alice")
+    await m.pause("queue", "q.example", "alice", reason="ops")
+    entry = (await m.resume("queue", "q.example", "alice")).entry
     assert entry.parallelism == 4 and entry.reason is None and not entry.paused
     await m.upsert_queue("q.example", parallelism=None, paused=True, actor="alice")
     assert m.current.snapshot.queues["q.example"].parallelism == 4  # kept, not cleared

@@ -276,11 +276,11 @@ async def test_a_change_on_one_node_is_applied_and_announced_on_the_other_once(e
         added = await b.event("suspension_added", id=s.id)
         assert added["domain"] == "gmail.com" and added["by"] == "alice"
         assert b.held("gmail.com") and b.current.snapshot.suspensions[s.id] == s
-        await a.mutations.pause_queue("acme@example.com", {"reason": "ops"}, "bob")
+        await a.mutations.pause("queue", "acme@example.com", "bob", reason="ops")
         await b.event("queue_paused", queue="acme@example.com")
         await b.mutations.cancel_suspension(s.id, "carol")
         await a.event("suspension_removed", id=s.id)
-        await b.mutations.pause_schedule("digest", "incident", "carol")
+        await b.mutations.pause("schedule", "digest", "carol", reason="incident")
         await a.event("schedule_paused", id="digest")
         assert not a.current.snapshot.decide_schedule("digest").run
         # own writes echo through the watch and are not announced twice
@@ -383,7 +383,7 @@ async def test_a_compacted_revision_means_a_full_resync_announced_as_a_diff(etcd
         assert b.held("one.example")
         s2, _ = await a.mutations.suspend({"domain": "two.example", "reason": "r"}, "x")
         await a.mutations.cancel_suspension(s1.id, "x")
-        await a.mutations.pause_queue("q.example", None, "x")
+        await a.mutations.pause("queue", "q.example", "x")
         etcd.compact()
         await nursery.start(
             lambda task_status: b.store.follow(b.mutations.apply_changes, stop=b.stop, task_status=task_status)
@@ -396,7 +396,7 @@ async def test_a_compacted_revision_means_a_full_resync_announced_as_a_diff(etcd
         assert len({m["generation"] for m in diff}) == 1  # one swap
         assert b.current.snapshot.runtime == a.current.snapshot.runtime
         # and it keeps following after the resync
-        await a.mutations.resume_queue("q.example", "x")
+        await a.mutations.resume("queue", "q.example", "x")
         await b.event("queue_resumed", queue="q.example")
         a.stop.set()
         b.stop.set()
@@ -413,7 +413,7 @@ async def test_unreachable_etcd_keeps_the_state_refuses_changes_and_the_local_co
             flips = []
             a.store.on_degraded = lambda flag, reason: flips.append(flag)
             s, _ = await a.mutations.suspend({"domain": "held.example", "reason": "r"}, "x")
-            await a.mutations.pause_queue("p.example", None, "x")
+            await a.mutations.pause("queue", "p.example", "x")
             await a.caught_up()
             await a.store.copy.flush()  # the local copy is written
             await trio.to_thread.run_sync(cluster.stop)
@@ -431,7 +431,7 @@ async def test_unreachable_etcd_keeps_the_state_refuses_changes_and_the_local_co
             assert c.loaded.stale and c.store.degraded
             assert c.held("held.example") and c.held("p.example")
             with pytest.raises(StateUnavailable):
-                await c.mutations.resume_queue("p.example", "x")
+                await c.mutations.resume("queue", "p.example", "x")
 
             # etcd is back: both reconnect with no restart, c resyncs
             await trio.to_thread.run_sync(cluster.start)
@@ -452,7 +452,7 @@ async def test_endpoints_are_tried_in_turn(etcd, prefix, tmp_path):
     async with trio.open_nursery() as nursery:
         a = await Node([dead, etcd.url], prefix, tmp_path / "a").open(nursery)
         assert not a.store.degraded
-        await a.mutations.pause_queue("q.example", None, "x")
+        await a.mutations.pause("queue", "q.example", "x")
         assert prefix + "runtime/queue/q.example" in etcd.get_prefix(prefix)
         a.stop.set()
 
@@ -474,10 +474,10 @@ async def test_username_and_password_and_a_refused_token_is_renewed(tmp_path):
         async with trio.open_nursery() as nursery:
             a = await Node(cluster.endpoints, "/sluice/", tmp_path / "a", username="sluiced", password="s3cret").open(nursery)
             b = await Node(cluster.endpoints, "/sluice/", tmp_path / "b", username="sluiced", password="s3cret").open(nursery)
-            await a.mutations.pause_queue("q.example", None, "x")
+            await a.mutations.pause("queue", "q.example", "x")
             await b.event("queue_paused", queue="q.example")
             a.store.gateway._tokens = {url: "expired.1" for url in cluster.endpoints}
-            await a.mutations.resume_queue("q.example", "x")
+            await a.mutations.resume("queue", "q.example", "x")
             await b.event("queue_resumed", queue="q.example")
             a.stop.set()
             b.stop.set()
@@ -550,19 +550,19 @@ async def test_a_member_without_quorum_is_not_followed_and_the_node_says_degrade
     try:
         async with trio.open_nursery() as nursery:
             a = await Node(cluster.endpoints, "/sluice/", tmp_path / "a").open(nursery)
-            await a.mutations.pause_queue("q.example", None, "x")
+            await a.mutations.pause("queue", "q.example", "x")
             await trio.to_thread.run_sync(lambda: cluster.stop(1, 2))
             with trio.fail_after(15):
                 while not a.store.degraded:
                     await trio.sleep(0.05)
             assert a.held("q.example")
             with pytest.raises(StateUnavailable):
-                await a.mutations.resume_queue("q.example", "x")
+                await a.mutations.resume("queue", "q.example", "x")
             await trio.to_thread.run_sync(lambda: cluster.start(1))
             with trio.fail_after(15):
                 while a.store.degraded:
                     await trio.sleep(0.05)
-            await a.mutations.resume_queue("q.example", "x")
+            await a.mutations.resume("queue", "q.example", "x")
             assert not a.held("q.example")
             a.stop.set()
     finally:

@@ -56,9 +56,9 @@ async def fill(state_dir: Path) -> None:
     m = Mutations(Current(Snapshot.build(policy, store.load()[0])), store, Broadcaster())
     await m.suspend({"domain": "gmail.com", "reason": "421", "duration": "1h"}, "alice")
     await m.suspend({"queue_names": ["news:acme@example.com"], "reason": "hold"}, "alice")
-    await m.pause_queue("acme@example.com", {"reason": "warm-up", "parallelism": 2}, "bob")
-    await m.pause_schedule("digest", "incident", "bob")
-    await m.pause_endpoint("ep_550e8400e29b41d4a716446655440000", None, "bob")
+    await m.pause("queue", "acme@example.com", "bob", reason="warm-up", parallelism=2)
+    await m.pause("schedule", "digest", "bob", reason="incident")
+    await m.pause("endpoint", "ep_550e8400e29b41d4a716446655440000", "bob")
 
 
 def test_files_to_etcd_and_back_is_a_byte_copy(tmp_path, etcd):

@@ -1,0 +1,453 @@
+"""Every rule of a runtime change, as pure functions: (snapshot, request, now) -> Plan.
+
+How this works
+--------------
+A change asked through any API (sluice's own, KumoMTA's, QStash's,
+HookBridge's, sluicectl) is planned here against the snapshot in force. The
+plan says which runtime entries to write (``put``), which to remove
+(``drop``), what to announce (``events``) and what the caller answers with
+(``entry``). A change that may not be made raises a typed refusal instead:
+``NotFound``, ``Conflict`` with ``DEFINED_IN_FILE`` (a policy file holds it;
+the runtime cannot lift it), ``ALREADY_PAUSED`` or ``NOT_PAUSED`` (HookBridge's
+endpoints, which answer 409 where the others are idempotent), or a
+``ValidationError``. Nothing here does I/O or keeps a clock: the shell takes
+its lock, plans, stores the plan durably, applies it with ``apply`` and
+publishes the events.
+
+An update is a drop of the old entry and a put of the new one. ``apply``
+removes what ``drop`` names, then writes what ``put`` holds; ``inverse``
+is the plan that undoes a plan applied to a given runtime.
+
+Queues, schedules and endpoints are paused and resumed by one path, told
+apart by the ``KINDS`` table. Suspensions are upserted by criteria: posting
+the criteria of an active runtime suspension updates its reason and expiry
+and keeps its id (KumoMTA's behaviour); the shell asks the store who holds
+the criteria (across a fleet) and ``upserted``/``suspended`` say what follows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from .errors import Conflict, NotFound, ValidationError
+from .fields import check_endpoint_id, check_schedule_id, queue_from
+from .model import Entry, Pause, QueuePolicy, Suspension
+from .snapshot import QueueView, Runtime, Snapshot
+from .times import rfc3339
+
+KindName = Literal["queue", "schedule", "endpoint"]
+
+
+class Event(msgspec.Struct, frozen=True):
+    """One announcement on the events stream and in the log."""
+
+    name: str
+    fields: dict[str, Any]
+
+
+class Plan(msgspec.Struct, frozen=True):
+    """What a change does to the runtime. Empty: nothing to store, swap or announce."""
+
+    put: tuple[Entry, ...] = ()
+    drop: tuple[Entry, ...] = ()
+    events: tuple[Event, ...] = ()
+    entry: Entry | None = None  # what the caller answers with
+    expiry: bool = False  # the drops expired: the store removes them as such
+
+    @property
+    def empty(self) -> bool:
+        return not self.put and not self.drop
+
+
+NOTHING = Plan()
+
+# -- the runtime as maps of entries -----------------------------------------
+
+_FIELDS = {
+    "suspension": "suspensions",
+    "queue": "queues",
+    "schedule": "schedule_pauses",
+    "endpoint": "endpoint_pauses",
+}
+
+
+def entry_key(entry: Entry) -> tuple[str, str]:
+    """(kind, key) of a runtime entry: ("suspension", id), ("queue", name), ("endpoint", id) ..."""
+    if isinstance(entry, Suspension):
+        return "suspension", entry.id
+    if isinstance(entry, QueuePolicy):
+        return "queue", entry.name
+    if isinstance(entry, Pause):
+        return entry.kind, entry.id
+    raise TypeError(f"not a runtime entry: {entry!r}")
+
+
+def apply(runtime: Runtime, plan: Plan) -> Runtime:
+    """``runtime`` with ``plan`` carried out: drops removed, then puts written."""
+    if plan.empty:
+        return runtime
+    maps: dict[str, dict] = {}
+    for entry in plan.drop:
+        kind, key = entry_key(entry)
+        _map(maps, runtime, kind).pop(key, None)
+    for entry in plan.put:
+        kind, key = entry_key(entry)
+        _map(maps, runtime, kind)[key] = entry
+    return msgspec.structs.replace(runtime, **{_FIELDS[kind]: m for kind, m in maps.items()})
+
+
+def _map(maps: dict[str, dict], runtime: Runtime, kind: str) -> dict:
+    if kind not in maps:
+        maps[kind] = dict(getattr(runtime, _FIELDS[kind]))
+    return maps[kind]
+
+
+def inverse(before: Runtime, plan: Plan) -> Plan:
+    """The plan that takes ``apply(before, plan)`` back to ``before``."""
+    touched = {entry_key(e) for e in (*plan.drop, *plan.put)}
+    restore = []
+    for kind, key in touched:
+        old = getattr(before, _FIELDS[kind]).get(key)
+        if old is not None:
+            restore.append(old)
+    return Plan(put=tuple(restore), drop=plan.put)
+
+
+def suspensions_of(entries: Iterable[Entry]) -> tuple[Suspension, ...]:
+    return tuple(e for e in entries if isinstance(e, Suspension))
+
+
+# -- suspensions --------------------------------------------------------------
+
+
+def upserted(new: Suspension, holder: Suspension | None, *, now: datetime, actor: str) -> Suspension:
+    """What to store for ``new``, given the suspension holding its criteria (or None).
+
+    An active holder keeps its id, creation and author and takes the new
+    reason and expiry; otherwise ``new`` is stored as created now by ``actor``.
+    """
+    if holder is not None and holder.is_active(now.timestamp()):
+        return msgspec.structs.replace(holder, reason=new.reason, expires=new.expires)
+    return msgspec.structs.replace(new, created_at=now, created_by=actor)
+
+
+def suspended(
+    runtime: Runtime, stored: Suspension, replaced: Suspension | None, *, actor: str
+) -> Plan:
+    """The plan once the store holds ``stored`` in place of ``replaced`` (or of nothing).
+
+    Drops what this node held under either id: the store may know more than
+    this node has heard yet.
+    """
+    updated = replaced is not None and replaced.id == stored.id
+    ids = {stored.id} | ({replaced.id} if replaced is not None else set())
+    drop = tuple(runtime.suspensions[i] for i in ids if i in runtime.suspensions)
+    event = Event(
+        "suspension_updated" if updated else "suspension_added",
+        {"id": stored.id, "by": actor, **described(stored)},
+    )
+    return Plan(put=(stored,), drop=drop, events=(event,), entry=stored)
+
+
+def cancel(snapshot: Snapshot, ident: object, *, now: float, actor: str) -> Plan:
+    """Lift a runtime suspension; NotFound if none is active, DEFINED_IN_FILE for a file's."""
+    if not isinstance(ident, str):
+        raise ValidationError("id must be a string", field="id")
+    found = snapshot.suspensions.get(ident)
+    if found is None or not found.is_active(now):
+        raise NotFound(f"no active suspension with id {ident!r}", code="SUSPENSION_NOT_FOUND")
+    if found.source != "runtime":
+        raise defined_in_file(f"suspension {ident}", found.source)
+    stored = snapshot.runtime.suspensions.get(ident, found)
+    event = Event("suspension_removed", {"id": ident, "by": actor, **criteria(found)})
+    return Plan(drop=(stored,), events=(event,), entry=found)
+
+
+def expired(snapshot: Snapshot, now: float) -> Plan:
+    """Runtime suspensions whose expiry has passed, to be swept."""
+    at = snapshot.next_runtime_expiry()
+    if at is None or at > now:
+        return NOTHING
+    gone = tuple(
+        s for s in snapshot.runtime.suspensions.values()
+        if s.expires is not None and s.expires.timestamp() <= now
+    )
+    events = tuple(Event("suspension_expired", {"id": s.id, **criteria(s)}) for s in gone)
+    return Plan(drop=gone, events=events, expiry=True)
+
+
+# -- queues, schedules and endpoints: one path, told apart by KINDS ----------
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one kind of pausable object differs from the others."""
+
+    name: KindName
+    check: Callable[[str], str]  # a valid, normal id, or ValidationError
+    views: Callable[[Snapshot], Mapping[str, Any]]
+    not_found: str | None  # the NotFound code; None: pausing an unknown one is allowed
+    strict: bool  # pausing a paused one, resuming a running one: 409 (HookBridge)
+    id_field: str  # what the events call the id
+
+    def view(self, snapshot: Snapshot, ident: str) -> Any:
+        found = self.views(snapshot).get(ident)
+        if found is None and self.not_found is not None:
+            raise NotFound(f"{self.name} {ident!r} not found", code=self.not_found)
+        return found
+
+
+def _queue_name(name: str) -> str:
+    return queue_from({}, mode="api", name=name).name
+
+
+KINDS: dict[str, Kind] = {
+    "queue": Kind("queue", _queue_name, lambda s: s.queues, None, False, "queue"),
+    "schedule": Kind("schedule", check_schedule_id, lambda s: s.schedules, "SCHEDULE_NOT_FOUND", False, "id"),
+    "endpoint": Kind("endpoint", check_endpoint_id, lambda s: s.endpoints, "ENDPOINT_NOT_FOUND", True, "id"),
+}
+
+
+def pause(
+    snapshot: Snapshot,
+    kind: str,
+    ident: str,
+    *,
+    now: datetime,
+    actor: str,
+    reason: str | None = None,
+    parallelism: int | None = None,
+) -> Plan:
+    """Pause a queue, schedule or endpoint. Idempotent but for endpoints (ALREADY_PAUSED).
+
+    A pause already in force is answered with its holder and changes nothing.
+    Pausing a queue keeps the parallelism set before unless one is given.
+    """
+    k = KINDS[kind]
+    ident = k.check(ident)
+    view = k.view(snapshot, ident)
+    if view is not None and view.paused:
+        if k.strict:
+            raise Conflict(f"{kind} {ident} is already paused", code="ALREADY_PAUSED")
+        return Plan(entry=view.holder if kind == "queue" else view.own)
+    before = view.own if view is not None else None
+    if kind == "queue":
+        entry: Entry = QueuePolicy(
+            name=ident,
+            paused=True,
+            reason=reason,
+            parallelism=parallelism if parallelism is not None else (before.parallelism if before else None),
+            created_at=before.created_at if before and before.created_at else now,
+            created_by=actor,
+            updated_at=now,
+        )
+    else:
+        entry = Pause(kind=kind, id=ident, reason=reason, created_at=now, created_by=actor)
+    return _written(k, entry, before, f"{kind}_paused", actor)
+
+
+def resume(snapshot: Snapshot, kind: str, ident: str, *, now: datetime, actor: str) -> Plan:
+    """Lift the runtime's pause. Idempotent but for endpoints (NOT_PAUSED);
+    DEFINED_IN_FILE when a policy file pauses it.
+
+    A queue whose parallelism was set keeps its entry, unpaused and without
+    the pause's reason.
+    """
+    k = KINDS[kind]
+    ident = k.check(ident)
+    view = k.view(snapshot, ident)
+    if view is None or not view.paused:
+        if k.strict:
+            raise Conflict(f"{kind} {ident} is not paused", code="NOT_PAUSED")
+        return NOTHING
+    if view.file_pause is not None:
+        raise defined_in_file(f"the pause of {kind} {ident}", view.file_pause)
+    before = view.own
+    if kind == "queue" and before.parallelism is not None:
+        kept = msgspec.structs.replace(before, paused=False, reason=None, updated_at=now)
+        return _written(k, kept, before, "queue_resumed", actor)
+    return _dropped(k, before, "queue_resumed" if kind == "queue" else f"{kind}_resumed", actor)
+
+
+def _written(k: Kind, entry: Entry, before: Entry | None, event: str, actor: str) -> Plan:
+    ident = entry_key(entry)[1]
+    fields = {k.id_field: ident, "reason": entry.reason, "by": actor}
+    drop = (before,) if before is not None else ()
+    return Plan(put=(entry,), drop=drop, events=(Event(event, fields),), entry=entry)
+
+
+def _dropped(k: Kind, before: Entry, event: str, actor: str) -> Plan:
+    fields = {k.id_field: entry_key(before)[1], "by": actor}
+    return Plan(drop=(before,), events=(Event(event, fields),))
+
+
+def upsert_queue(
+    snapshot: Snapshot,
+    name: str,
+    *,
+    parallelism: int | None,
+    paused: bool,
+    now: datetime,
+    actor: str,
+) -> Plan:
+    """QStash's upsert: a queue's parallelism and pause state in one change.
+
+    Without parallelism the one set before is kept; unpausing a queue a file
+    pauses is DEFINED_IN_FILE; an upsert that changes nothing is an empty plan.
+    """
+    wanted = queue_from({} if parallelism is None else {"parallelism": parallelism}, mode="api", name=name)
+    view = snapshot.queues.get(wanted.name)
+    if not paused and view is not None and view.file_pause is not None:
+        raise defined_in_file(f"the pause of queue {wanted.name}", view.file_pause)
+    before = view.runtime if view is not None else None
+    entry = QueuePolicy(
+        name=wanted.name,
+        paused=paused,
+        reason=before.reason if before is not None and paused else None,
+        parallelism=wanted.parallelism
+        if wanted.parallelism is not None
+        else (before.parallelism if before is not None else None),
+        created_at=before.created_at if before and before.created_at else now,
+        created_by=before.created_by if before and before.created_by else actor,
+        updated_at=now,
+    )
+    if entry == before:
+        return Plan(entry=entry)
+    was_paused = view is not None and view.paused
+    if paused and not was_paused:
+        event = "queue_paused"
+    elif not paused and was_paused:
+        event = "queue_resumed"
+    else:
+        event = "queue_updated"
+    return _written(KINDS["queue"], entry, before, event, actor)
+
+
+def delete_queue(snapshot: Snapshot, name: str, *, actor: str) -> Plan:
+    """Forget a queue's runtime entry; NotFound without one, DEFINED_IN_FILE if a file owns it."""
+    normal = _queue_name(name)
+    view = snapshot.queues.get(normal)
+    if view is None:
+        raise NotFound(f"queue {normal} not found", code="QUEUE_NOT_FOUND")
+    if view.runtime is None:
+        raise defined_in_file(f"queue {normal}", view.file.source)
+    # the queue stops being paused only if the runtime was what paused it
+    resumed = view.runtime.paused and view.file_pause is None
+    return _dropped(KINDS["queue"], view.runtime, "queue_resumed" if resumed else "queue_deleted", actor)
+
+
+# -- changes made elsewhere: hand edits, other nodes ------------------------
+
+Updates = Mapping[tuple[str, str], Entry | None]
+
+
+def from_store(
+    snapshot: Snapshot, updates: Updates, *, now: float, summary: list[str] | None = None
+) -> Plan:
+    """The plan for changes the store reports, made by hand or by other nodes.
+
+    With ``summary`` (the names of hand-edited files) every update is taken
+    and announced as one ``runtime_reloaded``. Without, updates that change
+    nothing are left out, a suspension that arrives already over is ignored,
+    and each change is announced under the name a local change would have.
+    """
+    runtime = snapshot.runtime
+    put: list[Entry] = []
+    drop: list[Entry] = []
+    events: list[Event] = []
+    for (kind, key), entry in updates.items():
+        if kind not in _FIELDS:
+            continue
+        old = getattr(runtime, _FIELDS[kind]).get(key)
+        if summary is None:
+            if old == entry:
+                continue
+            if kind == "suspension" and old is None and entry is not None and not entry.is_active(now):
+                continue  # already over: nothing to hold, nothing to announce
+            events.append(_remote_event(snapshot, kind, key, old, entry, now))
+        if old is not None:
+            drop.append(old)
+        if entry is not None:
+            put.append(entry)
+    if summary is not None:
+        events = [Event("runtime_reloaded", {"files": sorted(summary)})]
+    if not put and not drop:
+        return NOTHING
+    return Plan(put=tuple(put), drop=tuple(drop), events=tuple(events))
+
+
+def _remote_event(
+    snapshot: Snapshot, kind: str, key: str, old: Entry | None, new: Entry | None, now: float
+) -> Event:
+    """The event a change made elsewhere is announced as.
+
+    ``by`` is the entry's ``created_by`` where there is an entry, else
+    ``"store"``: the store does not say who removed something.
+    """
+    by = (new.created_by if new is not None else None) or "store"
+    if kind == "suspension":
+        if new is None:
+            if not old.is_active(now):
+                return Event("suspension_expired", {"id": key, **criteria(old)})
+            return Event("suspension_removed", {"id": key, "by": by, **criteria(old)})
+        name = "suspension_added" if old is None else "suspension_updated"
+        return Event(name, {"id": key, "by": by, **described(new)})
+    if kind == "queue":
+        was = snapshot.queues.get(key)
+        file = was.file if was is not None else None
+        after = QueueView(name=key, file=file, runtime=new)
+        was_paused = was is not None and was.paused
+        if after.paused and not was_paused:
+            name = "queue_paused"
+        elif was_paused and not after.paused:
+            name = "queue_resumed"
+        elif new is None:
+            name = "queue_deleted"
+        else:
+            name = "queue_updated"
+        fields: dict[str, Any] = {"queue": key, "by": by}
+        if new is not None:
+            fields["reason"] = new.reason
+        elif name == "queue_updated":
+            fields["reason"] = None
+        return Event(name, fields)
+    if new is None:
+        return Event(f"{kind}_resumed", {"id": key, "by": by})
+    return Event(f"{kind}_paused", {"id": key, "reason": new.reason, "by": by})
+
+
+# -- how changes are described ------------------------------------------------
+
+
+def defined_in_file(what: str, source: str) -> Conflict:
+    path, _, line = source.rpartition(":")
+    where = f"{path} line {line}" if line.isdigit() else source
+    return Conflict(f"{what} is defined in {where}; edit that file to lift it", code="DEFINED_IN_FILE")
+
+
+def described(s: Suspension) -> dict[str, Any]:
+    """An added or updated suspension as events carry it: criteria, reason and expiry,
+    so a sender knows when the hold ends without reading the list."""
+    return {
+        **criteria(s),
+        "reason": s.reason,
+        "expires": None if s.expires is None else rfc3339(s.expires),
+    }
+
+
+def criteria(s: Suspension) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for key in ("campaign", "tenant", "domain"):
+        value = getattr(s, key)
+        if value is not None:
+            fields[key] = value
+    if s.queue_names:
+        fields["queue_names"] = list(s.queue_names)
+    if s.everything:
+        fields["everything"] = True
+    return fields
