@@ -21,11 +21,12 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from sluice.policy.duration import format_duration
+from sluice.policy.times import rfc3339
 from sluice.policy.tokens import NAME as TOKEN_NAME
 from sluice.policy.tokens import new_token
 
@@ -66,7 +67,7 @@ def _when(iso: str | None) -> str | None:
         moment = datetime.fromisoformat(iso.replace("Z", "+00:00"))
     except ValueError:
         return iso
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(moment, "seconds")
 
 
 def _hold(h: dict[str, Any]) -> str:
@@ -92,7 +93,7 @@ def event_text(e: dict[str, Any]) -> str:
     """One event of the stream as a line: time, generation, name, its fields."""
     at = e.get("at")
     if isinstance(at, (int, float)):  # seconds since the epoch, as the first daemons sent it
-        when = datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = rfc3339(at, "seconds")
     else:
         when = _when(at) if isinstance(at, str) else "-"
     parts = [when, f"gen {e.get('generation', '-')}", str(e.get("event", "?"))]
@@ -363,6 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
         return p
 
+    _add_change_commands(command)
+    _add_query_commands(command)
+    _add_offline_commands(command, commands, common)
+    return parser
+
+
+Command = Callable[..., argparse.ArgumentParser]
+
+
+def _add_change_commands(command: Command) -> None:
+    """Commands that change the runtime: suspend, cancel, pause, resume."""
     p = command(
         "suspend", cmd_suspend, "suspend delivery to matching queues",
         description="Suspend delivery to the queues that match. A suspension with the same "
@@ -392,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason")
         p = command(f"resume-{kind}", _pause_or_resume(kind, False), f"resume {a} {kind}")
         p.add_argument("name", metavar=what)
+
+
+def _add_query_commands(command: Command) -> None:
+    """Commands that ask the daemon: lists, check, status, reload, watch."""
     command("list-queues", cmd_list_queues, "list paused queues")
     command("list-schedules", cmd_list_schedules, "list schedules")
     command("list-endpoints", cmd_list_endpoints, "list endpoints")
@@ -415,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
         "lines with --json. Ends when the daemon ends the stream; ctrl-C exits 0.",
     )
 
+
+
+def _add_offline_commands(command: Command, commands: Any, common: list) -> None:
+    """Commands that work without the daemon: validate, edit, token, state."""
     p = command("validate", None, "check policy files offline")
     p.add_argument("dir", nargs="?", help="policy directory (default: the config's policy_dir)")
     p = command(
@@ -449,7 +469,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("--replace", action="store_true", help="remove stored entries not in SOURCE")
-    return parser
 
 
 def state_transfer(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from sluice.policy.snapshot import Snapshot
+from sluice.policy.times import rfc3339
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class ReloadResult:
     def as_json(self) -> dict:
         return {
             "ok": self.ok,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.at)),
+            "at": rfc3339(self.at, "seconds"),
             "generation": self.generation,
             "errors": list(self.errors),
             "changes": self.changes,

@@ -8,16 +8,11 @@ and end. Publishing never waits and never grows memory without bound.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from sluice.policy.times import rfc3339
 from collections.abc import Callable
 from typing import Any
 
 import trio
-
-
-def rfc3339(at: float) -> str:
-    """Seconds since the epoch as RFC 3339 UTC with milliseconds, as events carry them."""
-    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Subscription:

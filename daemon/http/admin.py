@@ -18,6 +18,7 @@ from sluice.policy.fields import queue_from
 from sluice.policy.model import Suspension
 from sluice.policy.queue_name import normalise
 from sluice.policy.snapshot import EndpointView, QueueView, ScheduleView
+from sluice.policy.times import rfc3339
 
 from ..current import Current, ReloadResult
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -30,7 +31,7 @@ Reload = Callable[[str], Awaitable[ReloadResult]]
 
 
 def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return None if value is None else rfc3339(value, "auto")
 
 
 def suspension_json(s: Suspension, now: float) -> dict[str, Any]:

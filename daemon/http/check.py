@@ -16,9 +16,10 @@ import trio
 
 from sluice.policy.errors import InvalidQueueName, NotFound, ValidationError
 from sluice.policy.fields import check_endpoint_id
+from sluice.policy.times import rfc3339
 
 from ..current import Current
-from ..events import Broadcaster, rfc3339
+from ..events import Broadcaster
 from ..metrics import Metrics
 from .routes import Router
 from .server import HttpError, Request, Response

@@ -8,12 +8,12 @@ native endpoint mutations (409 ALREADY_PAUSED / NOT_PAUSED).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 from sluice.policy.errors import NotFound
 from sluice.policy.fields import check_endpoint_id
 from sluice.policy.snapshot import EndpointView
+from sluice.policy.times import rfc3339
 
 from ..current import Current
 from ..mutations import Mutations
@@ -21,12 +21,6 @@ from .routes import Router
 from .server import Request, Response
 
 FileTime = Callable[[str], float]
-
-
-def _iso(value: datetime | float) -> str:
-    if not isinstance(value, datetime):
-        value = datetime.fromtimestamp(value, timezone.utc)
-    return value.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def endpoint_json(view: EndpointView, file_time: FileTime) -> dict[str, Any]:
@@ -38,8 +32,8 @@ def endpoint_json(view: EndpointView, file_time: FileTime) -> dict[str, Any]:
         "url": e.url,
         "description": e.description,
         "paused": view.paused,
-        "created_at": _iso(created),
-        "updated_at": _iso(updated),
+        "created_at": rfc3339(created, "seconds"),
+        "updated_at": rfc3339(updated, "seconds"),
     }
 
 
