@@ -150,7 +150,7 @@ def cmd_suspend_list(args, client: AdminClient, out: TextIO) -> int:
         print("no active suspensions", file=out)
     else:
         rows = [
-            (s["id"], matches(s), s.get("duration"), s.get("source"), s.get("reason"))
+            (s["id"], matches(s), s["duration"] if s.get("expires") else None, s.get("source"), s.get("reason"))
             for s in reply.data
         ]
         table(("ID", "MATCHES", "REMAINING", "SOURCE", "REASON"), rows, out)

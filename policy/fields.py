@@ -263,6 +263,35 @@ _SUSPENSION_KEYS = {
 }
 
 
+KUMO_CRITERIA = ("campaign", "tenant", "domain")
+
+
+def kumo_request(data: dict) -> dict:
+    """A suspend request as KumoMTA's clients write it, in sluice's terms.
+
+    kcli serialises ``campaign``, ``tenant`` and ``domain`` always, as
+    ``null`` when a flag is not given (kumo-api-types' ``SuspendV1Request``),
+    so ``null`` means absent for every optional field and an empty
+    ``queue_names`` means none. All three present and ``null`` with no
+    ``queue_names`` is ``kcli suspend --everything``. A body that names no
+    criteria at all stays refused, and unknown keys stay errors: a typo
+    cannot suspend all mail.
+    """
+    known = _SUSPENSION_KEYS["api"]
+    body = {
+        k: v
+        for k, v in data.items()
+        if k not in known or not (v is None or (k == "queue_names" and v == []))
+    }
+    if (
+        all(k in data and data[k] is None for k in KUMO_CRITERIA)
+        and "queue_names" not in body
+        and "everything" not in body
+    ):
+        body["everything"] = True
+    return body
+
+
 def suspension_from(
     data: object,
     *,
@@ -280,6 +309,8 @@ def suspension_from(
         fast = _file_suspension_fast(data, file_name, source)
         if fast is not None:
             return fast
+    if mode == "api" and type(data) is dict:
+        data = kumo_request(data)
     r = _Reader(data, _SUSPENSION_KEYS[mode], "suspension")
     campaign = r.component("campaign")
     tenant = r.component("tenant")

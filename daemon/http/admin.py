@@ -34,6 +34,12 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else rfc3339(value, "auto")
 
 
+# What ``duration`` says of a hold without an end: KumoMTA's list entry needs a
+# duration humantime parses, and kumod itself has no endless suspensions.
+# ``expires: null`` beside it is sluice's own word.
+ENDLESS = "100years"
+
+
 def suspension_json(s: Suspension, now: float) -> dict[str, Any]:
     """A suspension as listed: KumoMTA's fields first, then sluice's."""
     return {
@@ -42,7 +48,7 @@ def suspension_json(s: Suspension, now: float) -> dict[str, Any]:
         "tenant": s.tenant,
         "domain": s.domain,
         "reason": s.reason,
-        "duration": None if s.expires is None else format_duration(s.expires.timestamp() - now),
+        "duration": ENDLESS if s.expires is None else format_duration(s.expires.timestamp() - now),
         "queue_names": list(s.queue_names),
         "everything": s.everything,
         "expires": _iso(s.expires),
