@@ -39,7 +39,7 @@ from sluice.policy.snapshot import EndpointView, Runtime, ScheduleView, Snapshot
 
 from .current import Current
 from .events import Broadcaster, rfc3339
-from .state.files import entry_key, name_for
+from .state.encoding import entry_key, name_for
 from .state.store import Announce, ReadUpdates, RuntimeStore
 
 log = structlog.get_logger("sluice.mutations")

@@ -62,7 +62,7 @@ import trio
 from sluice.policy.model import Entry, Suspension
 
 from .cache import LocalCopy
-from .files import entry_key, name_for, only_entry, parse_entry, render, runtime_from
+from .encoding import entry_key, name_for, only_entry, parse_entry, render, runtime_from
 from .gateway import (
     EtcdRefused,
     Gateway,

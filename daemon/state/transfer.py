@@ -43,7 +43,9 @@ from sluice.policy.files import is_policy_file, parse_runtime
 from sluice.policy.model import Entry
 
 from ..config import Config
-from .files import FileStore, entry_key, file_name, only_entry, parse_entry, render, write_files
+from .atomic import write_file, write_files
+from .encoding import entry_key, file_name, key_of, only_entry, parse_entry, render
+from .files import FileStore
 from .store import StateUnavailable
 
 
@@ -183,7 +185,10 @@ def export_state(config: Config, target: str | Path = "-", *, stdout: BinaryIO |
         out.write(document(texts, header))
         out.flush()
     elif target.endswith(".toml"):
-        _write_atomic(Path(target), document(texts, header))
+        try:
+            write_file(Path(target), document(texts, header), mode=0o666)
+        except OSError as exc:
+            raise TransferError(f"cannot write {target}: {exc.strerror or exc}") from None
     else:
         directory = Path(target)
         if directory.exists() and any(directory.iterdir()):
@@ -231,8 +236,6 @@ def _placeholder(name: str) -> Entry:
     """An entry with the kind and key ``name`` stands for, to remove a broken text."""
     from sluice.policy.model import Pause, QueuePolicy, Suspension
 
-    from .files import key_of
-
     kind, key = key_of(name) or ("", "")
     if kind == "suspension":
         return Suspension(id=key, reason="-", everything=True)
@@ -242,14 +245,3 @@ def _placeholder(name: str) -> Entry:
         return Pause(kind=kind, id=key)
     raise TransferError(f"{name}: not a runtime entry's name")
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise TransferError(f"cannot write {path}: {exc.strerror or exc}") from None

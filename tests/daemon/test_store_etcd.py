@@ -294,7 +294,7 @@ async def test_a_change_on_one_node_is_applied_and_announced_on_the_other_once(e
     # the value in etcd is the files backend's text, byte for byte
     stored = etcd.get_prefix(prefix + "runtime/")
     assert list(stored) == [prefix + "runtime/queue/acme%40example.com", prefix + "runtime/schedule/digest"]
-    from sluice.daemon.state.files import render
+    from sluice.daemon.state.encoding import render
 
     assert stored[prefix + "runtime/queue/acme%40example.com"] == render(
         a.current.snapshot.runtime.queues["acme@example.com"]

@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import trio
 
-from sluice.daemon.state.files import FileStore, render
+from sluice.daemon.state.encoding import render
+from sluice.daemon.state.files import FileStore
 from sluice.daemon.state.store import Loaded, RuntimeStore, open_store
 from sluice.policy.model import QueuePolicy, Suspension
 
