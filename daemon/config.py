@@ -14,6 +14,8 @@ from typing import Literal
 import msgspec
 import tomli
 
+from .state.base import EtcdSettings, StoreSettings
+
 
 class ConfigError(Exception):
     """The config file is missing, unreadable or invalid; the message says where."""
@@ -92,6 +94,27 @@ class Config(_Section):
     @property
     def state_path(self) -> Path:
         return self.path(self.state_dir)
+
+    def store_settings(self) -> StoreSettings:
+        """``[state]`` as ``state.open_store`` takes it, its paths resolved."""
+        etcd = self.state.etcd
+
+        def file(value: str) -> Path | None:
+            return self.path(value) if value else None
+
+        return StoreSettings(
+            state_dir=self.state_path,
+            backend=self.state.backend,
+            etcd=EtcdSettings(
+                endpoints=etcd.endpoints,
+                prefix=etcd.prefix,
+                ca_file=file(etcd.ca_file),
+                cert_file=file(etcd.cert_file),
+                key_file=file(etcd.key_file),
+                username=etcd.username,
+                password=etcd.password,
+            ),
+        )
 
     @property
     def admin_socket(self) -> Path | None:

@@ -11,7 +11,7 @@ its own generation.
 Holds written in policy files are not the runtime's to lift: lifting one is
 ``Conflict(DEFINED_IN_FILE)`` naming the file and line.
 
-The store is a ``RuntimeStore`` (state/store.py): files on this host or etcd
+The store is a ``RuntimeStore`` (state/base.py): files on this host or etcd
 shared by a fleet. A store that cannot take a change raises
 ``StateUnavailable`` (503) before anything is swapped. Changes made elsewhere
 (hand edits of the files, other nodes through etcd) come in through
@@ -39,8 +39,8 @@ from sluice.policy.snapshot import EndpointView, Runtime, ScheduleView, Snapshot
 
 from .current import Current
 from .events import Broadcaster, rfc3339
+from .state.base import Announce, ReadUpdates, RuntimeStore
 from .state.encoding import entry_key, name_for
-from .state.store import Announce, ReadUpdates, RuntimeStore
 
 log = structlog.get_logger("sluice.mutations")
 
@@ -435,7 +435,7 @@ class Mutations:
     async def apply_changes(self, read: ReadUpdates, *, announce: Announce = "each") -> int:
         """Apply changes the store reports; returns how many entries it reported.
 
-        ``read`` is called under the lock (see state/store.py). With
+        ``read`` is called under the lock (see state/base.py). With
         ``announce="summary"`` (hand edits of files) the batch is one
         ``runtime_reloaded`` event; with ``"each"`` (other nodes) every real
         change is announced under the event name a local change would have,

@@ -48,12 +48,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, unquote
 
 import structlog
@@ -77,11 +76,7 @@ from .gateway import (
     unb64,
     value_is,
 )
-from .store import Apply, Loaded, StateUnavailable, Updates, _ignore
-
-if TYPE_CHECKING:
-    from ..config import Config
-    from ..reload import Watcher
+from .base import Apply, Loaded, StateUnavailable, Updates, ignore_degraded
 
 log = structlog.get_logger("sluice.state")
 
@@ -116,36 +111,13 @@ class EtcdStore:
         self.prefix = prefix
         self.clock = clock
         self.degraded = False
-        self.on_degraded: Callable[[bool, str], None] = _ignore
+        self.on_degraded: Callable[[bool, str], None] = ignore_degraded
         self.revision: int | None = None  # last revision applied; None: resync needed
         self._runtime_prefix = prefix + "runtime/"
         self._seen: dict[str, tuple[int, bool]] = {}  # key -> (revision, live)
         self._sweep_later: dict[str, tuple[int, str, str]] = {}  # key -> (revision, criteria, id)
         self._wake = trio.Event()
         self.copy = LocalCopy(cache_dir)
-
-    @classmethod
-    def from_config(cls, config: Config, clock: Callable[[], float] = time.time) -> EtcdStore:
-        """The store ``[state.etcd]`` describes; ValueError for a setting that cannot work."""
-        etcd = config.state.etcd
-        verify: ssl.SSLContext | bool = True
-        if etcd.ca_file or etcd.cert_file or etcd.key_file:
-            if bool(etcd.cert_file) != bool(etcd.key_file):
-                raise ValueError("state.etcd: cert_file and key_file go together")
-            try:
-                verify = ssl.create_default_context(
-                    cafile=str(config.path(etcd.ca_file)) if etcd.ca_file else None
-                )
-                if etcd.cert_file:
-                    verify.load_cert_chain(config.path(etcd.cert_file), config.path(etcd.key_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise ValueError(f"state.etcd: cannot load TLS files: {exc}") from None
-        if bool(etcd.username) != bool(etcd.password):
-            raise ValueError("state.etcd: username and password go together")
-        gateway = Gateway(
-            list(etcd.endpoints), verify=verify, username=etcd.username, password=etcd.password
-        )
-        return cls(gateway, etcd.prefix, config.state_path / "etcd-cache", clock=clock)
 
     @property
     def where(self) -> str:
@@ -172,7 +144,7 @@ class EtcdStore:
         """The entry an etcd value holds; None (logged) if it is not valid."""
         kind_key = self.kind_key(key)
         if kind_key is None:
-            log.warning("state_key_ignored", key=key)
+            log.warning("state_keyignore_degradedd", key=key)
             return None
         parsed = parse_entry(data, name_for(*kind_key), where=key)
         if parsed.problems:
@@ -410,13 +382,12 @@ class EtcdStore:
         apply: Apply,
         *,
         stop: trio.Event,
-        watcher: Watcher | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Apply other nodes' changes until ``stop`` is set; reconnect with backoff.
 
         Ready once the watch runs, or once it has failed and the node serves
-        what it has, degraded. ``watcher`` is not used: changes come from etcd.
+        what it has, degraded.
         """
         started = False
 
@@ -619,26 +590,26 @@ class EtcdStore:
 
     # -- bulk, for state export and import ---------------------------------------------
 
-    async def read_raw(self) -> dict[str, bytes]:
+    async def read_all(self) -> dict[str, bytes]:
         """Every runtime value by file name (``suspension-<id>.toml`` ...), at one revision."""
         found, _revision = await self._range_all(OPEN_PATIENCE)
         raw = {}
         for key, (_mod, data) in found.items():
             kind_key = self.kind_key(key)
             if kind_key is None:
-                log.warning("state_key_ignored", key=key)
+                log.warning("state_keyignore_degradedd", key=key)
                 continue
             raw[name_for(*kind_key)] = data
         return raw
 
-    async def write_raw(self, puts: list[tuple[Entry, bytes]], removes: list[Entry]) -> None:
+    async def write_all(self, puts: dict[str, tuple[Entry, bytes]], removes: dict[str, Entry]) -> None:
         """Put entries (with their exact bytes) and remove others, in transactions of
         at most 128 operations (etcd's default limit); not atomic as a whole."""
         ops: list[dict] = []
-        for entry in removes:
+        for entry in removes.values():
             suspension = entry if isinstance(entry, Suspension) else None
             ops.extend(self._delete_ops(self.key(*entry_key(entry)), suspension))
-        for entry, data in puts:
+        for entry, data in puts.values():
             ops.append(put_op(self.key(*entry_key(entry)), data))
             if isinstance(entry, Suspension):
                 ops.append(put_op(self.criteria_key(entry.criteria_key), entry.id))

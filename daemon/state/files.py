@@ -27,7 +27,6 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -39,10 +38,7 @@ from sluice.policy.snapshot import Runtime
 
 from .atomic import TMP_SUFFIX, remove_file, write_file, write_files
 from .encoding import entry_key, file_name, key_of, name_for, only_entry, parse_entry, render, runtime_from
-from .store import Apply, Loaded, ReadUpdates, Updates, _ignore
-
-if TYPE_CHECKING:
-    from ..reload import Watcher
+from .base import Apply, Changes, Loaded, ReadUpdates, Updates, ignore_degraded
 
 log = structlog.get_logger("sluice.state")
 
@@ -56,10 +52,11 @@ class FileStore:
 
     degraded = False
 
-    def __init__(self, state_dir: Path, *, debounce: float = 0.05) -> None:
+    def __init__(self, state_dir: Path, *, changes: Changes | None = None) -> None:
+        """The store under ``state_dir``; ``follow`` hears of hand edits from ``changes``."""
         self.directory = state_dir / "runtime"
-        self.debounce = debounce
-        self.on_degraded: Callable[[bool, str], None] = _ignore
+        self.changes = changes
+        self.on_degraded: Callable[[bool, str], None] = ignore_degraded
         self._written: dict[str, bytes | None] = {}
 
     @property
@@ -173,32 +170,35 @@ class FileStore:
         apply: Apply,
         *,
         stop: trio.Event,
-        watcher: Watcher | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Watch the runtime directory and take in hand edits, until ``stop`` is set.
+        """Take in hand edits of the runtime directory, until ``stop`` is set.
 
-        The directory becomes a tree of ``watcher`` (which the caller runs),
-        or of a watcher of its own.
+        They come from the ``changes`` the store was built with; without it
+        there is nothing to follow (``state import`` and tests).
         """
-        from ..reload import Watcher, debounced, follow
-
         self.directory.mkdir(parents=True, exist_ok=True)
-
-        async def on_change(batch) -> None:
-            names = {Path(path).name for _change, path in batch if Path(path).parent == self.directory}
-            if names:
-                await apply(self.hand_edits(names), announce="summary")
-
-        own = watcher is None
-        if own:
-            watcher = Watcher(stop)
-        changes = debounced(watcher.tree(self.directory), self.debounce)
-        async with trio.open_nursery() as nursery:
-            if own:
-                await nursery.start(watcher.run)
-            await nursery.start(follow, changes, on_change)
+        if self.changes is None:
             task_status.started()
+            return
+        batches = self.changes(self.directory)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+
+            async def until_stopped() -> None:
+                await stop.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_stopped)
+            async for batch in batches:
+                names = {Path(path).name for _change, path in batch if Path(path).parent == self.directory}
+                if not names:
+                    continue
+                try:
+                    await apply(self.hand_edits(names), announce="summary")
+                except Exception:  # following must outlive any one bad change
+                    log.exception("change_handling_failed")
+            nursery.cancel_scope.cancel()
 
     # -- writing -----------------------------------------------------------
 
@@ -236,6 +236,18 @@ class FileStore:
 
     async def aclose(self) -> None:
         pass
+
+    # -- bulk, for state export and import ---------------------------------------
+
+    async def read_all(self) -> dict[str, bytes]:
+        """Every runtime file's bytes by name."""
+        return await trio.to_thread.run_sync(self.read_raw)
+
+    async def write_all(self, puts: dict[str, tuple[Entry, bytes]], removes: dict[str, Entry]) -> None:
+        """Write files (by name, with their exact bytes) and remove ``removes``, each atomically."""
+        changes: dict[str, bytes | None] = {name: None for name in removes}
+        changes.update({name: data for name, (_entry, data) in puts.items()})
+        await trio.to_thread.run_sync(self.write_raw, changes)
 
     # -- the local copy kept by the etcd backend ------------------------------
 

@@ -29,7 +29,7 @@ import httpx
 import msgspec
 import trio
 
-from .store import StateUnavailable
+from .base import EtcdSettings, StateUnavailable
 
 CONNECT_TIMEOUT = 1.0
 REQUEST_TIMEOUT = 5.0
@@ -134,6 +134,23 @@ class Gateway:
             timeout=httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT),
             trust_env=False,
         )
+
+    @classmethod
+    def from_settings(cls, etcd: EtcdSettings) -> Gateway:
+        """The gateway ``[state.etcd]`` describes; ValueError for a setting that cannot work."""
+        verify: ssl.SSLContext | bool = True
+        if etcd.ca_file or etcd.cert_file or etcd.key_file:
+            if bool(etcd.cert_file) != bool(etcd.key_file):
+                raise ValueError("state.etcd: cert_file and key_file go together")
+            try:
+                verify = ssl.create_default_context(cafile=str(etcd.ca_file) if etcd.ca_file else None)
+                if etcd.cert_file:
+                    verify.load_cert_chain(etcd.cert_file, etcd.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"state.etcd: cannot load TLS files: {exc}") from None
+        if bool(etcd.username) != bool(etcd.password):
+            raise ValueError("state.etcd: username and password go together")
+        return cls(list(etcd.endpoints), verify=verify, username=etcd.username, password=etcd.password)
 
     @property
     def endpoint(self) -> str:

@@ -183,7 +183,8 @@ from sluice.daemon.events import Broadcaster  # noqa: E402
 from sluice.daemon.mutations import Mutations  # noqa: E402
 from sluice.daemon.state.etcd import EtcdStore
 from sluice.daemon.state.gateway import Gateway  # noqa: E402
-from sluice.daemon.state.store import StateUnavailable  # noqa: E402
+from sluice.daemon.state import open_store  # noqa: E402
+from sluice.daemon.state.base import StateUnavailable  # noqa: E402
 
 FILES = """
 [[schedule]]
@@ -527,7 +528,7 @@ async def test_tls_with_a_client_certificate(tmp_path):
             f'state_dir = "state"\n[state]\nbackend = "etcd"\n[state.etcd]\n'
             f'endpoints = ["{cluster.url}"]\nca_file = "ca.pem"\ncert_file = "client.pem"\nkey_file = "client.key"\n'
         )
-        store = EtcdStore.from_config(load_config(config))
+        store = open_store(load_config(config).store_settings())
         await store.put(
             __import__("sluice.policy.model", fromlist=["QueuePolicy"]).QueuePolicy(name="tls.example", paused=True)
         )
@@ -536,7 +537,7 @@ async def test_tls_with_a_client_certificate(tmp_path):
         await store.aclose()
         # without the client certificate etcd refuses: the store is unreachable for us
         config.write_text(config.read_text().replace('cert_file = "client.pem"\nkey_file = "client.key"\n', ""))
-        store = EtcdStore.from_config(load_config(config))
+        store = open_store(load_config(config).store_settings())
         assert (await store.open()).stale
         await store.aclose()
     finally:

@@ -8,7 +8,9 @@ import trio
 
 from sluice.daemon.state.encoding import render
 from sluice.daemon.state.files import FileStore
-from sluice.daemon.state.store import Loaded, RuntimeStore, open_store
+from sluice.daemon.reload import Watcher, debounced
+from sluice.daemon.state import open_store
+from sluice.daemon.state.base import Loaded, RuntimeStore
 from sluice.policy.model import QueuePolicy, Suspension
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
@@ -51,7 +53,9 @@ async def test_claim_updates_the_holder_or_replaces_an_expired_one(tmp_path):
 
 
 async def test_follow_hands_hand_edits_to_apply_and_skips_own_writes(tmp_path):
-    store = FileStore(tmp_path, debounce=0.01)
+    stop = trio.Event()
+    watcher = Watcher(stop)  # as sluiced does: its one watcher's tree of the directory, debounced
+    store = FileStore(tmp_path, changes=lambda directory: debounced(watcher.tree(directory), 0.01))
     await store.put(QueuePolicy(name="q.example", paused=True))
     batches = []
     got = trio.Event()
@@ -62,9 +66,9 @@ async def test_follow_hands_hand_edits_to_apply_and_skips_own_writes(tmp_path):
         got.set()
         return len(updates)
 
-    stop = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda task_status: store.follow(apply, stop=stop, task_status=task_status))
+        await nursery.start(watcher.run)
         await store.put(QueuePolicy(name="own.example", paused=True))  # our own: never reported
         path = tmp_path / "runtime" / "queue-q.example.toml"
         edited = tmp_path / "edited"
@@ -85,9 +89,11 @@ def test_open_store_picks_the_backend_from_the_config(tmp_path):
     from sluice.daemon.config import load_config
 
     path = tmp_path / "sluiced.toml"
-    path.write_text('state_dir = "s"\n[reload]\ndebounce_ms = 7\n')
-    store = open_store(load_config(path))
-    assert isinstance(store, FileStore) and store.debounce == 0.007
+    path.write_text('state_dir = "s"\n')
+    changes = lambda directory: None  # noqa: E731
+    store = open_store(load_config(path).store_settings(), changes=changes)
+    assert isinstance(store, FileStore) and store.changes is changes
+    assert store.where == str(tmp_path / "s" / "runtime")
     path.write_text('state_dir = "s"\n[state]\nbackend = "etcd"\n[state.etcd]\nendpoints = ["http://127.0.0.1:1"]\n')
-    store = open_store(load_config(path))
+    store = open_store(load_config(path).store_settings())
     assert type(store).__name__ == "EtcdStore" and store.where == "etcd http://127.0.0.1:1 under /sluice/"
