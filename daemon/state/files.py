@@ -16,9 +16,10 @@ One change writes one small file, whatever the number of objects.
 
 The store remembers the digest of what it last wrote to each file, so the
 daemon's own writes are not mistaken for hand edits by the watcher.
-``follow`` is that watcher: it watches the directory (watchfiles, debounced)
-and hands hand-edited files to ``Mutations`` as updates. This backend is the
-``RuntimeStore`` of ``store.py`` that is never degraded.
+``follow`` takes the batches of changed paths the store was built with
+(``changes``: the daemon's one watcher, debounced, on this directory) and
+hands hand-edited files to ``Mutations`` as updates. This backend is the
+``RuntimeStore`` of ``base.py`` that is never degraded.
 """
 
 from __future__ import annotations

@@ -369,7 +369,7 @@ async def test_racing_sweepers_remove_an_expired_key_once_and_never_an_updated_o
         await b.event("suspension_added", id=s.id)
         stale = b.current.snapshot.suspensions[s.id]
         key = prefix + f"runtime/suspension/{s.id}"
-        b.store._seen[key] = (b.store._seen[key][0] - 1, True)  # b is behind
+        b.store.known.seen[key] = (b.store.known.seen[key][0] - 1, True)  # b is behind
         await b.store.remove_expired(stale)
         assert key in etcd.get_prefix(prefix)
         a.stop.set()
