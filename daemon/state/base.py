@@ -4,8 +4,8 @@
     ├── FileStore           state/files.py: one TOML file per object under state_dir
     └── EtcdStore           state/etcd.py: one etcd key per object, shared by a fleet
 
-    StoreSettings           what ``open_store`` (state/__init__.py) builds a store
-    └── EtcdSettings        from: plain values, paths already resolved
+    StoreSettings           the input of ``open_store`` (state/__init__.py):
+    └── EtcdSettings        plain values, paths already resolved
     Changes                 how the files backend hears of changes in its
                             directory (the shell builds it from its watcher)
 
@@ -32,7 +32,8 @@ through ``follow``.
   pass; it never fails the caller (expiry is decided locally) and, for etcd,
   is a transaction on the key's revision, so racing sweepers are harmless.
 - ``follow`` runs for the daemon's lifetime and calls
-  ``apply(read, announce=...)`` for each batch of changes made elsewhere.
+  ``apply(read, announce=...)`` for each batch of changes made elsewhere
+  (files: from the ``changes`` the store was built with; etcd: its watch).
   ``apply`` (``Mutations.apply_changes``) takes the mutations lock and only
   then calls ``read()``, which returns ``{(kind, key): Entry | None}``: the
   batch as it stands at that moment, with this node's own writes and changes

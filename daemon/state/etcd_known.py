@@ -36,6 +36,8 @@ WatchedChange = tuple[str, int, bool, bytes]  # (key, mod_revision, deleted, val
 
 
 class Known:
+    """The revisions this node knows (see the module docstring); mirrored into the local copy."""
+
     def __init__(self, keys: Keys, copy: LocalCopy) -> None:
         self.keys = keys
         self.copy = copy

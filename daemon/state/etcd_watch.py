@@ -73,6 +73,8 @@ class Health:
 
 
 class Follower:
+    """The follow loop of one etcd store (see the module docstring)."""
+
     def __init__(
         self,
         gateway: Gateway,

@@ -97,3 +97,41 @@ def test_open_store_picks_the_backend_from_the_config(tmp_path):
     path.write_text('state_dir = "s"\n[state]\nbackend = "etcd"\n[state.etcd]\nendpoints = ["http://127.0.0.1:1"]\n')
     store = open_store(load_config(path).store_settings())
     assert type(store).__name__ == "EtcdStore" and store.where == "etcd http://127.0.0.1:1 under /sluice/"
+
+
+async def test_follow_takes_its_changes_from_what_the_store_was_built_with(tmp_path):
+    """A scripted ``changes``: paths outside the runtime directory are left out, a bad batch is survived."""
+    runtime = tmp_path / "runtime"
+    asked = []
+
+    async def changes(directory):
+        asked.append(directory)
+        yield {("added", str(tmp_path / "elsewhere.toml"))}
+        yield {("added", str(runtime / "queue-broken.toml"))}
+        yield {("added", str(runtime / "queue-q.example.toml"))}
+
+    store = FileStore(tmp_path, changes=changes)
+    calls = []
+
+    async def apply(read, *, announce):
+        updates = await read()
+        calls.append(updates)
+        if ("queue", "broken") in updates:
+            raise RuntimeError("this batch fails")
+        return len(updates)
+
+    runtime.mkdir()
+    (runtime / "queue-broken.toml").write_text('[[queue]]\nname = "broken"\npaused = true\n')
+    (runtime / "queue-q.example.toml").write_text('[[queue]]\nname = "q.example"\npaused = true\n')
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: store.follow(apply, stop=trio.Event(), task_status=task_status))
+    assert asked == [runtime]
+    assert [list(updates) for updates in calls] == [[("queue", "broken")], [("queue", "q.example")]]
+
+
+async def test_follow_without_changes_is_ready_and_follows_nothing(tmp_path):
+    store = FileStore(tmp_path)
+    with trio.fail_after(1):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: store.follow(None, stop=trio.Event(), task_status=task_status))
+    assert (tmp_path / "runtime").is_dir()
