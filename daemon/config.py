@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 import tomli
 
-from .state.base import EtcdSettings, StoreSettings
+if TYPE_CHECKING:
+    from .state.base import StoreSettings
 
 
 class ConfigError(Exception):
@@ -97,6 +98,8 @@ class Config(_Section):
 
     def store_settings(self) -> StoreSettings:
         """``[state]`` as ``state.open_store`` takes it, its paths resolved."""
+        from .state.base import EtcdSettings, StoreSettings  # only for those that open a store
+
         etcd = self.state.etcd
 
         def file(value: str) -> Path | None:
