@@ -9,18 +9,19 @@
     transfer.py    sluicectl state export / import
 
 The shell builds a ``StoreSettings`` from its config and calls ``open_store``;
-nothing in this package imports the shell.
+nothing in this package imports the shell. The backends are imported when a
+store is opened, not with the package, so that a command that only writes a
+file atomically (``sluicectl edit``) does not load trio, httpx and etcd.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .base import Changes, RuntimeStore, StoreSettings
-from .etcd import EtcdStore
-from .files import FileStore
-from .gateway import Gateway
+if TYPE_CHECKING:
+    from .base import Changes, RuntimeStore, StoreSettings
 
 
 def open_store(
@@ -37,8 +38,13 @@ def open_store(
     work (no endpoints, unreadable TLS files, an empty prefix).
     """
     if settings.backend == "etcd":
+        from .etcd import EtcdStore
+        from .gateway import Gateway
+
         if settings.etcd is None:
             raise ValueError("state.backend = \"etcd\" needs [state.etcd]")
         gateway = Gateway.from_settings(settings.etcd)
         return EtcdStore(gateway, settings.etcd.prefix, settings.state_dir / "etcd-cache", clock=clock)
+    from .files import FileStore
+
     return FileStore(settings.state_dir, changes=changes)
