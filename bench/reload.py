@@ -155,7 +155,7 @@ def runtime_files(directory: Path, n: int, seed: int, now: datetime) -> None:
     """``n`` runtime suspensions as the daemon stores them, one file each."""
     import msgspec
 
-    from sluice.daemon.state.files import file_name, render
+    from sluice.daemon.state.encoding import file_name, render
     from sluice.policy.fields import suspension_from
 
     directory.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 import tomli
+
+if TYPE_CHECKING:
+    from .state.base import StoreSettings
 
 
 class ConfigError(Exception):
@@ -92,6 +95,29 @@ class Config(_Section):
     @property
     def state_path(self) -> Path:
         return self.path(self.state_dir)
+
+    def store_settings(self) -> StoreSettings:
+        """``[state]`` as ``state.open_store`` takes it, its paths resolved."""
+        from .state.base import EtcdSettings, StoreSettings  # only for those that open a store
+
+        etcd = self.state.etcd
+
+        def file(value: str) -> Path | None:
+            return self.path(value) if value else None
+
+        return StoreSettings(
+            state_dir=self.state_path,
+            backend=self.state.backend,
+            etcd=EtcdSettings(
+                endpoints=etcd.endpoints,
+                prefix=etcd.prefix,
+                ca_file=file(etcd.ca_file),
+                cert_file=file(etcd.cert_file),
+                key_file=file(etcd.key_file),
+                username=etcd.username,
+                password=etcd.password,
+            ),
+        )
 
     @property
     def admin_socket(self) -> Path | None:

@@ -478,10 +478,10 @@ def state_transfer(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args)[0])
     try:
         if args.state_command == "export":
-            count = export_state(config, args.target)
+            count = export_state(config.store_settings(), args.target)
             print(f"exported {count} entries", file=sys.stderr)
         else:
-            count = import_state(config, args.source, replace=args.replace)
+            count = import_state(config.store_settings(), args.source, replace=args.replace)
             print(f"imported {count} entries", file=sys.stderr)
     except StoreUnreachable as exc:
         print(f"sluicectl: {exc}", file=sys.stderr)

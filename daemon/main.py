@@ -52,7 +52,7 @@ from .mutations import Mutations
 from .policy_dir import PolicyReader
 from .postfix import bind_loopback, refuse_postfix, serve_postfix_connection
 from .reload import Reloader, Watcher, debounced, follow
-from .state.store import open_store
+from .state import open_store
 from .systemd import Notifier, listen_fds, watchdog_interval
 from .tcp import bind_tcp, parse_listen, server_tls
 
@@ -199,8 +199,15 @@ async def serve(
         policy = await trio.to_thread.run_sync(reader.load)
     except PolicyLoadError as exc:
         raise StartupError("invalid policy:\n" + "\n".join(str(p) for p in exc.problems)) from None
+    stop = trio.Event()
+    watcher = Watcher(stop)  # one for the policy and the runtime state
+    delay = config.reload.debounce_ms / 1000
     try:
-        store = open_store(config, clock=clock)
+        store = open_store(
+            config.store_settings(),
+            changes=lambda directory: debounced(watcher.tree(directory), delay),
+            clock=clock,
+        )
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     try:
@@ -265,7 +272,6 @@ async def serve(
     # cannot crowd out the admin API's 256.
     postfix_limits = Limits(max_connections=1024)
     postfix_drain = Drain()
-    stop = trio.Event()
 
     async def handle_admin(stream: trio.SocketStream) -> None:
         try:
@@ -307,12 +313,10 @@ async def serve(
     try:
         with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as received:
             async with trio.open_nursery() as background:
-                delay = config.reload.debounce_ms / 1000
-                watcher = Watcher(stop)  # one for the policy and the runtime state
                 policy_changes = watcher.tree(config.policy_path, token_file.path)
                 await background.start(follow, debounced(policy_changes, delay), on_policy_change)
                 await background.start(
-                    functools.partial(store.follow, mutations.apply_changes, stop=stop, watcher=watcher)
+                    functools.partial(store.follow, mutations.apply_changes, stop=stop)
                 )
                 await background.start(watcher.run)
                 await background.start(_sweeper, mutations, clock)

@@ -8,7 +8,7 @@ change lives there), the store makes the plan durable (before the call
 returns), one new snapshot is swapped in, and the plan's events are published.
 Changes are serialised, so none is lost and each gets its own generation.
 
-The store is a ``RuntimeStore`` (state/): files on this host or etcd shared by
+The store is a ``RuntimeStore`` (state/base.py): files on this host or etcd shared by
 a fleet. A store that cannot take a change raises ``StateUnavailable`` (503)
 before anything is swapped. Changes made elsewhere (hand edits of the files,
 other nodes through etcd) come in through ``apply_changes`` under the same
@@ -39,8 +39,8 @@ from sluice.policy.snapshot import Snapshot
 
 from .current import Current
 from .events import Broadcaster
-from .state.files import name_for
-from .state.store import Announce, ReadUpdates, RuntimeStore
+from .state.base import Announce, ReadUpdates, RuntimeStore
+from .state.encoding import name_for
 
 log = structlog.get_logger("sluice.mutations")
 
@@ -176,7 +176,7 @@ class Mutations:
     async def apply_changes(self, read: ReadUpdates, *, announce: Announce = "each") -> int:
         """Apply changes the store reports; returns how many entries it reported.
 
-        ``read`` is called under the lock (see state/store.py). With
+        ``read`` is called under the lock (see state/base.py). With
         ``announce="summary"`` (hand edits of files) the batch is one
         ``runtime_reloaded`` event; with ``"each"`` (other nodes) every real
         change is announced under the event name a local change would have,

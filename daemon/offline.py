@@ -24,6 +24,7 @@ from sluice.policy.errors import FileProblem, PolicyLoadError
 from sluice.policy.files import ParsedFile, combine, is_policy_file
 
 from .policy_dir import PolicyReader, parse_bytes
+from .state.atomic import install
 
 EXIT_OK, EXIT_REFUSED = 0, 1
 
@@ -148,7 +149,7 @@ def _umask() -> int:
 
 
 def _install(copy: Path, dest: Path, before: os.stat_result | None) -> None:
-    """Give ``copy`` FILE's mode (and owner, where allowed), fsync it, rename it over ``dest``."""
+    """Give ``copy`` FILE's mode (and owner, where allowed), then install it over ``dest`` durably."""
     fd = os.open(copy, os.O_RDONLY)
     try:
         os.fchmod(fd, stat.S_IMODE(before.st_mode) if before else 0o666 & ~_umask())
@@ -157,15 +158,9 @@ def _install(copy: Path, dest: Path, before: os.stat_result | None) -> None:
                 os.fchown(fd, before.st_uid, before.st_gid)
             except PermissionError:
                 pass  # not root: the file becomes ours, as any editor would leave it
-        os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(copy, dest)
-    dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    install(copy, dest)
 
 
 def _read(path: Path) -> bytes | None:

@@ -5,19 +5,21 @@ How this works
 ``<state_dir>/runtime/`` holds one file per object, named after it:
 ``suspension-<id>.toml``, ``queue-<quoted name>.toml``, ``schedule-<id>.toml``,
 ``endpoint-<id>.toml``. Each holds the object's table in the policy-file
-format plus ``created_at`` and ``created_by``, written with tomli-w.
+format plus ``created_at`` and ``created_by``.
 
-A write is durable before it returns: the text goes to a temporary file in
-the same directory, which is fsynced, renamed over the object's file, and the
-directory is fsynced. A crash at any instant leaves the old file or the new
-one, never a torn one; a leftover temporary file is ignored and cleaned up.
+The text is ``encoding.render``'s; a write is durable before it returns
+(``atomic.write_file``: a temporary file in the same directory, fsynced,
+renamed over the object's file, and the directory fsynced). A crash at any
+instant leaves the old file or the new one, never a torn one; a leftover
+temporary file is ignored and cleaned up.
 One change writes one small file, whatever the number of objects.
 
 The store remembers the digest of what it last wrote to each file, so the
 daemon's own writes are not mistaken for hand edits by the watcher.
-``follow`` is that watcher: it watches the directory (watchfiles, debounced)
-and hands hand-edited files to ``Mutations`` as updates. This backend is the
-``RuntimeStore`` of ``store.py`` that is never degraded.
+``follow`` takes the batches of changed paths the store was built with
+(``changes``: the daemon's one watcher, debounced, on this directory) and
+hands hand-edited files to ``Mutations`` as updates. This backend is the
+``RuntimeStore`` of ``base.py`` that is never degraded.
 """
 
 from __future__ import annotations
@@ -26,114 +28,24 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote
 
-import msgspec
 import structlog
-import tomli_w
 import trio
 
 from sluice.policy.errors import FileProblem
-from sluice.policy.files import ParsedFile, is_policy_file, parse_runtime
-from sluice.policy.model import Entry, Pause, QueuePolicy, Suspension
+from sluice.policy.files import ParsedFile, is_policy_file
+from sluice.policy.model import Entry, Suspension
 from sluice.policy.snapshot import Runtime
 
-from .store import Apply, Loaded, ReadUpdates, Updates, _ignore
-
-if TYPE_CHECKING:
-    from ..reload import Watcher
+from .atomic import TMP_SUFFIX, remove_file, write_file, write_files
+from .encoding import entry_key, file_name, key_of, name_for, only_entry, parse_entry, render, runtime_from
+from .base import Apply, Changes, Loaded, ReadUpdates, Updates, ignore_degraded
 
 log = structlog.get_logger("sluice.state")
-
-TMP_SUFFIX = ".tmp"
-
-
-def file_name(entry: Entry) -> str:
-    """The file that holds ``entry``."""
-    kind, key = entry_key(entry)
-    return f"{kind}-{quote(key, safe='')}.toml"
-
-
-def entry_key(entry: Entry) -> tuple[str, str]:
-    if isinstance(entry, Suspension):
-        return "suspension", entry.id
-    if isinstance(entry, QueuePolicy):
-        return "queue", entry.name
-    if isinstance(entry, Pause):
-        return entry.kind, entry.id
-    raise TypeError(f"not a runtime entry: {entry!r}")
-
-
-def name_for(kind: str, key: str) -> str:
-    return f"{kind}-{quote(key, safe='')}.toml"
-
-
-def to_table(entry: Entry) -> tuple[str, dict[str, Any]]:
-    """The TOML table of a runtime entry: its fields, without defaults or source."""
-    kind, _ = entry_key(entry)
-    table = {}
-    for field, value in msgspec.structs.asdict(entry).items():
-        if field in ("source", "kind") or value is None or value == () or value is False:
-            continue
-        table[field] = list(value) if isinstance(value, tuple) else value
-    if isinstance(entry, Pause):
-        table["paused"] = True
-    if isinstance(entry, QueuePolicy):
-        table["paused"] = entry.paused
-    return kind, table
-
-
-def render(entry: Entry) -> bytes:
-    kind, table = to_table(entry)
-    return tomli_w.dumps({kind: [table]}).encode()
 
 
 def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def parse_entry(data: bytes, name: str, where: str | None = None) -> ParsedFile:
-    """Parse the text of one runtime object, which must be named ``name``.
-
-    ``where`` names it in problems (default: ``name``); the etcd backend
-    passes the key.
-    """
-    where = where or name
-    try:
-        parsed = parse_runtime(data.decode("utf-8"), where)
-    except UnicodeDecodeError:
-        return ParsedFile(name=where, problems=(FileProblem(where, None, "", "not valid UTF-8"),))
-    if parsed.ok:
-        entries = [*parsed.suspensions, *parsed.queues, *parsed.pauses]
-        if len(entries) != 1 or file_name(entries[0]) != name:
-            expected = ", ".join(file_name(e) for e in entries) or "nothing"
-            return ParsedFile(
-                name=where,
-                problems=(
-                    FileProblem(
-                        where,
-                        None,
-                        "",
-                        "a runtime file holds exactly one entry, named after it "
-                        f"(this one holds {expected})",
-                    ),
-                ),
-            )
-    return parsed
-
-
-def only_entry(parsed: ParsedFile) -> Entry:
-    [entry] = [*parsed.suspensions, *parsed.queues, *parsed.pauses]
-    return entry
 
 
 class FileStore:
@@ -141,10 +53,11 @@ class FileStore:
 
     degraded = False
 
-    def __init__(self, state_dir: Path, *, debounce: float = 0.05) -> None:
+    def __init__(self, state_dir: Path, *, changes: Changes | None = None) -> None:
+        """The store under ``state_dir``; ``follow`` hears of hand edits from ``changes``."""
         self.directory = state_dir / "runtime"
-        self.debounce = debounce
-        self.on_degraded: Callable[[bool, str], None] = _ignore
+        self.changes = changes
+        self.on_degraded: Callable[[bool, str], None] = ignore_degraded
         self._written: dict[str, bytes | None] = {}
 
     @property
@@ -258,66 +171,49 @@ class FileStore:
         apply: Apply,
         *,
         stop: trio.Event,
-        watcher: Watcher | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Watch the runtime directory and take in hand edits, until ``stop`` is set.
+        """Take in hand edits of the runtime directory, until ``stop`` is set.
 
-        The directory becomes a tree of ``watcher`` (which the caller runs),
-        or of a watcher of its own.
+        They come from the ``changes`` the store was built with; without it
+        there is nothing to follow (``state import`` and tests).
         """
-        from ..reload import Watcher, debounced, follow
-
         self.directory.mkdir(parents=True, exist_ok=True)
-
-        async def on_change(batch) -> None:
-            names = {Path(path).name for _change, path in batch if Path(path).parent == self.directory}
-            if names:
-                await apply(self.hand_edits(names), announce="summary")
-
-        own = watcher is None
-        if own:
-            watcher = Watcher(stop)
-        changes = debounced(watcher.tree(self.directory), self.debounce)
-        async with trio.open_nursery() as nursery:
-            if own:
-                await nursery.start(watcher.run)
-            await nursery.start(follow, changes, on_change)
+        if self.changes is None:
             task_status.started()
+            return
+        batches = self.changes(self.directory)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+
+            async def until_stopped() -> None:
+                await stop.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_stopped)
+            async for batch in batches:
+                names = {Path(path).name for _change, path in batch if Path(path).parent == self.directory}
+                if not names:
+                    continue
+                try:
+                    await apply(self.hand_edits(names), announce="summary")
+                except Exception:  # following must outlive any one bad change
+                    log.exception("change_handling_failed")
+            nursery.cancel_scope.cancel()
 
     # -- writing -----------------------------------------------------------
-
-    def _write_sync(self, name: str, data: bytes) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        target = self.directory / name
-        tmp = self.directory / (name + TMP_SUFFIX)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, target)
-        _fsync_dir(self.directory)
-
-    def _remove_sync(self, name: str) -> None:
-        try:
-            os.unlink(self.directory / name)
-        except FileNotFoundError:
-            return
-        _fsync_dir(self.directory)
 
     async def put(self, entry: Entry) -> None:
         """Store ``entry`` durably (returns once it is on disk)."""
         name, data = file_name(entry), render(entry)
         self._written[name] = _digest(data)
-        await trio.to_thread.run_sync(self._write_sync, name, data)
+        await trio.to_thread.run_sync(write_file, self.directory / name, data)
 
     async def remove(self, kind: str, key: str) -> None:
         """Remove an entry durably; removing a missing one is not an error."""
         name = name_for(kind, key)
         self._written[name] = None
-        await trio.to_thread.run_sync(self._remove_sync, name)
+        await trio.to_thread.run_sync(remove_file, self.directory / name)
 
     async def delete(self, entry: Entry) -> None:
         """Remove ``entry`` durably."""
@@ -342,57 +238,21 @@ class FileStore:
     async def aclose(self) -> None:
         pass
 
+    # -- bulk, for state export and import ---------------------------------------
+
+    async def read_all(self) -> dict[str, bytes]:
+        """Every runtime file's bytes by name."""
+        return await trio.to_thread.run_sync(self.read_raw)
+
+    async def write_all(self, puts: dict[str, tuple[Entry, bytes]], removes: dict[str, Entry]) -> None:
+        """Write files (by name, with their exact bytes) and remove ``removes``, each atomically."""
+        changes: dict[str, bytes | None] = {name: None for name in removes}
+        changes.update({name: data for name, (_entry, data) in puts.items()})
+        await trio.to_thread.run_sync(self.write_raw, changes)
+
     # -- the local copy kept by the etcd backend ------------------------------
 
     def write_raw(self, changes: dict[str, bytes | None], *, fsync: bool = True) -> None:
-        """Write or remove runtime files by name, atomically; blocking (see ``write_files``)."""
-        write_files(self.directory, changes, fsync=fsync)
+        """Write or remove runtime files by name, atomically; blocking (see ``atomic.write_files``)."""
+        write_files(self.directory, changes, fsync_files=fsync)
 
-
-def write_files(directory: Path, changes: dict[str, bytes | None], *, fsync: bool = True) -> None:
-    """Write (bytes) or remove (None) files in ``directory`` by name, each atomically.
-
-    With ``fsync=False`` only the directory is synced, once, at the end: for
-    a best-effort copy whose torn files are skipped when read.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, data in changes.items():
-        if data is None:
-            try:
-                os.unlink(directory / name)
-            except FileNotFoundError:
-                pass
-            continue
-        tmp = directory / (name + TMP_SUFFIX)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        try:
-            os.write(fd, data)
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, directory / name)
-    if changes:
-        _fsync_dir(directory)
-
-
-def runtime_from(entries: list[Entry]) -> Runtime:
-    return Runtime(
-        suspensions={e.id: e for e in entries if isinstance(e, Suspension)},
-        queues={e.name: e for e in entries if isinstance(e, QueuePolicy)},
-        schedule_pauses={
-            e.id: e for e in entries if isinstance(e, Pause) and e.kind == "schedule"
-        },
-        endpoint_pauses={
-            e.id: e for e in entries if isinstance(e, Pause) and e.kind == "endpoint"
-        },
-    )
-
-
-def key_of(name: str) -> tuple[str, str] | None:
-    """(kind, key) from a runtime file name, or None if it is not one."""
-    stem = name[: -len(".toml")] if name.endswith(".toml") else None
-    if stem is None or "-" not in stem:
-        return None
-    kind, _, key = stem.partition("-")
-    return kind, unquote(key)

@@ -14,6 +14,7 @@ With a username, each member's token comes from ``/v3/auth/authenticate``
 and goes in the ``Authorization`` header; a token refused (expired, or
 another member's: simple tokens are per member) is fetched again once.
 
+``read_prefix`` reads every key under a prefix at one revision, in pages.
 ``open_watch`` opens ``/v3/watch`` (a streaming POST answered with one JSON
 result per line) on the first member that creates the watch.
 """
@@ -24,12 +25,13 @@ import base64
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import Any
 
 import httpx
 import msgspec
 import trio
 
-from .store import StateUnavailable
+from .base import EtcdSettings, StateUnavailable
 
 CONNECT_TIMEOUT = 1.0
 REQUEST_TIMEOUT = 5.0
@@ -37,6 +39,8 @@ REQUEST_TIMEOUT = 5.0
 # gRPC codes the gateway reports that mean "try again, perhaps elsewhere"
 _RETRY_CODES = {1, 4, 10, 13, 14}  # cancelled, deadline, aborted, internal, unavailable
 _UNAUTHENTICATED = 16
+COMPACTED = 11  # OutOfRange: the revision asked for is compacted
+PAGE = 2000  # keys per range request
 
 
 class EtcdRefused(Exception):
@@ -135,6 +139,23 @@ class Gateway:
             trust_env=False,
         )
 
+    @classmethod
+    def from_settings(cls, etcd: EtcdSettings) -> Gateway:
+        """The gateway ``[state.etcd]`` describes; ValueError for a setting that cannot work."""
+        verify: ssl.SSLContext | bool = True
+        if etcd.ca_file or etcd.cert_file or etcd.key_file:
+            if bool(etcd.cert_file) != bool(etcd.key_file):
+                raise ValueError("state.etcd: cert_file and key_file go together")
+            try:
+                verify = ssl.create_default_context(cafile=str(etcd.ca_file) if etcd.ca_file else None)
+                if etcd.cert_file:
+                    verify.load_cert_chain(etcd.cert_file, etcd.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"state.etcd: cannot load TLS files: {exc}") from None
+        if bool(etcd.username) != bool(etcd.password):
+            raise ValueError("state.etcd: username and password go together")
+        return cls(list(etcd.endpoints), verify=verify, username=etcd.username, password=etcd.password)
+
     @property
     def endpoint(self) -> str:
         return self.endpoints[self.index]
@@ -212,6 +233,39 @@ class Gateway:
                 )
             await trio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    async def read_prefix(self, prefix: bytes, *, patience: float) -> tuple[dict[str, tuple[int, bytes]], int]:
+        """Every key under ``prefix``: key -> (mod_revision, value), all at one revision, and that revision.
+
+        Read in pages of ``PAGE``, all at the revision of the first; started
+        again if etcd compacts that revision meanwhile. Raises StateUnavailable.
+        """
+        end = prefix_end(prefix)
+        for _ in range(3):
+            found: dict[str, tuple[int, bytes]] = {}
+            revision: int | None = None
+            key = prefix
+            try:
+                while True:
+                    body: dict[str, Any] = {"key": b64(key), "range_end": b64(end), "limit": PAGE}
+                    if revision is not None:
+                        body["revision"] = revision
+                    answer = await self.call("/v3/kv/range", body, patience=patience)
+                    if revision is None:
+                        revision = int(answer["header"]["revision"])
+                    kvs = answer.get("kvs", [])
+                    for kv in kvs:
+                        found[unb64(kv["key"]).decode("utf-8", "replace")] = (
+                            int(kv["mod_revision"]),
+                            unb64(kv.get("value", "")),
+                        )
+                    if not answer.get("more") or not kvs:
+                        return found, revision
+                    key = unb64(kvs[-1]["key"]) + b"\0"
+            except EtcdRefused as exc:
+                if exc.code != COMPACTED:
+                    raise StateUnavailable(f"etcd refused to list the state: {exc}") from None
+        raise StateUnavailable("etcd state kept being compacted while it was read")
 
     async def open_watch(self, body: dict, stack: AsyncExitStack) -> tuple[str, AsyncIterator[dict]]:
         """Open a watch on the first endpoint that creates it.

@@ -3,11 +3,12 @@
 How this works
 --------------
 Both backends hold the same thing: one TOML text per runtime object, the text
-``files.render`` writes (a file under ``<state_dir>/runtime/`` or the value of
+``encoding.render`` writes (a file under ``<state_dir>/runtime/`` or the value of
 an etcd key). So moving state is copying those texts.
 
-Export reads them from the backend a sluiced.toml names, checks every one,
-and writes either
+Export reads them from the backend the settings name (through
+``open_store``, the one factory; ``sluicectl`` builds the settings from
+sluiced.toml), checks every one, and writes either
 
 - a directory: one file per object, named as the files backend names them,
   with the very bytes the store holds (a directory that can serve as, or be
@@ -18,7 +19,7 @@ and writes either
 
 Import reads either form, checks every entry (all problems are reported and
 nothing is written if there is one), and writes the entries into the backend
-the config names: files are written atomically and fsynced (a running sluiced
+the settings name: files are written atomically and fsynced (a running sluiced
 takes them in as hand edits), etcd keys are put in transactions (every node
 takes them in through its watch). Entries already in the store and not in the
 input are kept, unless ``replace`` is given.
@@ -34,17 +35,21 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import trio
 
 from sluice.policy.files import is_policy_file, parse_runtime
 from sluice.policy.model import Entry
 
-from ..config import Config
-from .files import FileStore, entry_key, file_name, only_entry, parse_entry, render, write_files
-from .store import StateUnavailable
+from . import open_store
+from .atomic import write_file, write_files
+from .base import RuntimeStore, StateUnavailable, StoreSettings
+from .encoding import entry_key, file_name, key_of, only_entry, parse_entry, render
+
+T = TypeVar("T")
 
 
 class TransferError(Exception):
@@ -58,57 +63,38 @@ class StoreUnreachable(TransferError):
 # -- reading and writing a backend ---------------------------------------------
 
 
-def _etcd(config: Config):
-    from .etcd import EtcdStore
-
+def _run(settings: StoreSettings, use: Callable[[RuntimeStore], Awaitable[T]]) -> T:
+    """``use(store)`` on the store ``settings`` name, closed afterwards."""
     try:
-        return EtcdStore.from_config(config)
+        store = open_store(settings)
     except ValueError as exc:
         raise TransferError(str(exc)) from None
 
-
-def read_backend(config: Config) -> dict[str, bytes]:
-    """The runtime texts the configured backend holds, by file name."""
-    if config.state.backend == "files":
-        return FileStore(config.state_path).read_raw()
-    store = _etcd(config)
-
-    async def read() -> dict[str, bytes]:
+    async def run() -> T:
         try:
-            return await store.read_raw()
+            return await use(store)
         finally:
-            await store.gateway.aclose()
+            await store.aclose()
 
     try:
-        return trio.run(read)
+        return trio.run(run)
     except StateUnavailable as exc:
         raise StoreUnreachable(exc.message) from None
+
+
+def read_backend(settings: StoreSettings) -> dict[str, bytes]:
+    """The runtime texts the configured backend holds, by file name."""
+    return _run(settings, lambda store: store.read_all())
 
 
 def write_backend(
-    config: Config, puts: dict[str, tuple[Entry, bytes]], removes: dict[str, Entry]
+    settings: StoreSettings, puts: dict[str, tuple[Entry, bytes]], removes: dict[str, Entry]
 ) -> None:
     """Write texts (by file name) into the configured backend and remove others."""
-    if config.state.backend == "files":
-        changes: dict[str, bytes | None] = {name: None for name in removes}
-        changes.update({name: data for name, (_entry, data) in puts.items()})
-        try:
-            FileStore(config.state_path).write_raw(changes)
-        except OSError as exc:
-            raise TransferError(f"cannot write {config.state_path / 'runtime'}: {exc}") from None
-        return
-    store = _etcd(config)
-
-    async def write() -> None:
-        try:
-            await store.write_raw(list(puts.values()), list(removes.values()))
-        finally:
-            await store.gateway.aclose()
-
     try:
-        trio.run(write)
-    except StateUnavailable as exc:
-        raise StoreUnreachable(exc.message) from None
+        _run(settings, lambda store: store.write_all(puts, removes))
+    except OSError as exc:
+        raise TransferError(f"cannot write {settings.state_dir / 'runtime'}: {exc}") from None
 
 
 def _checked(raw: dict[str, bytes], where: str) -> dict[str, tuple[Entry, bytes]]:
@@ -164,17 +150,17 @@ def read_directory(directory: Path) -> dict[str, tuple[Entry, bytes]]:
 # -- export and import -----------------------------------------------------------------
 
 
-def export_state(config: Config, target: str | Path = "-", *, stdout: BinaryIO | None = None) -> int:
+def export_state(settings: StoreSettings, target: str | Path = "-", *, stdout: BinaryIO | None = None) -> int:
     """Write the configured backend's runtime state to ``target``; returns how many entries.
 
     ``target``: ``-`` (stdout) or a ``*.toml`` file for one document, any other
     path for a directory of files (created; it must be empty if it exists).
     """
-    where = config.state_path / "runtime" if config.state.backend == "files" else "etcd"
-    entries = _checked(read_backend(config), str(where))
+    where = settings.state_dir / "runtime" if settings.backend == "files" else "etcd"
+    entries = _checked(read_backend(settings), str(where))
     texts = [data for _entry, data in entries.values()]
     header = (
-        f"sluice runtime state, {len(texts)} entries, exported from the {config.state.backend} "
+        f"sluice runtime state, {len(texts)} entries, exported from the {settings.backend} "
         f"backend at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
     )
     target = str(target)
@@ -183,7 +169,10 @@ def export_state(config: Config, target: str | Path = "-", *, stdout: BinaryIO |
         out.write(document(texts, header))
         out.flush()
     elif target.endswith(".toml"):
-        _write_atomic(Path(target), document(texts, header))
+        try:
+            write_file(Path(target), document(texts, header), mode=0o666)
+        except OSError as exc:
+            raise TransferError(f"cannot write {target}: {exc.strerror or exc}") from None
     else:
         directory = Path(target)
         if directory.exists() and any(directory.iterdir()):
@@ -196,7 +185,7 @@ def export_state(config: Config, target: str | Path = "-", *, stdout: BinaryIO |
 
 
 def import_state(
-    config: Config, source: str | Path, *, replace: bool = False, stdin: BinaryIO | None = None
+    settings: StoreSettings, source: str | Path, *, replace: bool = False, stdin: BinaryIO | None = None
 ) -> int:
     """Write the entries in ``source`` into the configured backend; returns how many.
 
@@ -215,7 +204,7 @@ def import_state(
         raise TransferError(f"cannot read {source}: {exc.strerror or exc}") from None
     removes: dict[str, Entry] = {}
     if replace:
-        stored = read_backend(config)
+        stored = read_backend(settings)
         for name, data in stored.items():
             if name not in entries:
                 parsed = parse_entry(data, name)
@@ -223,15 +212,13 @@ def import_state(
                     removes[name] = only_entry(parsed)
                 else:  # a broken stored text: remove it by name all the same
                     removes[name] = _placeholder(name)
-    write_backend(config, entries, removes)
+    write_backend(settings, entries, removes)
     return len(entries)
 
 
 def _placeholder(name: str) -> Entry:
     """An entry with the kind and key ``name`` stands for, to remove a broken text."""
     from sluice.policy.model import Pause, QueuePolicy, Suspension
-
-    from .files import key_of
 
     kind, key = key_of(name) or ("", "")
     if kind == "suspension":
@@ -242,14 +229,3 @@ def _placeholder(name: str) -> Entry:
         return Pause(kind=kind, id=key)
     raise TransferError(f"{name}: not a runtime entry's name")
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise TransferError(f"cannot write {path}: {exc.strerror or exc}") from None

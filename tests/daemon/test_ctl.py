@@ -765,7 +765,7 @@ def test_token_new_prints_a_token_once_and_an_entry_that_accepts_it():
 
 
 def test_state_export_and_import_through_sluicectl(tmp_path):
-    from sluice.daemon.state.files import render
+    from sluice.daemon.state.encoding import render
     from sluice.policy.model import Suspension
 
     def config(where):

@@ -562,7 +562,7 @@ def test_state_unavailable_answers_as_documented() -> None:
     (server.map_error, with each route's error style) in process: making etcd
     unreachable is the etcd tests' business.
     """
-    store = pytest.importorskip("sluice.daemon.state.store")
+    store = pytest.importorskip("sluice.daemon.state.base")
     from sluice.daemon.http.server import map_error
 
     error = store.StateUnavailable("etcd is unreachable (connection refused)")

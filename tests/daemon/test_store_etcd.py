@@ -183,7 +183,8 @@ from sluice.daemon.events import Broadcaster  # noqa: E402
 from sluice.daemon.mutations import Mutations  # noqa: E402
 from sluice.daemon.state.etcd import EtcdStore
 from sluice.daemon.state.gateway import Gateway  # noqa: E402
-from sluice.daemon.state.store import StateUnavailable  # noqa: E402
+from sluice.daemon.state import open_store  # noqa: E402
+from sluice.daemon.state.base import StateUnavailable  # noqa: E402
 
 FILES = """
 [[schedule]]
@@ -294,7 +295,7 @@ async def test_a_change_on_one_node_is_applied_and_announced_on_the_other_once(e
     # the value in etcd is the files backend's text, byte for byte
     stored = etcd.get_prefix(prefix + "runtime/")
     assert list(stored) == [prefix + "runtime/queue/acme%40example.com", prefix + "runtime/schedule/digest"]
-    from sluice.daemon.state.files import render
+    from sluice.daemon.state.encoding import render
 
     assert stored[prefix + "runtime/queue/acme%40example.com"] == render(
         a.current.snapshot.runtime.queues["acme@example.com"]
@@ -368,7 +369,7 @@ async def test_racing_sweepers_remove_an_expired_key_once_and_never_an_updated_o
         await b.event("suspension_added", id=s.id)
         stale = b.current.snapshot.suspensions[s.id]
         key = prefix + f"runtime/suspension/{s.id}"
-        b.store._seen[key] = (b.store._seen[key][0] - 1, True)  # b is behind
+        b.store.known.seen[key] = (b.store.known.seen[key][0] - 1, True)  # b is behind
         await b.store.remove_expired(stale)
         assert key in etcd.get_prefix(prefix)
         a.stop.set()
@@ -527,7 +528,7 @@ async def test_tls_with_a_client_certificate(tmp_path):
             f'state_dir = "state"\n[state]\nbackend = "etcd"\n[state.etcd]\n'
             f'endpoints = ["{cluster.url}"]\nca_file = "ca.pem"\ncert_file = "client.pem"\nkey_file = "client.key"\n'
         )
-        store = EtcdStore.from_config(load_config(config))
+        store = open_store(load_config(config).store_settings())
         await store.put(
             __import__("sluice.policy.model", fromlist=["QueuePolicy"]).QueuePolicy(name="tls.example", paused=True)
         )
@@ -536,7 +537,7 @@ async def test_tls_with_a_client_certificate(tmp_path):
         await store.aclose()
         # without the client certificate etcd refuses: the store is unreachable for us
         config.write_text(config.read_text().replace('cert_file = "client.pem"\nkey_file = "client.key"\n', ""))
-        store = EtcdStore.from_config(load_config(config))
+        store = open_store(load_config(config).store_settings())
         assert (await store.open()).stale
         await store.aclose()
     finally:

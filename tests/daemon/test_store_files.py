@@ -6,8 +6,11 @@ from datetime import datetime, timedelta, timezone
 
 import trio
 
-from sluice.daemon.state.files import FileStore, render
-from sluice.daemon.state.store import Loaded, RuntimeStore, open_store
+from sluice.daemon.state.encoding import render
+from sluice.daemon.state.files import FileStore
+from sluice.daemon.reload import Watcher, debounced
+from sluice.daemon.state import open_store
+from sluice.daemon.state.base import Loaded, RuntimeStore
 from sluice.policy.model import QueuePolicy, Suspension
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
@@ -50,7 +53,9 @@ async def test_claim_updates_the_holder_or_replaces_an_expired_one(tmp_path):
 
 
 async def test_follow_hands_hand_edits_to_apply_and_skips_own_writes(tmp_path):
-    store = FileStore(tmp_path, debounce=0.01)
+    stop = trio.Event()
+    watcher = Watcher(stop)  # as sluiced does: its one watcher's tree of the directory, debounced
+    store = FileStore(tmp_path, changes=lambda directory: debounced(watcher.tree(directory), 0.01))
     await store.put(QueuePolicy(name="q.example", paused=True))
     batches = []
     got = trio.Event()
@@ -61,9 +66,9 @@ async def test_follow_hands_hand_edits_to_apply_and_skips_own_writes(tmp_path):
         got.set()
         return len(updates)
 
-    stop = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda task_status: store.follow(apply, stop=stop, task_status=task_status))
+        await nursery.start(watcher.run)
         await store.put(QueuePolicy(name="own.example", paused=True))  # our own: never reported
         path = tmp_path / "runtime" / "queue-q.example.toml"
         edited = tmp_path / "edited"
@@ -84,9 +89,49 @@ def test_open_store_picks_the_backend_from_the_config(tmp_path):
     from sluice.daemon.config import load_config
 
     path = tmp_path / "sluiced.toml"
-    path.write_text('state_dir = "s"\n[reload]\ndebounce_ms = 7\n')
-    store = open_store(load_config(path))
-    assert isinstance(store, FileStore) and store.debounce == 0.007
+    path.write_text('state_dir = "s"\n')
+    changes = lambda directory: None  # noqa: E731
+    store = open_store(load_config(path).store_settings(), changes=changes)
+    assert isinstance(store, FileStore) and store.changes is changes
+    assert store.where == str(tmp_path / "s" / "runtime")
     path.write_text('state_dir = "s"\n[state]\nbackend = "etcd"\n[state.etcd]\nendpoints = ["http://127.0.0.1:1"]\n')
-    store = open_store(load_config(path))
+    store = open_store(load_config(path).store_settings())
     assert type(store).__name__ == "EtcdStore" and store.where == "etcd http://127.0.0.1:1 under /sluice/"
+
+
+async def test_follow_takes_its_changes_from_what_the_store_was_built_with(tmp_path):
+    """A scripted ``changes``: paths outside the runtime directory are left out, a bad batch is survived."""
+    runtime = tmp_path / "runtime"
+    asked = []
+
+    async def changes(directory):
+        asked.append(directory)
+        yield {("added", str(tmp_path / "elsewhere.toml"))}
+        yield {("added", str(runtime / "queue-broken.toml"))}
+        yield {("added", str(runtime / "queue-q.example.toml"))}
+
+    store = FileStore(tmp_path, changes=changes)
+    calls = []
+
+    async def apply(read, *, announce):
+        updates = await read()
+        calls.append(updates)
+        if ("queue", "broken") in updates:
+            raise RuntimeError("this batch fails")
+        return len(updates)
+
+    runtime.mkdir()
+    (runtime / "queue-broken.toml").write_text('[[queue]]\nname = "broken"\npaused = true\n')
+    (runtime / "queue-q.example.toml").write_text('[[queue]]\nname = "q.example"\npaused = true\n')
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: store.follow(apply, stop=trio.Event(), task_status=task_status))
+    assert asked == [runtime]
+    assert [list(updates) for updates in calls] == [[("queue", "broken")], [("queue", "q.example")]]
+
+
+async def test_follow_without_changes_is_ready_and_follows_nothing(tmp_path):
+    store = FileStore(tmp_path)
+    with trio.fail_after(1):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: store.follow(None, stop=trio.Event(), task_status=task_status))
+    assert (tmp_path / "runtime").is_dir()

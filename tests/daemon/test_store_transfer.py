@@ -70,9 +70,9 @@ def test_files_to_etcd_and_back_is_a_byte_copy(tmp_path, etcd):
 
     # files -> one document on stdout -> etcd
     out = io.BytesIO()
-    assert export_state(files, "-", stdout=out) == 5
+    assert export_state(files.store_settings(), "-", stdout=out) == 5
     assert out.getvalue().startswith(b"# sluice runtime state, 5 entries")
-    assert import_state(shared, "-", stdin=io.BytesIO(out.getvalue())) == 5
+    assert import_state(shared.store_settings(), "-", stdin=io.BytesIO(out.getvalue())) == 5
     stored = etcd.get_prefix(shared.state.etcd.prefix + "runtime/")
     assert sorted(stored.values()) == sorted(original.values())
     # a criteria key for each suspension, so upsert-by-criteria works after an import
@@ -80,17 +80,17 @@ def test_files_to_etcd_and_back_is_a_byte_copy(tmp_path, etcd):
 
     # etcd -> a directory -> a fresh files backend
     dump = tmp_path / "dump"
-    assert export_state(shared, dump) == 5
+    assert export_state(shared.store_settings(), dump) == 5
     assert {p.name: p.read_bytes() for p in dump.iterdir()} == original
     fresh = config(tmp_path, "fresh")
-    assert import_state(fresh, dump) == 5
+    assert import_state(fresh.store_settings(), dump) == 5
     assert FileStore(fresh.state_path).read_raw() == original
     runtime, problems = FileStore(fresh.state_path).load()
     assert not problems and len(runtime.suspensions) == 2
 
     # into a document file as well
-    assert export_state(shared, tmp_path / "state.toml") == 5
-    assert import_state(config(tmp_path, "again"), tmp_path / "state.toml") == 5
+    assert export_state(shared.store_settings(), tmp_path / "state.toml") == 5
+    assert import_state(config(tmp_path, "again").store_settings(), tmp_path / "state.toml") == 5
 
 
 def test_import_checks_everything_first_and_replace_removes_the_rest(tmp_path):
@@ -102,15 +102,15 @@ def test_import_checks_everything_first_and_replace_removes_the_rest(tmp_path):
         '[[queue]]\nname = "bad name"\npaused = true\n'
     )
     with pytest.raises(TransferError) as info:
-        import_state(target, bad)
+        import_state(target.store_settings(), bad)
     assert "domian" in str(info.value) and "bad name" in str(info.value)  # every problem
     assert len(FileStore(target.state_path).read_raw()) == 5  # nothing written
 
     one = tmp_path / "one.toml"
     one.write_text('[[queue]]\nname = "only.example"\npaused = true\n')
-    assert import_state(target, one) == 1
+    assert import_state(target.store_settings(), one) == 1
     assert len(FileStore(target.state_path).read_raw()) == 6  # merged
-    assert import_state(target, one, replace=True) == 1
+    assert import_state(target.store_settings(), one, replace=True) == 1
     assert list(FileStore(target.state_path).read_raw()) == ["queue-only.example.toml"]
 
 
@@ -119,7 +119,7 @@ def test_export_refuses_a_non_empty_directory_and_an_unreachable_etcd_is_said_so
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(TransferError, match="not empty"):
-        export_state(files, tmp_path / "full")
+        export_state(files.store_settings(), tmp_path / "full")
     down = config(tmp_path, "down", [f"http://127.0.0.1:{free_port()}"])
     with pytest.raises(StoreUnreachable, match="unreachable"):
-        export_state(down, "-", stdout=io.BytesIO())
+        export_state(down.store_settings(), "-", stdout=io.BytesIO())

@@ -1,8 +1,13 @@
-"""Runtime state behind one small interface, with two backends (DESIGN 8b).
+"""The runtime-state interface: what the shell holds, and what it hands in (DESIGN 8b).
 
     RuntimeStore            the interface below (a Protocol)
     ├── FileStore           state/files.py: one TOML file per object under state_dir
     └── EtcdStore           state/etcd.py: one etcd key per object, shared by a fleet
+
+    StoreSettings           the input of ``open_store`` (state/__init__.py):
+    └── EtcdSettings        plain values, paths already resolved
+    Changes                 how the files backend hears of changes in its
+                            directory (the shell builds it from its watcher)
 
     StateUnavailable        PolicyError, 503 STATE_UNAVAILABLE: the store cannot
                             take a change now (etcd unreachable); nothing changed
@@ -27,7 +32,8 @@ through ``follow``.
   pass; it never fails the caller (expiry is decided locally) and, for etcd,
   is a transaction on the key's revision, so racing sweepers are harmless.
 - ``follow`` runs for the daemon's lifetime and calls
-  ``apply(read, announce=...)`` for each batch of changes made elsewhere.
+  ``apply(read, announce=...)`` for each batch of changes made elsewhere
+  (files: from the ``changes`` the store was built with; etcd: its watch).
   ``apply`` (``Mutations.apply_changes``) takes the mutations lock and only
   then calls ``read()``, which returns ``{(kind, key): Entry | None}``: the
   batch as it stands at that moment, with this node's own writes and changes
@@ -36,23 +42,27 @@ through ``follow``.
   local one.
 - ``degraded`` is True while the store cannot take changes; the store calls
   ``on_degraded(flag, reason)`` when it flips.
+- ``read_all`` and ``write_all`` copy stored texts in bulk, by file name, for
+  ``sluicectl state export`` and ``import``; not for the daemon's own use.
+
+Nothing here, nor in any backend, imports the shell (``daemon.config``,
+``daemon.reload``): the shell passes plain settings and, for the files
+backend, a ``Changes`` callable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from pathlib import Path
+from typing import Literal, Protocol
 
+import msgspec
 import trio
 
 from sluice.policy.errors import FileProblem, PolicyError
 from sluice.policy.model import Entry, Suspension
 from sluice.policy.snapshot import Runtime
-
-if TYPE_CHECKING:
-    from ..config import Config
-    from ..reload import Watcher
 
 Key = tuple[str, str]  # (kind, key): ("suspension", id), ("queue", name), ("schedule", id) ...
 Updates = dict[Key, Entry | None]
@@ -61,7 +71,37 @@ Announce = Literal["each", "summary"]
 
 
 class Apply(Protocol):
+    """``Mutations.apply_changes``: takes the lock, calls ``read()``, applies and announces."""
+
     async def __call__(self, read: ReadUpdates, *, announce: Announce) -> int: ...
+
+
+Changes = Callable[[Path], AsyncIterator[Collection[tuple[object, str]]]]
+"""Called once, with a directory: batches of (change, path) inside it, debounced.
+
+The daemon passes its one watcher's tree of the directory (``Watcher.tree``
+through ``debounced``); a test may pass a scripted iterator.
+"""
+
+
+class EtcdSettings(msgspec.Struct, frozen=True):
+    """``[state.etcd]``, with its file paths resolved."""
+
+    endpoints: tuple[str, ...]
+    prefix: str = "/sluice/"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str = ""
+    password: str = ""
+
+
+class StoreSettings(msgspec.Struct, frozen=True):
+    """Which backend, and where: the input of ``open_store``."""
+
+    state_dir: Path
+    backend: Literal["files", "etcd"] = "files"
+    etcd: EtcdSettings | None = None
 
 
 class StateUnavailable(PolicyError):
@@ -87,8 +127,8 @@ class Loaded:
     stale: bool = False
 
 
-def _ignore(degraded: bool, reason: str) -> None:
-    pass
+def ignore_degraded(degraded: bool, reason: str) -> None:
+    """The default ``on_degraded``."""
 
 
 class RuntimeStore(Protocol):
@@ -123,25 +163,14 @@ class RuntimeStore(Protocol):
         apply: Apply,
         *,
         stop: trio.Event,
-        watcher: Watcher | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None: ...
 
+    async def read_all(self) -> dict[str, bytes]:
+        """Every stored text by file name (``encoding.name_for``), at one moment."""
+
+    async def write_all(self, puts: dict[str, tuple[Entry, bytes]], removes: dict[str, Entry]) -> None:
+        """Store texts as given (by file name, with their entry) and remove ``removes``."""
+
     async def aclose(self) -> None: ...
 
-
-def open_store(config: Config, *, clock: Callable[[], float] | None = None) -> RuntimeStore:
-    """The backend ``config.state`` names, not yet opened.
-
-    Raises ValueError for settings that cannot work (no endpoints, unreadable
-    TLS files).
-    """
-    if config.state.backend == "etcd":
-        import time
-
-        from .etcd import EtcdStore
-
-        return EtcdStore.from_config(config, clock=clock or time.time)
-    from .files import FileStore
-
-    return FileStore(config.state_path, debounce=config.reload.debounce_ms / 1000)
