@@ -43,6 +43,7 @@ import trio
 
 from sluice.policy.files import is_policy_file, parse_runtime
 from sluice.policy.model import Entry
+from sluice.policy.times import rfc3339
 
 from . import open_store
 from .atomic import write_file, write_files
@@ -161,7 +162,7 @@ def export_state(settings: StoreSettings, target: str | Path = "-", *, stdout: B
     texts = [data for _entry, data in entries.values()]
     header = (
         f"sluice runtime state, {len(texts)} entries, exported from the {settings.backend} "
-        f"backend at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        f"backend at {rfc3339(time.time(), 'seconds')}"
     )
     target = str(target)
     if target == "-":
