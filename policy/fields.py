@@ -84,6 +84,10 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+# Unknown fields reported one by one in an entry; the rest are counted.
+MAX_UNKNOWN = 10
+
+
 class _Reader:
     """Reads one mapping, collecting problems instead of stopping at the first."""
 
@@ -95,16 +99,17 @@ class _Reader:
             )
             data = {}
         self.data: Mapping[str, Any] = data
-        for key in data:
-            if key not in allowed:
-                hint = difflib.get_close_matches(str(key), allowed, n=1)
-                also = f" (did you mean {hint[0]!r}?)" if hint else ""
-                self.problems.append(
-                    Problem(
-                        str(key),
-                        f"unknown field{also}; a {what} has: {', '.join(allowed)}",
-                    )
-                )
+        unknown = [key for key in data if key not in allowed]
+        for key in unknown[:MAX_UNKNOWN]:
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            also = f" (did you mean {hint[0]!r}?)" if hint else ""
+            self.problems.append(
+                Problem(str(key), f"unknown field{also}; a {what} has: {', '.join(allowed)}")
+            )
+        if len(unknown) > MAX_UNKNOWN:
+            self.problems.append(
+                Problem("", f"and {len(unknown) - MAX_UNKNOWN} more unknown fields")
+            )
 
     def fail(self, key: str, message: str, code: str = "INVALID_REQUEST") -> None:
         self.problems.append(Problem(key, message, code))

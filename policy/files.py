@@ -19,7 +19,6 @@ Runtime state (the daemon's own files) has the same tables plus
 
 from __future__ import annotations
 
-import bisect
 import difflib
 import functools
 import re
@@ -83,26 +82,53 @@ class PolicySet(msgspec.Struct, frozen=True):
     files: tuple[str, ...] = ()
 
 
+# What one policy file may hold: 100,000 suspensions take about 8 MiB.
+MAX_FILE_CHARS = 64 * 2**20
+
+# Problems reported for one file before the rest of it is left unread.
+MAX_PROBLEMS = 100
+
+
 class SourceLines:
     """Finds the line of a table or key in TOML source text."""
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.headers: dict[str, list[int]] = {}
-        self.starts: list[int] = []
         # One pass over the text for header lines; line numbers by counting
         # newlines between them (a regex per line is slow on 100,000 tables).
         number, pos = 1, 0
         for match in _HEADERS.finditer(text):
             number += text.count("\n", pos, match.start())
             pos = match.start()
-            self.starts.append(number)
             if match.group(1) is not None:
                 self.headers.setdefault(match.group(1), []).append(number)
 
     @functools.cached_property
-    def lines(self) -> list[str]:
-        return self.text.splitlines()
+    def _names(self) -> tuple[dict[tuple[int, str], int], dict[str, int]]:
+        """Where each key is first set, in one pass over the text.
+
+        ``(table start, key) -> line`` for keys inside ``[[kind]]`` tables
+        (start 0: before any table), and ``name -> line`` for the first top
+        level key or table header of each name. Built once, on the first
+        question, so that locating every problem of a file is linear in it.
+        """
+        in_table: dict[tuple[int, str], int] = {}
+        top: dict[str, int] = {}
+        table, number, pos = 0, 1, 0
+        for match in _NAMES.finditer(self.text):
+            number += self.text.count("\n", pos, match.start())
+            pos = match.start()
+            header, key = match.group(1), match.group(2)
+            if match.group(0).lstrip().startswith("["):
+                table = number
+                if header is not None:
+                    top.setdefault(header, number)
+                continue
+            in_table.setdefault((table, key), number)
+            if table == 0:
+                top.setdefault(key, number)
+        return in_table, top
 
     def table(self, kind: str, index: int) -> int | None:
         found = self.headers.get(kind, ())
@@ -112,20 +138,18 @@ class SourceLines:
         start = self.table(kind, index)
         if start is None:
             return None
-        following = bisect.bisect_right(self.starts, start)
-        end = self.starts[following] if following < len(self.starts) else len(self.lines) + 1
-        pattern = re.compile(rf"\s*\"?{re.escape(key)}\"?\s*=")
-        for number in range(start + 1, end):
-            if pattern.match(self.lines[number - 1]):
-                return number
-        return start
+        return self._names[0].get((start, key), start)
 
     def top(self, key: str) -> int | None:
-        pattern = re.compile(rf"\s*(\[\[?\s*\"?{re.escape(key)}\"?\s*[\].]|\"?{re.escape(key)}\"?\s*=)")
-        for number, line in enumerate(self.lines, 1):
-            if pattern.match(line):
-                return number
-        return None
+        return self._names[1].get(key)
+
+
+# A table header (group 1: its name, for [name], [[name]] or [name.sub]), or
+# a key being set (group 2), at the start of a line.
+_NAMES = re.compile(
+    r"^[ \t]*(?:\[\[?[ \t]*\"?([^\]\".\s]+)\"?[ \t]*[\].][^\n]*|\"?([^\"=\s\[#]+)\"?[ \t]*=)",
+    re.MULTILINE,
+)
 
 
 CHUNK_TABLES = 500
@@ -182,6 +206,10 @@ def _parse(text: str, name: str, mode: Mode) -> ParsedFile:
 
 
 def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
+    if len(text) > MAX_FILE_CHARS:
+        size = f"{len(text) / 2**20:.1f} MiB"
+        limit = f"at most {MAX_FILE_CHARS // 2**20} MiB (split it into several files)"
+        return ParsedFile(name=name, problems=(FileProblem(name, None, "", f"file is {size}; a policy file holds {limit}"),))
     doc, problem = _decode(text, name)
     if doc is None:
         return ParsedFile(name=name, problems=(problem,))
@@ -191,6 +219,8 @@ def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
     pauses: list[Pause] = []
 
     for key, value in doc.items():
+        if len(problems) >= MAX_PROBLEMS:
+            break
         if key not in KINDS:
             hint = difflib.get_close_matches(key, KINDS, n=1)
             also = f" (did you mean [[{hint[0]}]]?)" if hint else ""
@@ -215,6 +245,8 @@ def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
             )
             continue
         for index, table in enumerate(value):
+            if len(problems) >= MAX_PROBLEMS:
+                break
             line = lines.table(key, index)
             source = f"{name}:{line}" if line is not None else name
             try:
@@ -228,6 +260,10 @@ def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
                     at = lines.key(key, index, base) if base else line
                     path = f"{key}[{index}]" + (f".{p.key}" if p.key else "")
                     problems.append(FileProblem(name, at, path, p.message))
+    if len(problems) >= MAX_PROBLEMS:
+        problems.append(
+            FileProblem(name, None, "", f"stopped after {MAX_PROBLEMS} problems; fix these first")
+        )
     if mode == "runtime":
         # The daemon's own entries: their source is the runtime state.
         built["suspension"] = [
