@@ -25,6 +25,22 @@ def parse_bytes(data: bytes, name: str) -> ParsedFile:
     return parse_policy(text, name)
 
 
+def _parse_safely(data: bytes, name: str) -> ParsedFile:
+    """``parse_bytes``, with whatever it raises turned into the file's problem.
+
+    Any failure to read a file is a failed reload that names the file, never
+    a crash of the reload: a TOML text nested thousands deep exhausts the
+    parser's recursion, for one.
+    """
+    try:
+        return parse_bytes(data, name)
+    except RecursionError:
+        message = "nested too deeply to read (arrays or inline tables inside each other)"
+    except Exception as exc:
+        message = f"cannot be read: {type(exc).__name__}: {exc}"
+    return ParsedFile(name=name, problems=(FileProblem(name, None, "", message),))
+
+
 class PolicyReader:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -43,6 +59,10 @@ class PolicyReader:
         except NotADirectoryError:
             raise PolicyLoadError(
                 [FileProblem(str(self.directory), None, "", "policy path is not a directory")]
+            ) from None
+        except OSError as exc:  # EMFILE, EACCES, EIO: say so; the old policy stays
+            raise PolicyLoadError(
+                [FileProblem(str(self.directory), None, "", f"cannot list the policy directory: {exc.strerror or exc}")]
             ) from None
         return sorted(
             e.name for e in entries if is_policy_file(e.name) and e.is_file(follow_symlinks=True)
@@ -69,7 +89,7 @@ class PolicyReader:
             if hit is not None and hit[0] == digest:
                 result = hit[1]
             else:
-                result = parse_bytes(data, name)
+                result = _parse_safely(data, name)
                 parsed += 1
             cache[name] = (digest, result)
             files.append(result)

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from pathlib import Path
 
 import structlog
@@ -214,6 +216,41 @@ async def debounced(
 WATCH_STEP_MS = 20
 
 
+class _Tree:
+    """One followed tree: a directory (maybe a symlink, or under one) and an extra file.
+
+    Paths are kept as given and as they resolve now: a deploy that flips a
+    symlink to a new release (``ln -sfn``) changes what the directory is,
+    and ``refresh`` notices.
+    """
+
+    def __init__(self, directory: Path, also: Path | None, send: trio.MemorySendChannel[ChangeSet]) -> None:
+        self.given = [Path(os.path.abspath(p)) for p in (directory, also) if p is not None]
+        self.send = send
+        self.resolved: list[Path] = []
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Resolve the paths again; True if one now leads elsewhere."""
+        resolved = [p.resolve() for p in self.given]
+        changed = resolved != self.resolved
+        self.resolved = resolved
+        return changed
+
+    @property
+    def prefix(self) -> str:
+        return str(self.given[0])
+
+    def paths(self) -> set[Path]:
+        return {*self.given, *self.resolved}
+
+    def holds(self, path: str) -> bool:
+        """Whether a changed ``path`` concerns this tree (the directory, inside it, or the file)."""
+        directories = {str(self.given[0]), str(self.resolved[0])}
+        files = {str(p) for p in (*self.given[1:], *self.resolved[1:])}
+        return path in files or any(path == d or path.startswith(d + "/") for d in directories)
+
+
 class Watcher:
     """One watchfiles watcher for every tree the daemon follows.
 
@@ -225,29 +262,29 @@ class Watcher:
 
     A tree is watched through its parent directory, recursively, so deleting
     and recreating the directory itself is seen; only paths inside the
-    directory (or the directory itself, or the file ``also``) reach it.
-    Trees are added with ``tree`` before ``run`` starts.
+    directory (or the directory itself, or the file ``also``) reach it. A
+    directory that is a symlink is watched both where the link is and where
+    it leads; when a change makes it lead elsewhere, the tree is told to
+    rescan and the watch moves to the new target. Trees are added with
+    ``tree`` before ``run`` starts.
     """
 
     def __init__(self, stop: trio.Event) -> None:
         self._stop = stop
-        self._trees: list[tuple[str, str | None, trio.MemorySendChannel[ChangeSet]]] = []
+        self._trees: list[_Tree] = []
         self._running = False
 
     def tree(self, directory: Path, also: Path | None = None) -> AsyncIterator[ChangeSet]:
         """Change sets for ``directory`` and anything in it (and the file ``also``)."""
         if self._running:
             raise RuntimeError("trees are added before the watcher runs")
-        directory = directory.resolve()
-        extra = also.resolve() if also is not None else None
         send, receive = trio.open_memory_channel[ChangeSet](math.inf)
-        self._trees.append((str(directory), str(extra) if extra is not None else None, send))
+        self._trees.append(_Tree(directory, also, send))
         return _drain(receive)
 
     def _paths(self) -> list[Path]:
-        """The parents of the trees (and of ``also``), none inside another (watched recursively)."""
-        watched = [path for prefix, extra, _ in self._trees for path in (prefix, extra) if path]
-        parents = {Path(path).parent for path in watched}
+        """The parents of the trees' paths, none inside another (watched recursively)."""
+        parents = {path.parent for tree in self._trees for path in tree.paths()}
         roots = sorted(parents, key=lambda p: (len(p.parts), str(p)))
         kept: list[Path] = []
         for root in roots:
@@ -255,21 +292,33 @@ class Watcher:
                 kept.append(root)
         return kept
 
+    def _dispatch(self, changes: set[tuple[Any, str]]) -> bool:
+        """Hand each tree its changes; True if a symlink now leads elsewhere."""
+        moved = False
+        for tree in self._trees:
+            if tree.refresh():
+                moved = True
+                tree.send.send_nowait({("rescan", tree.prefix)})
+            mine = {(c, p) for c, p in changes if tree.holds(p)}
+            if mine:
+                tree.send.send_nowait(mine)
+        return moved
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch until ``stop`` is set; a watcher that fails is started again, with backoff."""
         import watchfiles
 
         self._running = True
-        paths = self._paths()
         trees = self._trees
 
         def wanted(_change: object, path: str) -> bool:
-            return any(_inside(path, prefix, extra) for prefix, extra, _ in trees)
+            return any(tree.holds(path) for tree in trees)
 
         task_status.started()
         backoff = WATCH_RETRY
         try:
             while not self._stop.is_set():
+                paths = self._paths()
                 try:
                     async for changes in watchfiles.awatch(
                         *paths,
@@ -282,11 +331,10 @@ class Watcher:
                         yield_on_timeout=False,
                     ):
                         backoff = WATCH_RETRY
-                        for prefix, extra, send in trees:
-                            mine = {(c, p) for c, p in changes if _inside(p, prefix, extra)}
-                            if mine:
-                                send.send_nowait(mine)
-                    return
+                        if self._dispatch(changes) and self._paths() != paths:
+                            break  # watch where the links lead now
+                    else:
+                        return
                 except (OSError, RuntimeError) as exc:
                     # e.g. no inotify instance left: reloads still come by SIGHUP
                     # and the API meanwhile, and the watcher is tried again
@@ -294,15 +342,12 @@ class Watcher:
                               retry_in=backoff)
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, WATCH_RETRY_MAX)
-                    for prefix, _extra, send in trees:
-                        send.send_nowait({("rescan", prefix)})  # catch up on what was missed
+                    for tree in trees:
+                        tree.refresh()
+                        tree.send.send_nowait({("rescan", tree.prefix)})  # catch up on what was missed
         finally:
-            for _prefix, _extra, send in trees:
-                send.close()
-
-
-def _inside(path: str, prefix: str, extra: str | None) -> bool:
-    return path == prefix or path.startswith(prefix + "/") or path == extra
+            for tree in trees:
+                tree.send.close()
 
 
 async def _drain(receive: trio.MemoryReceiveChannel[ChangeSet]) -> AsyncIterator[ChangeSet]:

@@ -248,3 +248,35 @@ def test_status_reports_the_version_from_pyproject(daemon):
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     daemon.start()
     assert daemon.status()["version"] == pyproject["project"]["version"]
+
+
+@pytest.mark.parametrize("layout", ["beside", "elsewhere"])
+def test_a_symlinked_policy_directory_is_followed_when_flipped(daemon, layout):
+    """The deploy pattern: policy.d is a symlink to a release, flipped with ``ln -sfn``."""
+    import shutil
+    import subprocess
+
+    base = daemon.dir / ("releases" if layout == "beside" else "srv/releases")
+    v1, v2 = base / "v1", base / "v2"
+    v1.mkdir(parents=True)
+    v2.mkdir()
+    (v1 / "10-a.toml").write_text(GMAIL)
+    (v2 / "10-a.toml").write_text(GMAIL.replace("gmail", "yahoo"))
+    shutil.rmtree(daemon.policy)
+    daemon.policy.symlink_to(v1)
+    daemon.start()
+    assert holds(daemon, None) == {"gmail.com"}
+
+    reload_after(daemon, lambda: subprocess.run(["ln", "-sfn", str(v2), str(daemon.policy)], check=True))
+    while holds(daemon, None) != {"yahoo.com"}:
+        daemon.notify.wait_for("READY=1")
+
+    # edits in the new release are followed, and the old one is no longer read
+    reload_after(daemon, lambda: (v2 / "20-b.toml").write_text(GMAIL.replace("gmail", "aol")))
+    while holds(daemon, None) != {"yahoo.com", "aol.com"}:
+        daemon.notify.wait_for("READY=1")
+    (v1 / "30-c.toml").write_text(GMAIL.replace("gmail", "hotmail"))
+    reload_after(daemon, lambda: (v2 / "40-d.toml").write_text(GMAIL.replace("gmail", "gmx")))
+    while "gmx.com" not in holds(daemon, None):
+        daemon.notify.wait_for("READY=1")
+    assert "hotmail.com" not in holds(daemon, None)

@@ -1,5 +1,7 @@
 """Reading the policy directory: name order, droppings ignored, only changed files parsed."""
 
+import pytest
+
 from sluice.daemon.policy_dir import PolicyReader
 
 
@@ -30,3 +32,16 @@ def test_a_file_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path):
     (tmp_path / "a.toml").write_bytes(b'[[suspension]]\ndomain = "\xff"\n')
     [parsed] = PolicyReader(tmp_path).read()
     assert [(p.line, p.message) for p in parsed.problems] == [(2, "file is not valid UTF-8")]
+
+
+def test_any_failure_reading_a_file_is_that_files_problem(tmp_path):
+    """A TOML text nested thousands deep exhausts the parser's recursion: a problem, not a crash."""
+    from sluice.daemon.policy_dir import PolicyReader
+    from sluice.policy.errors import PolicyLoadError
+
+    (tmp_path / "10-deep.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(PolicyLoadError) as info:
+        PolicyReader(tmp_path).load()
+    assert [str(p) for p in info.value.problems] == [
+        "10-deep.toml: nested too deeply to read (arrays or inline tables inside each other)"
+    ]
