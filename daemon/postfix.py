@@ -61,7 +61,7 @@ from sluice.policy.snapshot import Hold, Snapshot
 
 from .config import PostfixConfig
 from .current import Current
-from .http.server import Drain
+from .serving import Drain, Service
 from .tcp import bind_tcp, parse_listen
 
 log = structlog.get_logger("sluice.postfix")
@@ -382,6 +382,23 @@ async def refuse_postfix(stream: trio.abc.Stream) -> None:
 
 
 TOO_MANY = b"action=DEFER_IF_PERMIT 4.3.2 sluice: too many policy connections; try again\n\n"
+# Postfix connections have their own count, so many smtpd processes
+# cannot crowd out the admin API's.
+MAX_CONNECTIONS = 1024
+
+
+def postfix_service(
+    current: Current,
+    config: PostfixConfig,
+    clock: Callable[[], float],
+) -> Service:
+    """The policy sockets' connections, as ``trio.serve_listeners``' handler."""
+    drain = Drain()
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        await serve_postfix_connection(stream, current, config, clock, drain)
+
+    return Service(handle, refuse_postfix, MAX_CONNECTIONS, drain)
 
 
 def bind_loopback(listen: str) -> socket.socket:

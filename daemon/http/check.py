@@ -21,7 +21,7 @@ from ..current import Current
 from ..events import Broadcaster, rfc3339
 from ..metrics import Metrics
 from .routes import Router
-from .server import HttpError, Request, Response
+from .message import HttpError, Request, Response
 
 MAX_BATCH = 10_000
 _KINDS = frozenset(("queue", "schedule", "endpoint"))

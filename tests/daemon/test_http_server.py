@@ -14,7 +14,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sluice.daemon.http.peer import Peer
-from sluice.daemon.http.server import Drain, Limits, Request, Response, parse_query, serve_connection
+from sluice.daemon.http.connection import Limits, serve_connection
+from sluice.daemon.http.message import Request, Response, parse_query
+from sluice.daemon.serving import Drain
 
 LIMITS = Limits(request_timeout=10.0, idle_timeout=60.0)
 

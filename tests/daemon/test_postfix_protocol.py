@@ -12,7 +12,7 @@ import trio.testing
 
 from sluice.daemon.config import PostfixConfig
 from sluice.daemon.current import Current
-from sluice.daemon.http.server import Drain, Limits, serve_listener
+from sluice.daemon.serving import Drain, Service
 from sluice.daemon.postfix import (
     IDLE_TIMEOUT,
     MAX_REASON,
@@ -20,6 +20,7 @@ from sluice.daemon.postfix import (
     RequestReader,
     bind_loopback,
     reason_text,
+    refuse_postfix,
     serve_postfix_connection,
 )
 from sluice.policy.files import combine, parse_policy
@@ -427,7 +428,8 @@ async def test_client_disconnecting_mid_request_does_not_hurt_the_server(tmp_pat
     async def handle(stream):
         await serve_postfix_connection(stream, cur, PostfixConfig(), lambda: NOW, drain)
 
-    await nursery.start(serve_listener, trio.SocketListener(sock), handle, Limits(), drain, nursery)
+    service = Service(handle, refuse_postfix, max_connections=8, drain=drain)
+    await nursery.start(trio.serve_listeners, service, [trio.SocketListener(sock)])
 
     leaver = await trio.open_unix_socket(path)
     await leaver.send_all(request()[:40])
