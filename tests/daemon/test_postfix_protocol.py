@@ -395,6 +395,22 @@ async def test_a_slow_request_keeps_its_deadline_from_its_first_byte(serve, auto
     assert trio.current_time() - start == pytest.approx(REQUEST_TIMEOUT)
 
 
+
+async def test_every_decision_is_counted_remembered_or_not(nursery):
+    """Deliveries answered from memory count as decisions; a request naming no queue asks for none."""
+    counted: list[bool] = []
+    ours, theirs = trio.testing.memory_stream_pair()
+    nursery.start_soon(
+        serve_postfix_connection, theirs, current(), PostfixConfig(), lambda: NOW, None, counted.append
+    )
+    client = Client(ours)
+    assert await client.answer(request()) == b"action=DUNNO"
+    assert await client.answer(request()) == b"action=DUNNO"  # remembered
+    assert await client.answer(request(recipient="u@blocked.example")) == (DEFER + "Blocked for now").encode()
+    assert await client.answer(request(recipient="")) == b"action=DUNNO"
+    assert counted == [True, True, False]
+
+
 async def test_shutdown_closes_idle_connections_at_once(serve, autojump_clock):
     drain = Drain()
     client = await serve(drain=drain)
