@@ -2,7 +2,9 @@
 
 How this works
 --------------
-Every line is rendered by structlog and handed to ``OUTPUT``. Outside the
+structlog's fast configuration renders every line (a level-filtering
+bound logger, cached on first use; compact JSON from msgspec, or console
+rendering on a TTY) and hands it to ``OUTPUT``. Outside the
 event loop (at start, in worker threads, after the loop ends) a line is
 written at once. In a ``trio.run`` given ``OUTPUT`` as an instrument, the
 loop's own lines are gathered and written together just before the loop
@@ -18,9 +20,7 @@ import logging
 import os
 import sys
 import threading
-import time
-from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TextIO
 
 import msgspec
 import structlog
@@ -86,72 +86,6 @@ class LineOutput(trio.abc.Instrument):
 OUTPUT = LineOutput()
 
 
-_DIGITS = [f"{n:03d}" for n in range(1000)]
-
-
-class Timestamp:
-    """Adds ``timestamp``: UTC, ISO 8601 with microseconds (``2026-11-23T14:22:06.710990Z``).
-
-    What ``structlog.processors.TimeStamper(fmt="iso", utc=True)`` writes, with
-    the date and time of day formatted once a second rather than once a line.
-    """
-
-    def __init__(self, clock=time.time) -> None:
-        self._clock = clock
-        # (a second, its date and time of day): one attribute, as threads share it
-        self._second: tuple[int, str] = (-1, "")
-
-    def __call__(self, logger: object, name: str, event_dict: dict) -> dict:
-        now = self._clock()
-        second = int(now)
-        cached, prefix = self._second
-        if second != cached:
-            prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
-            self._second = (second, prefix)
-        # the microseconds from a table of three-digit strings: no number formatting
-        micro = int((now - second) * 1_000_000)
-        event_dict["timestamp"] = prefix + _DIGITS[micro // 1000] + _DIGITS[micro % 1000] + "Z"
-        return event_dict
-
-
-def exc_info_as_text(logger: object, name: str, event_dict: dict) -> dict:
-    """``structlog.processors.format_exc_info``, asked only of lines that carry ``exc_info``."""
-    if "exc_info" in event_dict:
-        return structlog.processors.format_exc_info(logger, name, event_dict)
-    return event_dict
-
-
-_TIMESTAMP = Timestamp()
-_fast_info = False  # configure() sets it: JSON lines, and info lines are written
-
-
-def info_writer(logger: Any, event: str) -> Callable[..., None]:
-    """``logger.info(event, **kw)`` as a function of ``kw``, for a line written very often.
-
-    With JSON lines at level info or below (what a daemon under systemd
-    writes), the line is put together here rather than by structlog's chain
-    of processors, at about half the cost: the same keys in the same order
-    (the call's, ``event``, any context variables, ``level``,
-    ``timestamp``), rendered the same way. Any other configuration gets the
-    logger's own ``info``. Made once and used for many lines: it follows the
-    configuration in force when it was made.
-    """
-    if not _fast_info:
-        info = logger.bind().info  # the logger itself, not the lazy proxy, every call
-        return lambda **kw: info(event, **kw)
-    merge = structlog.contextvars.merge_contextvars
-    stamp = _TIMESTAMP
-    emit = OUTPUT.msg
-
-    def write(**kw: Any) -> None:
-        kw["event"] = event
-        merge(None, "info", kw)
-        kw["level"] = "info"
-        emit(_encode(stamp(None, "info", kw)))
-
-    return write
-
-
 def want_json(fmt: str, stream=sys.stdout) -> bool:
     if fmt == "json":
         return True
@@ -161,10 +95,8 @@ def want_json(fmt: str, stream=sys.stdout) -> bool:
 
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
-    global _fast_info
     json_lines = want_json(fmt)
     threshold = logging.getLevelNamesMapping()[level.upper()]
-    _fast_info = json_lines and threshold <= logging.INFO
     renderer = (
         # msgspec renders a line several times faster than the json module;
         # values it does not know are written as their str()
@@ -176,8 +108,8 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            _TIMESTAMP,
-            exc_info_as_text,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),

@@ -204,6 +204,25 @@ async def test_every_request_is_logged_once_with_its_outcome(served, autojump_cl
     assert "secret" not in repr(logs)
 
 
+
+async def test_a_read_routes_lines_carry_the_request_id_of_its_response(served, autojump_clock):
+    """Every line logged while a request is answered names it, not only the lines of changes."""
+
+    async def reading(request: Request) -> Response:
+        structlog.get_logger("sluice.test").info("looked_up")
+        return Response.json({})
+
+    client = served(reading)
+    with structlog.testing.capture_logs([structlog.contextvars.merge_contextvars]) as logs:
+        for _ in range(2):
+            await client.send(get("/api/check/v1?queue=example.com"))
+            status, headers, _ = await client.response()
+            assert status == 200
+            lines = [(line["event"], line["request_id"]) for line in logs]
+            request_id = headers[b"x-request-id"].decode()
+            assert lines == [("looked_up", request_id), ("request", request_id)]
+            logs.clear()
+
 async def test_an_announced_body_over_the_limit_is_refused_before_it_is_sent(served, autojump_clock):
     client = served(hello)
     start = trio.current_time()
