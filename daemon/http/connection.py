@@ -136,7 +136,8 @@ async def serve_connection(
 
     Never raises for anything the client does; the stream is closed on return.
     """
-    await _Connection(stream, dispatch, peer, limits, drain or Drain()).serve()
+    drain = drain if drain is not None else Drain()
+    await _Connection(stream, dispatch, peer, limits, drain).serve()
 
 
 _PROTOCOL_CODES = {431: "HEADERS_TOO_LARGE", 400: "BAD_REQUEST", 505: "HTTP_VERSION_NOT_SUPPORTED"}

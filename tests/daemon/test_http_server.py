@@ -152,7 +152,7 @@ async def test_shutdown_closes_idle_connections_and_lets_requests_finish(
     assert (await idle.response())[0] == 200
     await busy.send(get("/wait"))
     await trio.sleep(1)
-    assert drain.active == 0  # serve_connection alone does not count; serve_listener does
+    assert drain.active == 0  # serve_connection alone does not count; a Service does
     drain.start()
     with trio.fail_after(0.1):
         assert await idle.closed()  # at once, not after the idle timeout
