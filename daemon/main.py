@@ -43,7 +43,7 @@ from sluice.policy.errors import PolicyLoadError
 from sluice.policy.snapshot import Snapshot
 
 from . import logs
-from .config import Config, ConfigError, load_config, socket_mode
+from .config import Config, ConfigError, HttpConfig, load_config, socket_mode
 from .current import Current, ReloadResult
 from .events import Broadcaster
 from .http.admin import add_admin_routes
@@ -162,7 +162,7 @@ def open_sockets(config: Config, stack: ExitStack | AsyncExitStack) -> Sockets:
     return sockets
 
 
-def _bind_http(http) -> socket.socket:
+def _bind_http(http: HttpConfig) -> socket.socket:
     try:
         address, port = parse_listen(http.listen)
     except ValueError as exc:
@@ -213,7 +213,6 @@ async def _sweeper(mutations: Mutations, clock, *, task_status=trio.TASK_STATUS_
 class App:
     """The daemon's parts, built from its config before any socket is opened."""
 
-    reader: PolicyReader
     files: list[str]  # the policy files loaded at start
     store: RuntimeStore
     current: Current
@@ -239,8 +238,8 @@ async def build_app(
         policy = await trio.to_thread.run_sync(reader.load)
     except PolicyLoadError as exc:
         raise StartupError("invalid policy:\n" + "\n".join(str(p) for p in exc.problems)) from None
-    token_file, trusted, tls = await _http_settings(config)
     store, runtime = await _open_store(config, clock, stack)
+    token_file, trusted, tls = await _http_settings(config)
     current = Current(Snapshot.build(policy, runtime, generation=1))
     gc.freeze()  # the policy just loaded lives on and holds no cycles: not the collector's
     current.degraded = store.degraded
@@ -258,7 +257,7 @@ async def build_app(
     events.listeners.append(metrics.on_event)
     router = _routes(config, reader, current, events, mutations, reloader, metrics, clock)
     return App(
-        reader=reader, files=list(policy.files), store=store, current=current, events=events,
+        files=list(policy.files), store=store, current=current, events=events,
         mutations=mutations, reloader=reloader, metrics=metrics, router=router,
         token_file=token_file, tcp_auth=TcpAuth(trusted, lambda: token_file.current), tls=tls,
     )

@@ -15,8 +15,8 @@ where the current request is: idle, reading, answering or streaming. A
 broken request is answered with the error envelope and the connection
 closes. Every answered request is logged once with method, path (never the
 query), status, duration, peer and request id; the id is also bound as a
-structlog context variable while the request is read and answered, so every
-line logged meanwhile carries it.
+structlog context variable while the request is read and answered, so
+every line logged meanwhile carries it.
 """
 
 from __future__ import annotations
@@ -181,7 +181,6 @@ class _Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             return
         finally:
-            self.drain.awake(deadlines.scope)
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await self.stream.aclose()
@@ -191,26 +190,34 @@ class _Connection:
         while True:
             self.request_id = new_request_id()
             self.head = None
-            with structlog.contextvars.bound_contextvars(request_id=self.request_id):
-                try:
-                    request = await self._read_request()
-                except h11.RemoteProtocolError as exc:
-                    self.failure = self._protocol_failure(exc)
+            # the lines logged while this request is read and answered name it
+            bound = structlog.contextvars.bind_contextvars(request_id=self.request_id)
+            try:
+                if not await self._exchange():
                     return
-                except HttpError as exc:
-                    self.failure = (exc.status, exc.code, exc.message)
-                    return
-                if request is None:
-                    return
-                self.deadlines.answering()
-                if not await self._answer(request):
-                    return
+            finally:
+                structlog.contextvars.reset_contextvars(**bound)
             if self.drain.draining:
                 return
             try:
                 self.conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return  # one side said Connection: close, or an HTTP/1.0 peer
+
+    async def _exchange(self) -> bool:
+        """Read one request and answer it; False if the connection ends with it."""
+        try:
+            request = await self._read_request()
+        except h11.RemoteProtocolError as exc:
+            self.failure = self._protocol_failure(exc)
+            return False
+        except HttpError as exc:
+            self.failure = (exc.status, exc.code, exc.message)
+            return False
+        if request is None:
+            return False
+        self.deadlines.answering()
+        return await self._answer(request)
 
     def _protocol_failure(self, exc: h11.RemoteProtocolError) -> tuple[int, str, str]:
         status = exc.error_status_hint
