@@ -4,7 +4,9 @@ How this works
 --------------
 structlog's fast configuration renders every line (a level-filtering
 bound logger, cached on first use; compact JSON from msgspec, or console
-rendering on a TTY) and hands it to ``OUTPUT``. Outside the
+rendering on a TTY) and hands it to ``OUTPUT``. The one processor of our
+own is ``Timestamp``: structlog's ISO time stamp, made at a fraction of the
+cost (a tenth of a check request's time went to ``TimeStamper``). Outside the
 event loop (at start, in worker threads, after the loop ends) a line is
 written at once. In a ``trio.run`` given ``OUTPUT`` as an instrument, the
 loop's own lines are gathered and written together just before the loop
@@ -20,6 +22,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import TextIO
 
 import msgspec
@@ -86,6 +89,29 @@ class LineOutput(trio.abc.Instrument):
 OUTPUT = LineOutput()
 
 
+class Timestamp:
+    """Adds ``timestamp``: UTC, ISO 8601 with microseconds (``2026-11-23T14:22:06.710990Z``).
+
+    What ``structlog.processors.TimeStamper(fmt="iso", utc=True)`` writes, with
+    the date and time of day formatted once a second rather than once a line.
+    """
+
+    def __init__(self, clock=time.time) -> None:
+        self._clock = clock
+        # (a second, its date and time of day): one attribute, as threads share it
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(self, logger: object, name: str, event_dict: dict) -> dict:
+        now = self._clock()
+        second = int(now)
+        cached, prefix = self._second
+        if second != cached:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+            self._second = (second, prefix)
+        event_dict["timestamp"] = f"{prefix}{int((now - second) * 1_000_000):06d}Z"
+        return event_dict
+
+
 def want_json(fmt: str, stream=sys.stdout) -> bool:
     if fmt == "json":
         return True
@@ -108,7 +134,7 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            Timestamp(),
             structlog.processors.format_exc_info,
             renderer,
         ],

@@ -11,7 +11,7 @@ import structlog
 import trio
 
 from sluice.daemon import logs
-from sluice.daemon.logs import LineOutput
+from sluice.daemon.logs import LineOutput, Timestamp
 
 
 class Recorder:
@@ -82,6 +82,22 @@ def test_pending_lines_are_written_when_the_run_fails():
     assert stream.writes == ["last words\n"]
     out.info("after")  # the loop is gone: written at once
     assert stream.writes[-1] == "after\n"
+
+
+@pytest.mark.parametrize(
+    "now", [1_800_000_000.0, 1_800_000_000.999999, 1_800_000_059.5, 1_798_761_599.25]
+)
+def test_timestamps_are_utc_iso_with_microseconds(now):
+    ours = Timestamp(clock=lambda: now)(None, "info", {})["timestamp"]
+    # what structlog's TimeStamper(fmt="iso", utc=True) writes for that instant
+    expected = datetime.fromtimestamp(now, timezone.utc).isoformat().replace("+00:00", "Z")
+    if "." not in expected:
+        expected = expected[:-1] + ".000000Z"
+    assert ours == expected
+    # a second later, in the same formatter, the date and time move on
+    stamp = Timestamp(clock=iter([now, now + 1]).__next__)
+    first, second = (stamp(None, "info", {})["timestamp"] for _ in range(2))
+    assert datetime.fromisoformat(second) - datetime.fromisoformat(first) == timedelta(seconds=1)
 
 
 @pytest.fixture
