@@ -1,15 +1,20 @@
 """sluiced: load the policy, bind the sockets, serve until told to stop.
 
-The nursery tree mirrors the lifecycle:
+``serve`` is wiring: ``build_app`` makes the daemon's parts from its config
+(the runtime store, the snapshot in force, mutations, events, the route
+table), ``open_sockets`` binds the listening sockets, and ``run`` serves
+them. Everything opened is closed by one exit stack, whatever happens. The
+nursery tree mirrors the lifecycle:
 
-    serve
+    run
     ├── background: policy watcher, runtime-state follower, sweeper, watchdog
-    ├── signals: SIGHUP -> reload; SIGTERM/SIGINT -> shutdown
-    └── connections: one listener task per socket, one task per connection
+    └── connections: one task per connection
+        └── accepting: trio.serve_listeners, one per socket
 
-On SIGTERM the listeners stop accepting, idle connections are closed, and
-requests in flight get ``GRACE`` seconds; every acknowledged change is
-already durable (on disk, or committed by etcd). Sockets the daemon bound
+Signals: SIGHUP reloads; on SIGTERM/SIGINT accepting stops, idle
+connections are closed, and the connections' nursery gets a deadline
+``GRACE`` seconds away for the requests in flight; every acknowledged change
+is already durable (on disk, or committed by etcd). Sockets the daemon bound
 are removed; sockets systemd passed in are systemd's to remove.
 """
 
@@ -22,9 +27,11 @@ import grp
 import os
 import signal
 import socket
+import ssl
 import stat
 import sys
 import time
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,23 +43,26 @@ from sluice.policy.errors import PolicyLoadError
 from sluice.policy.snapshot import Snapshot
 
 from . import logs
-from .config import Config, ConfigError, load_config, socket_mode
+from .config import Config, ConfigError, HttpConfig, load_config, socket_mode
 from .current import Current, ReloadResult
 from .events import Broadcaster
 from .http.admin import add_admin_routes
 from .http.auth import TcpAuth, TokenFile, parse_networks
 from .http.check import add_check_routes
+from .http.connection import Limits
 from .http.hookbridge import add_hookbridge_routes
+from .http.listener import tcp_service, unix_service
+from .http.peer import may_change
 from .http.qstash import add_qstash_routes
-from .http.peer import Peer, may_change, unix_peer
 from .http.routes import Router
-from .http.server import Drain, Limits, serve_connection, serve_listener
 from .metrics import Metrics
 from .mutations import Mutations
 from .policy_dir import PolicyReader
-from .postfix import bind_loopback, refuse_postfix, serve_postfix_connection
+from .postfix import bind_loopback, postfix_service
 from .reload import Reloader, Watcher, debounced, follow
+from .serving import Service
 from .state import open_store
+from .state.base import RuntimeStore
 from .systemd import Notifier, listen_fds, watchdog_interval
 from .tcp import bind_tcp, parse_listen, server_tls
 
@@ -75,6 +85,12 @@ class Sockets:
     postfix_tcp: socket.socket | None = None
     http: socket.socket | None = None
     bound: list[Path] = field(default_factory=list)
+
+    def unlink_bound(self) -> None:
+        """Remove the socket files this process bound, once: later they may be another's."""
+        for path in self.bound:
+            path.unlink(missing_ok=True)
+        self.bound.clear()
 
 
 def bind_unix(path: Path, mode: int, group: str = "") -> socket.socket:
@@ -117,42 +133,50 @@ def bind_unix(path: Path, mode: int, group: str = "") -> socket.socket:
     return sock
 
 
-def open_sockets(config: Config) -> Sockets:
+def open_sockets(config: Config, stack: ExitStack | AsyncExitStack) -> Sockets:
+    """Bind (or take from systemd) the listening sockets; ``stack`` closes them and removes their files."""
     try:
         passed = listen_fds()
     except OSError as exc:
         raise StartupError(str(exc)) from None
     sockets = Sockets()
+    stack.callback(sockets.unlink_bound)
     if config.http.listen:
-        try:
-            address, port = parse_listen(config.http.listen)
-        except ValueError as exc:
-            raise StartupError(f"http.listen: {exc}") from None
-        if not address.is_loopback and not (config.http.tls_cert and config.http.tls_key):
-            raise StartupError(
-                f"http.listen: {config.http.listen} is not a loopback address; "
-                "set http.tls_cert and http.tls_key to serve it with TLS"
-            )
-        try:
-            sockets.http = bind_tcp(address, port)
-        except ValueError as exc:
-            raise StartupError(f"http.listen: {exc}") from None
+        sockets.http = stack.enter_context(_bind_http(config.http))
     if config.postfix.listen:  # first: refusing it leaves no socket file behind
         try:
-            sockets.postfix_tcp = bind_loopback(config.postfix.listen)
+            sockets.postfix_tcp = stack.enter_context(bind_loopback(config.postfix.listen))
         except ValueError as exc:
             raise StartupError(f"postfix.listen: {exc}") from None
     if passed.get("admin"):
-        sockets.admin = passed["admin"][0]
+        sockets.admin = stack.enter_context(passed["admin"][0])
     elif config.admin_socket is not None:
-        sockets.admin = bind_unix(config.admin_socket, socket_mode(config.admin.mode), config.admin.group)
+        admin = bind_unix(config.admin_socket, socket_mode(config.admin.mode), config.admin.group)
+        sockets.admin = stack.enter_context(admin)
         sockets.bound.append(config.admin_socket)
     if passed.get("policy"):
-        sockets.postfix = passed["policy"][0]
+        sockets.postfix = stack.enter_context(passed["policy"][0])
     elif config.postfix_socket is not None:
-        sockets.postfix = bind_unix(config.postfix_socket, socket_mode(config.postfix.mode))
+        policy = bind_unix(config.postfix_socket, socket_mode(config.postfix.mode))
+        sockets.postfix = stack.enter_context(policy)
         sockets.bound.append(config.postfix_socket)
     return sockets
+
+
+def _bind_http(http: HttpConfig) -> socket.socket:
+    try:
+        address, port = parse_listen(http.listen)
+    except ValueError as exc:
+        raise StartupError(f"http.listen: {exc}") from None
+    if not address.is_loopback and not (http.tls_cert and http.tls_key):
+        raise StartupError(
+            f"http.listen: {http.listen} is not a loopback address; "
+            "set http.tls_cert and http.tls_key to serve it with TLS"
+        )
+    try:
+        return bind_tcp(address, port)
+    except ValueError as exc:
+        raise StartupError(f"http.listen: {exc}") from None
 
 
 def admin_gid(config: Config) -> int | None:
@@ -186,53 +210,40 @@ async def _sweeper(mutations: Mutations, clock, *, task_status=trio.TASK_STATUS_
             await trio.sleep(1)
 
 
-async def serve(
-    config: Config,
-    *,
-    clock=time.time,
-    task_status: trio.TaskStatus[Current] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run the daemon until SIGTERM/SIGINT. Raises StartupError if it cannot start."""
-    notifier = Notifier()
+@dataclass
+class App:
+    """The daemon's parts, built from its config before any socket is opened."""
+
+    files: list[str]  # the policy files loaded at start
+    store: RuntimeStore
+    current: Current
+    events: Broadcaster
+    mutations: Mutations
+    reloader: Reloader
+    metrics: Metrics
+    router: Router
+    token_file: TokenFile
+    watcher: Watcher  # one for the policy and the runtime state
+    tcp_auth: TcpAuth
+    tls: ssl.SSLContext | None
+
+
+async def build_app(
+    config: Config, notifier: Notifier, clock, stack: AsyncExitStack, stop: trio.Event
+) -> App:
+    """Load the policy, the tokens and the runtime state, and build the daemon on them.
+
+    ``stack`` closes the store; ``stop`` ends the watcher. Raises StartupError
+    for anything that stops a start.
+    """
     reader = PolicyReader(config.policy_path)
     try:
         policy = await trio.to_thread.run_sync(reader.load)
     except PolicyLoadError as exc:
         raise StartupError("invalid policy:\n" + "\n".join(str(p) for p in exc.problems)) from None
-    stop = trio.Event()
-    watcher = Watcher(stop)  # one for the policy and the runtime state
-    delay = config.reload.debounce_ms / 1000
-    try:
-        store = open_store(
-            config.store_settings(),
-            changes=lambda directory: debounced(watcher.tree(directory), delay),
-            clock=clock,
-        )
-    except ValueError as exc:
-        raise StartupError(str(exc)) from None
-    try:
-        loaded = await store.open()
-    except OSError as exc:
-        raise StartupError(f"cannot read runtime state in {store.where}: {exc.strerror}") from None
-    runtime, problems = loaded.runtime, loaded.problems
-    if problems:
-        raise StartupError(
-            "invalid runtime state (fix or remove the file):\n"
-            + "\n".join(f"{store.where}/{p}" for p in problems)
-        )
-    token_file = TokenFile(config.path(config.http.tokens_file) if config.http.tokens_file else None)
-    try:
-        token_file.current = await trio.to_thread.run_sync(token_file.read)
-        trusted = parse_networks(config.http.trusted_hosts)
-        tls = (
-            server_tls(config.path(config.http.tls_cert), config.path(config.http.tls_key))
-            if config.http.tls_cert or config.http.tls_key
-            else None
-        )
-    except PolicyLoadError as exc:
-        raise StartupError("invalid tokens file:\n" + "\n".join(str(p) for p in exc.problems)) from None
-    except ValueError as exc:
-        raise StartupError(f"http: {exc}") from None
+    watcher = Watcher(stop)
+    store, runtime = await _open_store(config, clock, stack, watcher)
+    token_file, trusted, tls = await _http_settings(config)
     current = Current(Snapshot.build(policy, runtime, generation=1))
     gc.freeze()  # the policy just loaded lives on and holds no cycles: not the collector's
     current.degraded = store.degraded
@@ -248,6 +259,70 @@ async def serve(
     reloader = Reloader(reader, current, events, notifier, clock=clock, tokens=token_file)
     metrics = Metrics(current, clock)
     events.listeners.append(metrics.on_event)
+    router = _routes(config, reader, current, events, mutations, reloader, metrics, clock)
+    return App(
+        files=list(policy.files), store=store, current=current, events=events,
+        mutations=mutations, reloader=reloader, metrics=metrics, router=router,
+        token_file=token_file, watcher=watcher, tcp_auth=TcpAuth(trusted, lambda: token_file.current), tls=tls,
+    )
+
+
+async def _http_settings(config: Config) -> tuple[TokenFile, list, ssl.SSLContext | None]:
+    """The tokens file (read), the trusted hosts, and the TLS context of the TCP listener."""
+    token_file = TokenFile(config.path(config.http.tokens_file) if config.http.tokens_file else None)
+    try:
+        token_file.current = await trio.to_thread.run_sync(token_file.read)
+        trusted = parse_networks(config.http.trusted_hosts)
+        tls = (
+            server_tls(config.path(config.http.tls_cert), config.path(config.http.tls_key))
+            if config.http.tls_cert or config.http.tls_key
+            else None
+        )
+    except PolicyLoadError as exc:
+        raise StartupError("invalid tokens file:\n" + "\n".join(str(p) for p in exc.problems)) from None
+    except ValueError as exc:
+        raise StartupError(f"http: {exc}") from None
+    return token_file, trusted, tls
+
+
+async def _open_store(config: Config, clock, stack: AsyncExitStack, watcher: Watcher):
+    """The runtime store, opened (``stack`` closes it), and the runtime state it holds.
+
+    A file store learns of hand edits through ``watcher``.
+    """
+    delay = config.reload.debounce_ms / 1000
+    try:
+        store = open_store(
+            config.store_settings(),
+            changes=lambda directory: debounced(watcher.tree(directory), delay),
+            clock=clock,
+        )
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        loaded = await store.open()
+    except OSError as exc:
+        raise StartupError(f"cannot read runtime state in {store.where}: {exc.strerror}") from None
+    stack.push_async_callback(store.aclose)
+    if loaded.problems:
+        raise StartupError(
+            "invalid runtime state (fix or remove the file):\n"
+            + "\n".join(f"{store.where}/{p}" for p in loaded.problems)
+        )
+    return store, loaded.runtime
+
+
+def _routes(
+    config: Config,
+    reader: PolicyReader,
+    current: Current,
+    events: Broadcaster,
+    mutations: Mutations,
+    reloader: Reloader,
+    metrics: Metrics,
+    clock,
+) -> Router:
+    """The route table: sluice's own routes and the seeds'."""
     gid = admin_gid(config)
     router = Router(
         may_change=lambda peer: may_change(peer, gid),
@@ -265,149 +340,122 @@ async def serve(
 
     add_qstash_routes(router, current=current, mutations=mutations, file_time=file_time, clock=clock)
     add_hookbridge_routes(router, current=current, mutations=mutations, file_time=file_time)
-    sockets = open_sockets(config)
-    limits = Limits()
-    drain = Drain()
-    # Postfix connections have their own count, so many smtpd processes
-    # cannot crowd out the admin API's 256.
-    postfix_limits = Limits(max_connections=1024)
-    postfix_drain = Drain()
+    return router
 
-    async def handle_admin(stream: trio.SocketStream) -> None:
-        try:
-            peer = unix_peer(stream.socket)
-        except OSError:
-            peer = Peer()
-        await serve_connection(stream, router.dispatch, peer, limits, drain)
 
-    tcp_limits = Limits()
-    tcp_drain = Drain()
-    tcp_dispatch = functools.partial(
-        router.dispatch, authenticate=TcpAuth(trusted, lambda: token_file.current)
+def services(
+    config: Config, app: App, sockets: Sockets, clock
+) -> list[tuple[trio.abc.Listener, Service]]:
+    """Each listening socket with the service that handles its connections."""
+    admin = unix_service(app.router.dispatch, Limits())
+    tcp = tcp_service(functools.partial(app.router.dispatch, authenticate=app.tcp_auth), Limits(), app.tls)
+    postfix = postfix_service(
+        app.current, config.postfix, clock, functools.partial(app.metrics.decided, "postfix")
     )
+    served = [
+        (sockets.admin, admin),
+        (sockets.http, tcp),
+        (sockets.postfix, postfix),
+        (sockets.postfix_tcp, postfix),
+    ]
+    return [
+        (trio.SocketListener(trio.socket.from_stdlib_socket(sock)), service)
+        for sock, service in served
+        if sock is not None
+    ]
 
-    async def handle_tcp(stream: trio.SocketStream) -> None:
-        try:
-            address = stream.socket.getpeername()[0]
-        except OSError:
-            return
-        if tls is not None:
-            stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
-            with trio.move_on_after(limits.request_timeout) as handshake:
-                try:
-                    await stream.do_handshake()
-                except trio.BrokenResourceError:
-                    log.info("tls_handshake_failed", peer=address)
-                    return
-            if handshake.cancelled_caught:
-                await trio.aclose_forcefully(stream)
-                return
-        await serve_connection(stream, tcp_dispatch, Peer(address=address), tcp_limits, tcp_drain)
 
-    async def handle_postfix(stream: trio.SocketStream) -> None:
-        await serve_postfix_connection(stream, current, config.postfix, clock, postfix_drain)
+async def _start_background(
+    nursery: trio.Nursery, config: Config, app: App, notifier: Notifier, clock, stop: trio.Event
+) -> None:
+    """The policy watcher, the runtime-state follower, the sweeper and the watchdog, started."""
 
     async def on_policy_change(batch) -> None:
-        await reloader.reload("watch")
+        await app.reloader.reload("watch")
 
-    try:
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as received:
-            async with trio.open_nursery() as background:
-                policy_changes = watcher.tree(config.policy_path, token_file.path)
-                await background.start(follow, debounced(policy_changes, delay), on_policy_change)
-                await background.start(
-                    functools.partial(store.follow, mutations.apply_changes, stop=stop)
-                )
-                await background.start(watcher.run)
-                await background.start(_sweeper, mutations, clock)
-                interval = watchdog_interval()
-                if interval:
-                    await background.start(_watchdog, notifier, interval)
+    policy_changes = app.watcher.tree(config.policy_path, app.token_file.path)
+    delay = config.reload.debounce_ms / 1000
+    await nursery.start(follow, debounced(policy_changes, delay), on_policy_change)
+    await nursery.start(functools.partial(app.store.follow, app.mutations.apply_changes, stop=stop))
+    await nursery.start(app.watcher.run)
+    await nursery.start(_sweeper, app.mutations, clock)
+    interval = watchdog_interval()
+    if interval:
+        await nursery.start(_watchdog, notifier, interval)
 
-                async with trio.open_nursery() as connections:
-                    listeners = trio.CancelScope()
 
-                    async def run_listeners(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
-                        with listeners:
-                            async with trio.open_nursery() as accepting:
-                                if sockets.admin is not None:
-                                    listener = trio.SocketListener(
-                                        trio.socket.from_stdlib_socket(sockets.admin)
-                                    )
-                                    await accepting.start(
-                                        serve_listener, listener, handle_admin, limits, drain,
-                                        connections,
-                                    )
-                                if sockets.http is not None:
-                                    listener = trio.SocketListener(
-                                        trio.socket.from_stdlib_socket(sockets.http)
-                                    )
-                                    await accepting.start(
-                                        serve_listener, listener, handle_tcp, tcp_limits,
-                                        tcp_drain, connections,
-                                    )
-                                for sock in (sockets.postfix, sockets.postfix_tcp):
-                                    if sock is not None:
-                                        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-                                        await accepting.start(
-                                            functools.partial(
-                                                serve_listener, refuse=refuse_postfix
-                                            ),
-                                            listener, handle_postfix, postfix_limits,
-                                            postfix_drain, connections,
-                                        )
-                                task_status.started()
-
-                    await connections.start(run_listeners)
-                    notifier.ready(current.status_line(clock()))
-                    log.info(
-                        "ready",
-                        version=__version__,
-                        generation=current.snapshot.generation,
-                        admin=str(config.admin_socket),
-                        postfix=str(config.postfix_socket) if sockets.postfix is not None else None,
-                        postfix_listen=config.postfix.listen or None,
-                        http_listen=config.http.listen or None,
-                        files=list(policy.files),
-                    )
-                    task_status.started(current)
-
-                    async for signum in received:
-                        if signum == signal.SIGHUP:
-                            background.start_soon(reloader.reload, "SIGHUP")
-                            continue
-                        log.info("stopping", signal=signal.Signals(signum).name)
-                        notifier.stopping()
-                        break
-                    listeners.cancel()
-                    for path in sockets.bound:
-                        try:
-                            os.unlink(path)
-                        except FileNotFoundError:
-                            pass
-                    events.close()  # event streams say "shutdown" and end
-                    drain.start()  # idle connections close; requests in flight finish
-                    postfix_drain.start()
-                    tcp_drain.start()
-                    with trio.move_on_after(GRACE):
-                        await drain.wait_empty()
-                        await tcp_drain.wait_empty()
-                        await postfix_drain.wait_empty()
-                    connections.cancel_scope.cancel()
-                stop.set()
-                background.cancel_scope.cancel()
-            await store.aclose()
-        # Shutdown is under way: a second SIGTERM must not turn exit 0 into a kill.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    finally:
-        for path in sockets.bound:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        notifier.close()
+async def serve(
+    config: Config,
+    *,
+    clock=time.time,
+    task_status: trio.TaskStatus[Current] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the daemon until SIGTERM/SIGINT. Raises StartupError if it cannot start."""
+    async with AsyncExitStack() as stack:
+        notifier = Notifier()
+        stack.callback(notifier.close)
+        stop = trio.Event()
+        app = await build_app(config, notifier, clock, stack, stop)
+        sockets = open_sockets(config, stack)
+        # Once the signal receiver closes, shutdown is under way: a second
+        # SIGTERM must not turn exit 0 into a kill while the store closes.
+        stack.callback(_ignore_stop_signals)
+        signals = stack.enter_context(
+            trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+        )
+        async with trio.open_nursery() as background:
+            await _start_background(background, config, app, notifier, clock, stop)
+            served = services(config, app, sockets, clock)
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    for listener, service in served:
+                        await accepting.start(
+                            functools.partial(
+                                trio.serve_listeners, service, [listener], handler_nursery=connections
+                            )
+                        )
+                    notifier.ready(app.current.status_line(clock()))
+                    _log_ready(config, app, sockets)
+                    task_status.started(app.current)
+                    await _until_stopped(signals, background, app.reloader, notifier)
+                    accepting.cancel_scope.cancel()
+                sockets.unlink_bound()
+                app.events.close()  # event streams say "shutdown" and end
+                for service in {service for _, service in served}:
+                    service.drain.start()  # idle connections close; requests in flight finish
+                connections.cancel_scope.deadline = trio.current_time() + GRACE
+            stop.set()
+            background.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _log_ready(config: Config, app: App, sockets: Sockets) -> None:
+    log.info(
+        "ready",
+        version=__version__,
+        generation=app.current.snapshot.generation,
+        admin=str(config.admin_socket),
+        postfix=str(config.postfix_socket) if sockets.postfix is not None else None,
+        postfix_listen=config.postfix.listen or None,
+        http_listen=config.http.listen or None,
+        files=app.files,
+    )
+
+
+async def _until_stopped(signals, background: trio.Nursery, reloader: Reloader, notifier: Notifier) -> None:
+    """Reload on each SIGHUP; return at the first SIGTERM or SIGINT."""
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            background.start_soon(reloader.reload, "SIGHUP")
+            continue
+        log.info("stopping", signal=signal.Signals(signum).name)
+        notifier.stopping()
+        return
+
+
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:

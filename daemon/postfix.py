@@ -61,7 +61,7 @@ from sluice.policy.snapshot import Hold, Snapshot
 
 from .config import PostfixConfig
 from .current import Current
-from .http.server import Drain
+from .serving import Drain, Service
 from .tcp import bind_tcp, parse_listen
 
 log = structlog.get_logger("sluice.postfix")
@@ -268,10 +268,13 @@ class Answerer:
     within one snapshot a queue's holds can only end (they expire), never
     begin, so "deliver" stays true until another snapshot is swapped in.
     Held answers are worked out every time, since their holds may expire.
+    Every decision, remembered or not, is counted by ``decided(deliver)``;
+    a request that names no queue asks for none.
     """
 
-    def __init__(self, config: PostfixConfig) -> None:
+    def __init__(self, config: PostfixConfig, decided: Callable[[bool], None] | None = None) -> None:
         self._prefix = "action=HOLD " if config.on_hold == "hold" else "action=DEFER_IF_PERMIT 4.7.1 "
+        self._decided = decided if decided is not None else _uncounted
         self._snapshot: Snapshot | None = None
         self._deliver: set[PolicyRequest] = set()
 
@@ -281,15 +284,23 @@ class Answerer:
             self._snapshot = snapshot
             self._deliver = set()
         elif request in self._deliver:
+            self._decided(True)
             return DUNNO
         queue = queue_for(request)
         if queue is None:
             if request.domain:
                 log.debug("postfix_no_queue", domain=request.domain.decode("utf-8", "replace"))
-        elif not (decision := snapshot.decide(queue, now)).deliver:
+            return DUNNO
+        decision = snapshot.decide(queue, now)
+        self._decided(decision.deliver)
+        if not decision.deliver:
             return (self._prefix + reason_text(decision.holds[0]) + "\n\n").encode()
         self._deliver.add(request)
         return DUNNO
+
+
+def _uncounted(deliver: bool) -> None:
+    pass
 
 
 def malformed_answer(what: str) -> bytes:
@@ -303,14 +314,16 @@ async def serve_postfix_connection(
     config: PostfixConfig,
     clock: Callable[[], float] = time.time,
     drain: Drain | None = None,
+    decided: Callable[[bool], None] | None = None,
 ) -> None:
     """Answer policy requests on ``stream`` until the client closes or misbehaves.
 
     Never raises for anything the client does; the stream is closed on return.
+    ``decided(deliver)`` counts each decision made.
     """
     drain = drain if drain is not None else Drain()
     reader = RequestReader(config.tenant_attribute)
-    answerer = Answerer(config)
+    answerer = Answerer(config, decided)
     last_words = b""  # sent after the loop: answers not yet sent, or a refusal
     try:
         # One cancel scope for the connection's whole life: a scope per
@@ -382,6 +395,24 @@ async def refuse_postfix(stream: trio.abc.Stream) -> None:
 
 
 TOO_MANY = b"action=DEFER_IF_PERMIT 4.3.2 sluice: too many policy connections; try again\n\n"
+# Postfix connections have their own count, so many smtpd processes
+# cannot crowd out the admin API's.
+MAX_CONNECTIONS = 1024
+
+
+def postfix_service(
+    current: Current,
+    config: PostfixConfig,
+    clock: Callable[[], float],
+    decided: Callable[[bool], None] | None = None,
+) -> Service:
+    """The policy sockets' connections, as ``trio.serve_listeners``' handler."""
+    drain = Drain()
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        await serve_postfix_connection(stream, current, config, clock, drain, decided)
+
+    return Service(handle, refuse_postfix, MAX_CONNECTIONS, drain)
 
 
 def bind_loopback(listen: str) -> socket.socket:

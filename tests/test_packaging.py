@@ -80,7 +80,7 @@ def test_the_installed_wheel_works_beside_python_daemon(dist, tmp_path):
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     code = (
         "import daemon.pidfile, sluice.daemon.main, sluice.daemon.ctl, sluice.policy.snapshot\n"
-        "import sluice.daemon.http.server, sluice.daemon.state.etcd\n"
+        "import sluice.daemon.http.connection, sluice.daemon.state.etcd\n"
         "print(daemon.pidfile.__file__)\nprint(sluice.daemon.main.__file__)\n"
     )
     done = subprocess.run(

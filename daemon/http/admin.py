@@ -25,7 +25,7 @@ from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..metrics import Metrics
 from ..mutations import Mutations
 from .routes import Router
-from .server import HttpError, Request, Response
+from .message import HttpError, Request, Response
 
 Reload = Callable[[str], Awaitable[ReloadResult]]
 

@@ -17,7 +17,7 @@ from sluice.policy.errors import FileProblem, PolicyLoadError
 from sluice.policy.tokens import Tokens, parse_tokens
 
 from .peer import Peer
-from .server import HttpError, Request
+from .message import HttpError, Request
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

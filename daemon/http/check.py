@@ -22,7 +22,7 @@ from ..current import Current
 from ..events import Broadcaster
 from ..metrics import Metrics
 from .routes import Router
-from .server import HttpError, Request, Response
+from .message import HttpError, Request, Response
 
 MAX_BATCH = 10_000
 _KINDS = frozenset(("queue", "schedule", "endpoint"))

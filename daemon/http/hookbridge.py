@@ -18,7 +18,7 @@ from sluice.policy.times import rfc3339
 from ..current import Current
 from ..mutations import Mutations
 from .routes import Router
-from .server import Request, Response
+from .message import Request, Response
 
 FileTime = Callable[[str], float]
 

@@ -20,7 +20,7 @@ from sluice.policy.snapshot import QueueView, ScheduleView
 from ..current import Current
 from ..mutations import Mutations
 from .routes import Router
-from .server import Request, Response
+from .message import Request, Response
 
 FileTime = Callable[[str], float]
 

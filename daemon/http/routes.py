@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import structlog
 
 from .peer import Peer
-from .server import NO_PARAMS, Handler, HttpError, Request, Response, map_error
+from .message import NO_PARAMS, Handler, HttpError, Request, Response, map_error
 
 log = structlog.get_logger("sluice.http")
 

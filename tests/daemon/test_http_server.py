@@ -14,7 +14,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sluice.daemon.http.peer import Peer
-from sluice.daemon.http.server import Drain, Limits, Request, Response, parse_query, serve_connection
+from sluice.daemon.http.connection import Limits, serve_connection
+from sluice.daemon.http.message import Request, Response, parse_query
+from sluice.daemon.serving import Drain
 
 LIMITS = Limits(request_timeout=10.0, idle_timeout=60.0)
 
@@ -150,7 +152,7 @@ async def test_shutdown_closes_idle_connections_and_lets_requests_finish(
     assert (await idle.response())[0] == 200
     await busy.send(get("/wait"))
     await trio.sleep(1)
-    assert drain.active == 0  # serve_connection alone does not count; serve_listener does
+    assert drain.active == 0  # serve_connection alone does not count; a Service does
     drain.start()
     with trio.fail_after(0.1):
         assert await idle.closed()  # at once, not after the idle timeout
@@ -201,6 +203,25 @@ async def test_every_request_is_logged_once_with_its_outcome(served, autojump_cl
     assert all(line["request_id"].startswith("req_") for line in lines)
     assert "secret" not in repr(logs)
 
+
+
+async def test_a_read_routes_lines_carry_the_request_id_of_its_response(served, autojump_clock):
+    """Every line logged while a request is answered names it, not only the lines of changes."""
+
+    async def reading(request: Request) -> Response:
+        structlog.get_logger("sluice.test").info("looked_up")
+        return Response.json({})
+
+    client = served(reading)
+    with structlog.testing.capture_logs([structlog.contextvars.merge_contextvars]) as logs:
+        for _ in range(2):
+            await client.send(get("/api/check/v1?queue=example.com"))
+            status, headers, _ = await client.response()
+            assert status == 200
+            lines = [(line["event"], line["request_id"]) for line in logs]
+            request_id = headers[b"x-request-id"].decode()
+            assert lines == [("looked_up", request_id), ("request", request_id)]
+            logs.clear()
 
 async def test_an_announced_body_over_the_limit_is_refused_before_it_is_sent(served, autojump_clock):
     client = served(hello)

@@ -500,7 +500,7 @@ async def test_overflow_line_matches_the_event_schema() -> None:
     from sluice.daemon.http.check import add_check_routes
     from sluice.daemon.http.peer import Peer
     from sluice.daemon.http.routes import Router
-    from sluice.daemon.http.server import NO_PARAMS, Request
+    from sluice.daemon.http.message import NO_PARAMS, Request
     from sluice.policy.files import combine
     from sluice.policy.snapshot import Snapshot
 
@@ -563,7 +563,7 @@ def test_state_unavailable_answers_as_documented() -> None:
     unreachable is the etcd tests' business.
     """
     store = pytest.importorskip("sluice.daemon.state.base")
-    from sluice.daemon.http.server import map_error
+    from sluice.daemon.http.message import map_error
 
     error = store.StateUnavailable("etcd is unreachable (connection refused)")
     request_id = "req_0123456789abcdef"

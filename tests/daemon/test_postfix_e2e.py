@@ -82,6 +82,10 @@ def test_daemon_answers_on_its_policy_socket_and_loopback_tcp(tmp_path, daemons)
     for address in (str(path), ("127.0.0.1", port)):
         assert ask(address, "blocked.example") == held
         assert ask(address, "example.com") == b"action=DUNNO"
+    metrics = daemon.get("/metrics").text
+    # each of the two sockets answered one hold and one delivery
+    assert 'sluice_decisions_total{outcome="hold",source="postfix"} 2.0' in metrics
+    assert 'sluice_decisions_total{outcome="deliver",source="postfix"} 2.0' in metrics
     assert daemon.stop() == 0
     assert not path.exists()  # the daemon removes the socket it bound
 

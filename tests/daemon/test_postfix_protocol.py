@@ -12,7 +12,7 @@ import trio.testing
 
 from sluice.daemon.config import PostfixConfig
 from sluice.daemon.current import Current
-from sluice.daemon.http.server import Drain, Limits, serve_listener
+from sluice.daemon.serving import Drain, Service
 from sluice.daemon.postfix import (
     IDLE_TIMEOUT,
     MAX_REASON,
@@ -20,6 +20,7 @@ from sluice.daemon.postfix import (
     RequestReader,
     bind_loopback,
     reason_text,
+    refuse_postfix,
     serve_postfix_connection,
 )
 from sluice.policy.files import combine, parse_policy
@@ -394,6 +395,22 @@ async def test_a_slow_request_keeps_its_deadline_from_its_first_byte(serve, auto
     assert trio.current_time() - start == pytest.approx(REQUEST_TIMEOUT)
 
 
+
+async def test_every_decision_is_counted_remembered_or_not(nursery):
+    """Deliveries answered from memory count as decisions; a request naming no queue asks for none."""
+    counted: list[bool] = []
+    ours, theirs = trio.testing.memory_stream_pair()
+    nursery.start_soon(
+        serve_postfix_connection, theirs, current(), PostfixConfig(), lambda: NOW, None, counted.append
+    )
+    client = Client(ours)
+    assert await client.answer(request()) == b"action=DUNNO"
+    assert await client.answer(request()) == b"action=DUNNO"  # remembered
+    assert await client.answer(request(recipient="u@blocked.example")) == (DEFER + "Blocked for now").encode()
+    assert await client.answer(request(recipient="")) == b"action=DUNNO"
+    assert counted == [True, True, False]
+
+
 async def test_shutdown_closes_idle_connections_at_once(serve, autojump_clock):
     drain = Drain()
     client = await serve(drain=drain)
@@ -427,7 +444,8 @@ async def test_client_disconnecting_mid_request_does_not_hurt_the_server(tmp_pat
     async def handle(stream):
         await serve_postfix_connection(stream, cur, PostfixConfig(), lambda: NOW, drain)
 
-    await nursery.start(serve_listener, trio.SocketListener(sock), handle, Limits(), drain, nursery)
+    service = Service(handle, refuse_postfix, max_connections=8, drain=drain)
+    await nursery.start(trio.serve_listeners, service, [trio.SocketListener(sock)])
 
     leaver = await trio.open_unix_socket(path)
     await leaver.send_all(request()[:40])
