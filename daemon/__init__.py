@@ -6,12 +6,13 @@
     policy_dir   reading the policy directory, parsing only what changed
     current      the snapshot in force, its generation and the last reload
     events       change broadcast with bounded per-consumer buffers
-    state/       runtime state on disk
+    state/       runtime state behind one interface: files on this host, or etcd
     mutations    the one way to change runtime state
     reload       watcher, debounce, SIGHUP -> parse off-loop -> swap
+    serving      what every listener shares: connection counts, caps, drain
     postfix      the Postfix policy delegation protocol
-    http/        h11 adapter, route table, error envelope, routes
-    main         sluiced: arguments, the nursery tree, signals
+    http/        message types, the h11 connection loop, listeners, routes
+    main         sluiced: build the app, serve its listeners, signals
     ctl          sluicectl
 """
 
