@@ -62,7 +62,7 @@ from .postfix import bind_loopback, postfix_service
 from .reload import Reloader, Watcher, debounced, follow
 from .serving import Service
 from .state import open_store
-from .state.base import RuntimeStore
+from .state.base import RuntimeStore, StateUnavailable
 from .systemd import Notifier, listen_fds, watchdog_interval
 from .tcp import bind_tcp, parse_listen, server_tls
 
@@ -195,8 +195,19 @@ async def _watchdog(notifier: Notifier, interval: float, *, task_status=trio.TAS
         await trio.sleep(interval)
 
 
+SWEEP_RETRY = 1.0
+SWEEP_RETRY_MAX = 60.0
+
+
 async def _sweeper(mutations: Mutations, clock, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Remove each runtime suspension from the store at its expiry, and announce it once.
+
+    A sweep that the store refuses (a full or read-only disk, etcd away)
+    changes nothing, so the expired entries are still in the snapshot: it is
+    tried again, with backoff, until it succeeds.
+    """
     task_status.started()
+    retry = SWEEP_RETRY
     while True:
         wake = mutations.expiry_changed
         at = mutations.next_expiry()
@@ -205,9 +216,12 @@ async def _sweeper(mutations: Mutations, clock, *, task_status=trio.TASK_STATUS_
             await wake.wait()
         try:
             await mutations.sweep()
-        except OSError:
-            log.exception("sweep_failed")
-            await trio.sleep(1)
+        except (OSError, StateUnavailable) as exc:
+            log.error("sweep_failed", error=str(exc), retry_in=retry)
+            await trio.sleep(retry)
+            retry = min(retry * 2, SWEEP_RETRY_MAX)
+        else:
+            retry = SWEEP_RETRY
 
 
 @dataclass

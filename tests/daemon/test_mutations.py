@@ -264,3 +264,30 @@ async def test_resuming_a_queue_that_keeps_its_parallelism_forgets_the_pause_rea
     assert entry.parallelism == 4 and entry.reason is None and not entry.paused
     await m.upsert_queue("q.example", parallelism=None, paused=True, actor="alice")
     assert m.current.snapshot.queues["q.example"].parallelism == 4  # kept, not cleared
+
+
+async def test_a_failed_sweep_is_retried_until_the_expiry_is_removed_and_announced_once(tmp_path, autojump_clock):
+    from sluice.daemon.main import _sweeper
+
+    m, events = make(tmp_path)
+    sub = events.subscribe()
+    s, _ = await m.suspend({"domain": "x.com", "reason": "r", "duration": "10s"}, "alice")
+    sub.receive.receive_nowait()  # suspension_added
+    remove, failures = m.store.remove_expired, []
+
+    async def full_disk(suspension):
+        if len(failures) < 3:
+            failures.append(trio.current_time())
+            raise OSError(28, "No space left on device")
+        await remove(suspension)
+
+    m.store.remove_expired = full_disk
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_sweeper, m, clock)
+        expired = await sub.receive.receive()
+        nursery.cancel_scope.cancel()
+    assert expired["event"] == "suspension_expired" and expired["id"] == s.id
+    assert [round(b - a) for a, b in zip(failures, failures[1:])] == [1, 2]  # backoff
+    assert not (tmp_path / "runtime" / f"suspension-{s.id}.toml").exists()
+    with pytest.raises(trio.WouldBlock):
+        sub.receive.receive_nowait()  # announced once
