@@ -280,3 +280,26 @@ def test_a_symlinked_policy_directory_is_followed_when_flipped(daemon, layout):
     while "gmx.com" not in holds(daemon, None):
         daemon.notify.wait_for("READY=1")
     assert "hotmail.com" not in holds(daemon, None)
+
+
+DEEP = "x = " + "[" * 5000 + "]" * 5000 + "\n"  # RecursionError in the TOML parser
+
+
+def test_a_file_nested_too_deep_is_a_failed_reload_not_a_crash(daemon):
+    daemon.write("10-a.toml", GMAIL)
+    daemon.start()
+    (daemon.policy / "20-deep.toml").write_text(DEEP)
+    response = daemon.post("/api/admin/reload/v1")
+    assert response.status_code == 422
+    assert "20-deep.toml: nested too deeply to read" in response.json()["error"]["message"]
+    status = daemon.status()
+    assert status["last_reload"]["ok"] is False and holds(daemon, None) == {"gmail.com"}
+    assert "READY=1" in daemon.notify.wait_for("READY=1")
+
+
+def test_a_file_nested_too_deep_at_start_exits_78_without_a_traceback(daemon):
+    (daemon.policy / "20-deep.toml").write_text(DEEP)
+    daemon.start(wait=False)
+    assert daemon.stop(None) == 78
+    log = daemon.log_lines()
+    assert "20-deep.toml: nested too deeply to read" in log and "Traceback" not in log

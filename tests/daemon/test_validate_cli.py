@@ -126,3 +126,14 @@ def test_missing_directory_is_refused(tmp_path):
 @pytest.mark.parametrize("args", [[], ["validate", "a", "b"], ["frobnicate"]])
 def test_usage_errors_exit_2(args):
     assert sluicectl(*args).returncode == 2
+
+
+def test_validate_names_a_file_nested_too_deep_and_exits_1(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "a.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    out = subprocess.run([sys.executable, "-m", "sluice.daemon.ctl", "validate", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "a.toml: nested too deeply to read" in out.stdout + out.stderr
