@@ -28,7 +28,8 @@ Invariants:
 - every complete request read is answered, in order, before the connection
   closes;
 - a malformed request (no ``request=smtpd_access_policy``, a line without
-  ``=``, a line over ``MAX_LINE`` bytes, over ``MAX_ATTRIBUTES`` lines) is
+  ``=``, a line over ``MAX_LINE`` bytes, over ``MAX_ATTRIBUTES`` lines, a
+  request over ``MAX_REQUEST`` bytes in all) is
   answered with a temporary failure and the connection is then closed, since
   nothing after it can be trusted to start a request;
 - the buffer never holds more than one partial request, and a partial
@@ -68,6 +69,9 @@ log = structlog.get_logger("sluice.postfix")
 
 MAX_LINE = 8192
 MAX_ATTRIBUTES = 100
+# A whole request: Postfix's are a kilobyte or two; this bounds what one
+# connection can make the daemon hold, whatever its lines look like.
+MAX_REQUEST = 65536
 IDLE_TIMEOUT = 330.0
 REQUEST_TIMEOUT = 10.0
 CLOSING_SEND_TIMEOUT = 1.0
@@ -170,6 +174,8 @@ class RequestReader:
     def _check_partial(self) -> None:
         """Hold a partial request to the limits before its end arrives."""
         buffer = self._buffer
+        if len(buffer) > MAX_REQUEST:
+            raise MalformedRequest(f"a request over {MAX_REQUEST} bytes")
         last = buffer.rfind(b"\n")
         if len(buffer) - last - 1 > MAX_LINE:
             raise MalformedRequest(f"a line over {MAX_LINE} bytes")
@@ -177,6 +183,8 @@ class RequestReader:
             raise MalformedRequest(f"over {MAX_ATTRIBUTES} attributes")
 
     def _request(self, block: bytes) -> PolicyRequest:
+        if len(block) > MAX_REQUEST:
+            raise MalformedRequest(f"a request over {MAX_REQUEST} bytes")
         lines = block.split(b"\n")
         if len(lines) > MAX_ATTRIBUTES:
             raise MalformedRequest(f"over {MAX_ATTRIBUTES} attributes")

@@ -486,6 +486,24 @@ def test_reader_keeps_no_more_than_the_partial_request():
     assert len(requests) == 1 and error is None and not reader.pending
 
 
+def test_the_whole_partial_request_is_bounded_not_only_its_last_line():
+    """Long lines that each end in a newline used to pile up: only the last line was measured."""
+    reader = RequestReader()
+    error = None
+    fed = 0
+    while error is None and fed < 2_000_000:
+        _, error = reader.feed(b"x=" + b"a" * 8000 + b"\n")
+        fed += 8003
+    assert error is not None and "a request over 65536 bytes" in str(error)
+    assert fed <= 65536 + 8003 and not reader.pending
+
+
+def test_a_whole_request_over_the_bound_is_refused():
+    big = b"request=smtpd_access_policy\n" + b"".join(b"a%d=%s\n" % (i, b"b" * 8000) for i in range(9)) + b"\n"
+    requests, error = RequestReader().feed(big)
+    assert requests == [] and "a request over 65536 bytes" in str(error)
+
+
 @pytest.mark.parametrize(
     ("listen", "message"),
     [
