@@ -22,6 +22,7 @@ _HOUR = 3600
 _DAY = 86400
 _MONTH = 2_630_016  # 30.44 days, as humantime
 _YEAR = 31_557_600  # 365.25 days, as humantime
+MAX_DURATION = 1000 * _YEAR  # any longer ends past what a date can hold, or means a typo
 
 UNITS: dict[str, float] = {}
 for _names, _seconds in (
@@ -84,6 +85,8 @@ def parse_duration(value: object, field: str = "duration") -> float:
             pos = term.end()
     if seconds <= 0:
         raise InvalidDuration(f"{field} must be greater than zero", field=field)
+    if seconds > MAX_DURATION:
+        raise InvalidDuration(f"{field} is over 1000 years", field=field)
     return seconds
 
 

@@ -47,6 +47,7 @@ MAX_REASON = 1000
 SCHEDULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 ENDPOINT_ID = re.compile(r"ep_[a-f0-9]{32}\Z")
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON can carry them; UTF-8 cannot
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -131,6 +132,9 @@ class _Reader:
             return None
         if _CONTROL.search(value):
             self.fail(key, "must not contain control characters such as newlines")
+            return None
+        if _SURROGATE.search(value):
+            self.fail(key, "is not valid Unicode text (a lone surrogate such as \\ud800)")
             return None
         if len(value) > limit:
             self.fail(key, f"is {len(value)} characters long; at most {limit}")

@@ -108,6 +108,9 @@ def test_same_criteria_update_in_place(d):
         ('{"domain": "bad domain", "reason": "r"}', 400, "INVALID_QUEUE_NAME", "a space"),
         ('{"domain": "x.com", "reason": ', 400, "INVALID_JSON", "not valid JSON"),
         ("[1, 2]", 400, "INVALID_REQUEST", "expected a suspension (a JSON object or TOML table), got an array"),
+        ('{"domain": "x.com", "reason": "r", "duration": 1e308}', 400, "INVALID_DURATION", "duration is over 1000 years"),
+        ('{"domain": "x.com", "reason": "r", "duration": "99999999999999999999 years"}', 400, "INVALID_DURATION", "over 1000 years"),
+        ('{"domain": "x.com", "reason": "\\ud800x"}', 400, "INVALID_REQUEST", "reason: is not valid Unicode text"),
     ],
 )
 def test_strictness(d, raw, status, code, fragment):
