@@ -113,6 +113,10 @@ class Request:
                     415, "UNSUPPORTED_MEDIA_TYPE", "expected a JSON body (application/json)"
                 ) from None
             raise HttpError(400, "INVALID_JSON", f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise HttpError(
+                400, "INVALID_JSON", "body is nested too deeply (arrays or objects inside each other)"
+            ) from None
 
 
 @dataclass(slots=True)

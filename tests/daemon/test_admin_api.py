@@ -111,6 +111,7 @@ def test_same_criteria_update_in_place(d):
         ('{"domain": "x.com", "reason": "r", "duration": 1e308}', 400, "INVALID_DURATION", "duration is over 1000 years"),
         ('{"domain": "x.com", "reason": "r", "duration": "99999999999999999999 years"}', 400, "INVALID_DURATION", "over 1000 years"),
         ('{"domain": "x.com", "reason": "\\ud800x"}', 400, "INVALID_REQUEST", "reason: is not valid Unicode text"),
+        ("[" * 30000, 400, "INVALID_JSON", "nested too deeply"),
     ],
 )
 def test_strictness(d, raw, status, code, fragment):
@@ -338,3 +339,10 @@ def test_100_concurrent_clients_create_durable_suspensions(d):
     d.start()
     listed = {s["id"] for s in d.get("/api/admin/suspend/v1").json()}
     assert set(answered) <= listed
+
+
+def test_a_batch_check_nested_a_million_deep_is_400(d):
+    response = d.post("/api/check/v1", content=b"[" * 1_000_000, headers={"Content-Type": "application/json"})
+    body = response.json()
+    assert response.status_code == 400 and body["error"]["code"] == "INVALID_JSON"
+    assert "nested too deeply" in body["error"]["message"]
