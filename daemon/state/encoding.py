@@ -24,7 +24,7 @@ import msgspec
 import tomli_w
 
 from sluice.policy.changes import entry_key
-from sluice.policy.errors import FileProblem
+from sluice.policy.errors import FileProblem, ValidationError
 from sluice.policy.files import ParsedFile, parse_runtime
 from sluice.policy.model import Entry, Pause, QueuePolicy, Suspension
 from sluice.policy.snapshot import Runtime
@@ -32,9 +32,25 @@ from sluice.policy.snapshot import Runtime
 KINDS = ("suspension", "queue", "schedule", "endpoint")
 
 
+MAX_NAME_BYTES = 255  # what a file name may hold on Linux file systems
+
+
 def name_for(kind: str, key: str) -> str:
-    """The file name of the object (kind, key)."""
-    return f"{kind}-{quote(key, safe='')}.toml"
+    """The file name of the object (kind, key).
+
+    Raises ValidationError for a key too long to be a file name once quoted
+    (a 251-character domain, 60 ``ü`` in a tenant), so the change is refused
+    with a 400 before anything is written, on either backend.
+    """
+    name = f"{kind}-{quote(key, safe='')}.toml"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        field = "queue" if kind == "queue" else "id"
+        raise ValidationError(
+            f"{kind} {key[:40]}... is too long to store: {len(name.encode())} bytes as a file "
+            f"name, at most {MAX_NAME_BYTES} (each byte outside ASCII letters, digits and -._~ takes three)",
+            field=field,
+        )
+    return name
 
 
 def file_name(entry: Entry) -> str:

@@ -346,3 +346,17 @@ def test_a_batch_check_nested_a_million_deep_is_400(d):
     body = response.json()
     assert response.status_code == 400 and body["error"]["code"] == "INVALID_JSON"
     assert "nested too deeply" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a" * 60 + "." + "b" * 60 + "." + "c" * 60 + "." + "d" * 60 + ".com", "ü" * 60 + "@example.com"],
+    ids=["251-character domain", "60 ü in a tenant"],
+)
+def test_a_queue_name_too_long_to_store_is_400_not_500(d, name):
+    from urllib.parse import quote
+
+    status, body, _ = curl(d, "POST", f"/api/admin/queues/{quote(name)}/pause", {"reason": "r"})
+    assert status == 400 and "too long to store" in body["error"]["message"]
+    _, listed, _ = curl(d, "GET", "/api/admin/queues")
+    assert all(q["source"] != "runtime" for q in listed)  # nothing was half stored
