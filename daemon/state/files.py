@@ -19,7 +19,8 @@ daemon's own writes are not mistaken for hand edits by the watcher.
 ``follow`` takes the batches of changed paths the store was built with
 (``changes``: the daemon's one watcher, debounced, on this directory) and
 hands hand-edited files to ``Mutations`` as updates. This backend is the
-``RuntimeStore`` of ``base.py`` that is never degraded.
+``RuntimeStore`` of ``base.py``; it is degraded while the disk refuses
+writes (full, read-only), and each refused change is ``StateUnavailable``.
 """
 
 from __future__ import annotations
@@ -39,13 +40,16 @@ from sluice.policy.snapshot import Runtime
 
 from .atomic import TMP_SUFFIX, remove_file, write_file, write_files
 from .encoding import entry_key, file_name, key_of, name_for, only_entry, parse_entry, render, runtime_from
-from .base import Apply, Changes, Loaded, ReadUpdates, Updates, ignore_degraded
+from .base import Apply, Changes, Loaded, ReadUpdates, StateUnavailable, Updates, ignore_degraded
 
 log = structlog.get_logger("sluice.state")
 
 
 def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
+
+
+_UNSET = object()
 
 
 class FileStore:
@@ -206,14 +210,36 @@ class FileStore:
     async def put(self, entry: Entry) -> None:
         """Store ``entry`` durably (returns once it is on disk)."""
         name, data = file_name(entry), render(entry)
-        self._written[name] = _digest(data)
-        await trio.to_thread.run_sync(write_file, self.directory / name, data)
+        await self._durably(name, _digest(data), write_file, self.directory / name, data)
 
     async def remove(self, kind: str, key: str) -> None:
         """Remove an entry durably; removing a missing one is not an error."""
         name = name_for(kind, key)
-        self._written[name] = None
-        await trio.to_thread.run_sync(remove_file, self.directory / name)
+        await self._durably(name, None, remove_file, self.directory / name)
+
+    async def _durably(self, name: str, digest: bytes | None, write: Callable[..., None], *args: object) -> None:
+        """Run one write in a worker thread; a disk that refuses it is StateUnavailable.
+
+        A full or read-only disk degrades the store (status and STATUS= say
+        why) until the next write succeeds; nothing is acknowledged that is
+        not on disk.
+        """
+        before = self._written.get(name, _UNSET)
+        self._written[name] = digest
+        try:
+            await trio.to_thread.run_sync(write, *args)
+        except OSError as exc:
+            if before is _UNSET:
+                self._written.pop(name, None)
+            else:
+                self._written[name] = before
+            reason = f"cannot write runtime state in {self.directory}: {exc.strerror or exc}"
+            self.degraded = True
+            self.on_degraded(True, reason)
+            raise StateUnavailable(reason) from None
+        if self.degraded:
+            self.degraded = False
+            self.on_degraded(False, "")
 
     async def delete(self, entry: Entry) -> None:
         """Remove ``entry`` durably."""

@@ -291,3 +291,30 @@ async def test_a_failed_sweep_is_retried_until_the_expiry_is_removed_and_announc
     assert not (tmp_path / "runtime" / f"suspension-{s.id}.toml").exists()
     with pytest.raises(trio.WouldBlock):
         sub.receive.receive_nowait()  # announced once
+
+
+async def test_a_full_disk_is_503_naming_the_cause_and_the_next_write_after_recovery_succeeds(tmp_path, monkeypatch):
+    from sluice.daemon.state import files
+    from sluice.daemon.state.base import StateUnavailable
+
+    m, _ = make(tmp_path)
+    flips = []
+    m.store.on_degraded = lambda degraded, reason: flips.append((degraded, reason))
+    write = files.write_file
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files, "write_file", full)
+    with pytest.raises(StateUnavailable) as info:
+        await m.suspend({"domain": "x.com", "reason": "r"}, "alice")
+    assert info.value.code == "STATE_UNAVAILABLE" and info.value.status_hint == 503
+    assert "No space left on device" in info.value.message and str(tmp_path) in info.value.message
+    assert m.current.snapshot.decide("x.com", clock()).deliver  # nothing acknowledged, nothing held
+    assert m.store.degraded and flips[-1][0] is True
+
+    monkeypatch.setattr(files, "write_file", write)
+    s, _ = await m.suspend({"domain": "x.com", "reason": "r"}, "alice")
+    assert not m.store.degraded and flips[-1] == (False, "")
+    runtime, _ = FileStore(tmp_path).load()
+    assert list(runtime.suspensions) == [s.id]
