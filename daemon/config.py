@@ -37,6 +37,7 @@ class PostfixConfig(_Section):
     mode: str = "0666"
     listen: str = ""
     tenant_attribute: str = "sasl_username"
+    strip_realm: bool = True  # a SASL login user@realm names the tenant "user"
     on_hold: Literal["defer", "hold"] = "defer"
 
 

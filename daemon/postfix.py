@@ -17,9 +17,11 @@ default; an empty value means no tenant) is its tenant, and the campaign is
 unset. The first hold's reason answers ``DEFER_IF_PERMIT 4.7.1 <reason>`` (or
 ``HOLD <reason>``); no hold, no recipient (a request from another protocol
 state) or a recipient domain that is no valid queue domain answers ``DUNNO``:
-a broken address is for Postfix to judge, not a hold. A tenant value that no
-queue name can carry (it holds ``@``, ``:``, whitespace) is dropped, so the
-rules without a tenant, a domain suspension above all, still apply. The
+a broken address is for Postfix to judge, not a hold. A SASL login with a
+realm (``acme@example.com``) names the tenant ``acme`` unless ``[postfix]
+strip_realm = false``. A tenant value that no queue name can carry (``:``,
+whitespace) is logged once per connection and dropped, so the rules without
+a tenant, a domain suspension above all, still apply. The
 reason goes into an SMTP reply, so it is sent as one line of printable ASCII
 (accents dropped, other characters ``?``) of at most ``MAX_REASON``
 characters.
@@ -57,7 +59,7 @@ import structlog
 import trio
 
 from sluice.policy.errors import InvalidQueueName
-from sluice.policy.queue_name import QueueName, parse
+from sluice.policy.queue_name import QueueName, check_component, parse
 from sluice.policy.snapshot import Hold, Snapshot
 
 from .config import PostfixConfig
@@ -212,30 +214,50 @@ class RequestReader:
         return PolicyRequest(recipient.rpartition(b"@")[2], tenant)
 
 
-def queue_for(request: PolicyRequest) -> QueueName | None:
-    """The queue a request asks about: ``tenant@domain`` or ``domain``.
+def queue_for(request: PolicyRequest, strip_realm: bool = True) -> tuple[QueueName | None, str | None]:
+    """The queue a request asks about (``tenant@domain`` or ``domain``), and a tenant value
+    that could not be used (None if there was none).
 
-    None when there is no recipient domain or it is no valid queue domain.
+    The queue is None when there is no recipient domain or it is no valid
+    queue domain. With ``strip_realm`` a SASL login ``user@realm`` names
+    the tenant ``user``; a value that still cannot be a tenant (a ``:``,
+    whitespace, not UTF-8) is reported and the domain alone is asked.
     """
     if not request.domain:
-        return None
+        return None, None
     try:
         domain = request.domain.decode()
     except UnicodeDecodeError:
-        return None
-    try:
-        tenant = request.tenant.decode()
-    except UnicodeDecodeError:
-        tenant = ""
-    if tenant and "@" not in tenant and ":" not in tenant:
+        return None, None
+    tenant, unusable = _tenant(request.tenant, strip_realm)
+    if tenant:
         try:
-            return parse(f"{tenant}@{domain}")
+            return parse(f"{tenant}@{domain}"), None
         except InvalidQueueName:
-            pass  # the tenant, or the whole name, cannot be a queue name: try the domain
+            unusable = request.tenant.decode("utf-8", "replace")  # or the domain is bad: asked below
     try:
-        return parse(domain)
+        return parse(domain), unusable
     except InvalidQueueName:
-        return None
+        return None, unusable
+
+
+def _tenant(value: bytes, strip_realm: bool) -> tuple[str, str | None]:
+    """The tenant a login names, or "" and the value when it cannot be one."""
+    if not value:
+        return "", None
+    try:
+        tenant = value.decode()
+    except UnicodeDecodeError:
+        return "", value.decode("utf-8", "replace")
+    if strip_realm:
+        tenant = tenant.partition("@")[0]
+    try:
+        check_component(tenant, "tenant")
+    except InvalidQueueName:
+        return "", value.decode()
+    if ":" in tenant:  # it would turn into a campaign
+        return "", value.decode()
+    return tenant, None
 
 
 def reason_text(hold: Hold) -> str:
@@ -285,6 +307,9 @@ class Answerer:
         self._decided = decided if decided is not None else _uncounted
         self._snapshot: Snapshot | None = None
         self._deliver: set[PolicyRequest] = set()
+        self._strip_realm = config.strip_realm
+        self._attribute = config.tenant_attribute
+        self._warned = False
 
     def answer(self, snapshot: Snapshot, request: PolicyRequest, now: float) -> bytes:
         """The ``action=...`` answer, with its ending empty line."""
@@ -294,7 +319,11 @@ class Answerer:
         elif request in self._deliver:
             self._decided(True)
             return DUNNO
-        queue = queue_for(request)
+        queue, unusable = queue_for(request, self._strip_realm)
+        if unusable is not None and not self._warned:
+            self._warned = True  # once per connection: the next ones carry the same login
+            log.warning("postfix_tenant_unusable", value=unusable[:100],
+                        attribute=self._attribute, strip_realm=self._strip_realm)
         if queue is None:
             if request.domain:
                 log.debug("postfix_no_queue", domain=request.domain.decode("utf-8", "replace"))

@@ -215,6 +215,15 @@ DEFER = "action=DEFER_IF_PERMIT 4.7.1 "
             DEFER + "Blocked for now",
         ),
         ({"recipient": "u@example.com", "sasl_username": "alice@acme"}, {}, "action=DUNNO"),
+        # a Cyrus SASL login with a realm names the tenant before the @ ...
+        ({"recipient": "u@example.com", "sasl_username": "acme@example.com"}, {}, DEFER + "acme is over quota"),
+        # ... unless strip_realm is off: then it is no tenant, and domain rules still apply
+        ({"recipient": "u@example.com", "sasl_username": "acme@example.com"}, {"strip_realm": False}, "action=DUNNO"),
+        (
+            {"recipient": "u@blocked.example", "sasl_username": "acme@example.com"},
+            {"strip_realm": False},
+            DEFER + "Blocked for now",
+        ),
         (
             {"recipient": "u@blocked.example", "sasl_username": "has space"},
             {},
@@ -542,3 +551,13 @@ async def test_over_the_connection_cap_postfix_gets_a_temporary_failure():
     await refuse_postfix(server)
     assert await client.receive_some(4096) == TOO_MANY
     assert TOO_MANY.startswith(b"action=DEFER_IF_PERMIT 4.") and TOO_MANY.endswith(b"\n\n")
+
+
+async def test_a_login_that_cannot_be_a_tenant_is_logged_once_per_connection(serve):
+    client = await serve()
+    with structlog.testing.capture_logs() as logs:
+        await client.send(b"".join(request(recipient=f"u{i}@blocked.example", sasl_username="has space") for i in range(3)))
+        assert await client.answers(3) == [(DEFER + "Blocked for now").encode()] * 3
+    warned = [e for e in logs if e["event"] == "postfix_tenant_unusable"]
+    assert len(warned) == 1 and warned[0]["value"] == "has space"
+    assert warned[0]["attribute"] == "sasl_username" and warned[0]["log_level"] == "warning"
