@@ -89,7 +89,10 @@ class FileStore:
         problems: list[FileProblem] = []
         for item in os.scandir(self.directory):
             if item.name.endswith(TMP_SUFFIX):
-                os.unlink(item.path)  # a write that never completed
+                try:
+                    os.unlink(item.path)  # a write that never completed
+                except OSError as exc:  # a read-only state dir: it is ignored all the same
+                    log.warning("state_leftover_kept", file=item.name, error=exc.strerror or str(exc))
                 continue
             if not is_policy_file(item.name):
                 continue

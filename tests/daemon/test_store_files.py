@@ -135,3 +135,24 @@ async def test_follow_without_changes_is_ready_and_follows_nothing(tmp_path):
         async with trio.open_nursery() as nursery:
             await nursery.start(lambda task_status: store.follow(None, stop=trio.Event(), task_status=task_status))
     assert (tmp_path / "runtime").is_dir()
+
+
+def test_a_leftover_temporary_file_that_cannot_be_removed_does_not_stop_a_start(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from sluice.daemon.state import files
+
+    store = FileStore(tmp_path)
+    (tmp_path / "runtime").mkdir()
+    (tmp_path / "runtime" / "suspension-x.toml.tmp").write_text("half written")
+    unlink = os.unlink
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".tmp"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "unlink", read_only)
+    runtime, problems = store.load()
+    assert problems == [] and not runtime.suspensions
