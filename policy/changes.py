@@ -237,14 +237,8 @@ def pause(
         return Plan(entry=view.holder if kind == "queue" else view.own)
     before = view.own if view is not None else None
     if kind == "queue":
-        entry: Entry = QueuePolicy(
-            name=ident,
-            paused=True,
-            reason=reason,
-            parallelism=parallelism if parallelism is not None else (before.parallelism if before else None),
-            created_at=before.created_at if before and before.created_at else now,
-            created_by=actor,
-            updated_at=now,
+        entry: Entry = _queue_entry(
+            ident, before, paused=True, reason=reason, parallelism=parallelism, now=now, created_by=actor
         )
     else:
         entry = Pause(kind=kind, id=ident, reason=reason, created_at=now, created_by=actor)
@@ -271,7 +265,32 @@ def resume(snapshot: Snapshot, kind: str, ident: str, *, now: datetime, actor: s
     if kind == "queue" and before.parallelism is not None:
         kept = msgspec.structs.replace(before, paused=False, reason=None, updated_at=now)
         return _written(k, kept, before, "queue_resumed", actor)
-    return _dropped(k, before, "queue_resumed" if kind == "queue" else f"{kind}_resumed", actor)
+    return _dropped(k, before, f"{kind}_resumed", actor)
+
+
+def _queue_entry(
+    name: str,
+    before: QueuePolicy | None,
+    *,
+    paused: bool,
+    reason: str | None,
+    parallelism: int | None,
+    now: datetime,
+    created_by: str,
+) -> QueuePolicy:
+    """A queue's runtime entry after a change: the parallelism set before is
+    kept unless one is given, and so is when the entry was first made."""
+    if parallelism is None and before is not None:
+        parallelism = before.parallelism
+    return QueuePolicy(
+        name=name,
+        paused=paused,
+        reason=reason,
+        parallelism=parallelism,
+        created_at=before.created_at if before is not None and before.created_at else now,
+        created_by=created_by,
+        updated_at=now,
+    )
 
 
 def _written(k: Kind, entry: Entry, before: Entry | None, event: str, actor: str) -> Plan:
@@ -305,19 +324,17 @@ def upsert_queue(
     if not paused and view is not None and view.file_pause is not None:
         raise defined_in_file(f"the pause of queue {wanted.name}", view.file_pause)
     before = view.runtime if view is not None else None
-    entry = QueuePolicy(
-        name=wanted.name,
+    entry = _queue_entry(
+        wanted.name,
+        before,
         paused=paused,
         reason=before.reason if before is not None and paused else None,
-        parallelism=wanted.parallelism
-        if wanted.parallelism is not None
-        else (before.parallelism if before is not None else None),
-        created_at=before.created_at if before and before.created_at else now,
+        parallelism=wanted.parallelism,
+        now=now,
         created_by=before.created_by if before and before.created_by else actor,
-        updated_at=now,
     )
-    if entry == before:
-        return Plan(entry=entry)
+    if before is not None and msgspec.structs.replace(entry, updated_at=before.updated_at) == before:
+        return Plan(entry=before)  # only the time would differ: nothing to store or announce
     was_paused = view is not None and view.paused
     if paused and not was_paused:
         event = "queue_paused"
