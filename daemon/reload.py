@@ -235,6 +235,8 @@ class _Tree:
         resolved = [p.resolve() for p in self.given]
         changed = resolved != self.resolved
         self.resolved = resolved
+        self._directories = {str(self.given[0]), str(resolved[0])}
+        self._files = {str(p) for p in (*self.given[1:], *resolved[1:])}
         return changed
 
     @property
@@ -246,9 +248,9 @@ class _Tree:
 
     def holds(self, path: str) -> bool:
         """Whether a changed ``path`` concerns this tree (the directory, inside it, or the file)."""
-        directories = {str(self.given[0]), str(self.resolved[0])}
-        files = {str(p) for p in (*self.given[1:], *self.resolved[1:])}
-        return path in files or any(path == d or path.startswith(d + "/") for d in directories)
+        return path in self._files or any(
+            path == d or path.startswith(d + "/") for d in self._directories
+        )
 
 
 class Watcher:
