@@ -151,9 +151,9 @@ class Mutations:
             lambda snapshot, now: changes.pause(snapshot, kind, ident, now=now, actor=actor, **request)
         )
 
-    async def resume(self, kind: str, ident: str, actor: str) -> Plan:
+    async def resume(self, kind: str, ident: str, actor: str, *, qstash: bool = False) -> Plan:
         return await self.change(
-            lambda snapshot, now: changes.resume(snapshot, kind, ident, now=now, actor=actor)
+            lambda snapshot, now: changes.resume(snapshot, kind, ident, now=now, actor=actor, qstash=qstash)
         )
 
     async def upsert_queue(

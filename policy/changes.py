@@ -35,12 +35,18 @@ from typing import Any, Literal
 import msgspec
 
 from .errors import Conflict, NotFound, ValidationError
-from .fields import check_endpoint_id, check_schedule_id, queue_from
-from .model import Entry, Pause, QueuePolicy, Suspension
+from .fields import (
+    check_endpoint_id,
+    check_flow_control_key,
+    check_qstash_name,
+    check_schedule_id,
+    queue_from,
+)
+from .model import RUNTIME, Entry, FlowControl, Pause, QueuePolicy, Schedule, Suspension
 from .snapshot import QueueView, Runtime, Snapshot
 from .times import rfc3339
 
-KindName = Literal["queue", "schedule", "endpoint"]
+KindName = Literal["queue", "schedule", "endpoint", "flow_control"]
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -71,8 +77,9 @@ NOTHING = Plan()
 _FIELDS = {
     "suspension": "suspensions",
     "queue": "queues",
-    "schedule": "schedule_pauses",
+    "schedule": "schedule_pauses",  # a file schedule's Pause, or a Schedule made at runtime
     "endpoint": "endpoint_pauses",
+    "flow_control": "flow_controls",
 }
 
 
@@ -84,6 +91,10 @@ def entry_key(entry: Entry) -> tuple[str, str]:
         return "queue", entry.name
     if isinstance(entry, Pause):
         return entry.kind, entry.id
+    if isinstance(entry, Schedule):
+        return "schedule", entry.id
+    if isinstance(entry, FlowControl):
+        return "flow_control", entry.key
     raise TypeError(f"not a runtime entry: {entry!r}")
 
 
@@ -206,10 +217,30 @@ def _queue_name(name: str) -> str:
     return queue_from({}, mode="api", name=name).name
 
 
+def queue_key(snapshot: Snapshot, name: str, *, qstash: bool = False) -> str:
+    """The key a queue is held under.
+
+    On QStash's routes (``qstash``) a name is a QStash name, kept verbatim.
+    Elsewhere a name a queue is held under is that queue (so ``MyQueue``,
+    made through QStash, is found by sluicectl and the admin API too), and
+    any other is a mail queue name in its normal form.
+    """
+    if qstash:
+        return check_qstash_name(name)
+    if isinstance(name, str) and name in snapshot.queues:
+        return name
+    return _queue_name(name)
+
+
+def _key(k: Kind, snapshot: Snapshot, ident: str, qstash: bool) -> str:
+    return queue_key(snapshot, ident, qstash=qstash) if k.name == "queue" else k.check(ident)
+
+
 KINDS: dict[str, Kind] = {
     "queue": Kind("queue", _queue_name, lambda s: s.queues, None, False, "queue"),
     "schedule": Kind("schedule", check_schedule_id, lambda s: s.schedules, "SCHEDULE_NOT_FOUND", False, "id"),
     "endpoint": Kind("endpoint", check_endpoint_id, lambda s: s.endpoints, "ENDPOINT_NOT_FOUND", True, "id"),
+    "flow_control": Kind("flow_control", check_flow_control_key, lambda s: s.flow_controls, None, False, "key"),
 }
 
 
@@ -222,14 +253,16 @@ def pause(
     actor: str,
     reason: str | None = None,
     parallelism: int | None = None,
+    qstash: bool = False,
 ) -> Plan:
     """Pause a queue, schedule or endpoint. Idempotent but for endpoints (ALREADY_PAUSED).
 
     A pause already in force is answered with its holder and changes nothing.
     Pausing a queue keeps the parallelism set before unless one is given.
+    ``qstash``: a queue's name is a QStash name (see ``queue_key``).
     """
     k = KINDS[kind]
-    ident = k.check(ident)
+    ident = _key(k, snapshot, ident, qstash)
     view = k.view(snapshot, ident)
     if view is not None and view.paused:
         if k.strict:
@@ -240,20 +273,29 @@ def pause(
         entry: Entry = _queue_entry(
             ident, before, paused=True, reason=reason, parallelism=parallelism, now=now, created_by=actor
         )
+    elif before is not None and not isinstance(before, Pause):
+        # the runtime's own object (a flow-control key's pins, a schedule made
+        # through QStash): paused in place
+        entry = msgspec.structs.replace(before, paused=True, reason=reason, updated_at=now)
+    elif kind == "flow_control":
+        entry = FlowControl(key=ident, paused=True, reason=reason, created_at=now, created_by=actor, updated_at=now)
     else:
         entry = Pause(kind=kind, id=ident, reason=reason, created_at=now, created_by=actor)
     return _written(k, entry, before, f"{kind}_paused", actor)
 
 
-def resume(snapshot: Snapshot, kind: str, ident: str, *, now: datetime, actor: str) -> Plan:
+def resume(
+    snapshot: Snapshot, kind: str, ident: str, *, now: datetime, actor: str, qstash: bool = False
+) -> Plan:
     """Lift the runtime's pause. Idempotent but for endpoints (NOT_PAUSED);
     DEFINED_IN_FILE when a policy file pauses it.
 
-    A queue whose parallelism was set keeps its entry, unpaused and without
-    the pause's reason.
+    An entry that holds more than the pause (a queue's parallelism, a
+    flow-control key's pins, a schedule made through QStash) is kept,
+    unpaused and without the pause's reason.
     """
     k = KINDS[kind]
-    ident = k.check(ident)
+    ident = _key(k, snapshot, ident, qstash)
     view = k.view(snapshot, ident)
     if view is None or not view.paused:
         if k.strict:
@@ -262,10 +304,19 @@ def resume(snapshot: Snapshot, kind: str, ident: str, *, now: datetime, actor: s
     if view.file_pause is not None:
         raise defined_in_file(f"the pause of {kind} {ident}", view.file_pause)
     before = view.own
-    if kind == "queue" and before.parallelism is not None:
-        kept = msgspec.structs.replace(before, paused=False, reason=None, updated_at=now)
-        return _written(k, kept, before, "queue_resumed", actor)
-    return _dropped(k, before, f"{kind}_resumed", actor)
+    if _only_a_pause(before):
+        return _dropped(k, before, f"{kind}_resumed", actor)
+    kept = msgspec.structs.replace(before, paused=False, reason=None, updated_at=now)
+    return _written(k, kept, before, f"{kind}_resumed", actor)
+
+
+def _only_a_pause(entry: Entry) -> bool:
+    """Whether a runtime entry holds nothing but a pause (so resuming drops it)."""
+    if isinstance(entry, QueuePolicy):
+        return entry.parallelism is None
+    if isinstance(entry, FlowControl):
+        return entry.parallelism is None and entry.rate is None and entry.period is None
+    return isinstance(entry, Pause)
 
 
 def _queue_entry(
@@ -316,10 +367,13 @@ def upsert_queue(
 ) -> Plan:
     """QStash's upsert: a queue's parallelism and pause state in one change.
 
-    Without parallelism the one set before is kept; unpausing a queue a file
-    pauses is DEFINED_IN_FILE; an upsert that changes nothing is an empty plan.
+    The name is a QStash name, kept verbatim. Without parallelism the one set
+    before is kept; unpausing a queue a file pauses is DEFINED_IN_FILE; an
+    upsert that changes nothing is an empty plan.
     """
-    wanted = queue_from({} if parallelism is None else {"parallelism": parallelism}, mode="api", name=name)
+    wanted = queue_from(
+        {} if parallelism is None else {"parallelism": parallelism}, mode="api", name=name, qstash=True
+    )
     view = snapshot.queues.get(wanted.name)
     if not paused and view is not None and view.file_pause is not None:
         raise defined_in_file(f"the pause of queue {wanted.name}", view.file_pause)
@@ -346,8 +400,9 @@ def upsert_queue(
 
 
 def delete_queue(snapshot: Snapshot, name: str, *, actor: str) -> Plan:
-    """Forget a queue's runtime entry; NotFound without one, DEFINED_IN_FILE if a file owns it."""
-    normal = _queue_name(name)
+    """Forget a queue's runtime entry (QStash's delete: ``name`` is a QStash name);
+    NotFound without one, DEFINED_IN_FILE if a file owns it."""
+    normal = check_qstash_name(name)
     view = snapshot.queues.get(normal)
     if view is None:
         raise NotFound(f"queue {normal} not found", code="QUEUE_NOT_FOUND")
@@ -356,6 +411,112 @@ def delete_queue(snapshot: Snapshot, name: str, *, actor: str) -> Plan:
     # the queue stops being paused only if the runtime was what paused it
     resumed = view.runtime.paused and view.file_pause is None
     return _dropped(KINDS["queue"], view.runtime, "queue_resumed" if resumed else "queue_deleted", actor)
+
+
+# -- schedules made through QStash's API -------------------------------------
+
+
+def put_schedule(snapshot: Snapshot, schedule: Schedule, *, now: datetime, actor: str) -> Plan:
+    """Create a schedule, or replace the runtime one with its id (QStash's
+    ``Upstash-Schedule-Id``); a file's id is DEFINED_IN_FILE.
+
+    A replaced schedule keeps its creation and its pause, as QStash keeps a
+    schedule's state when its settings are posted again.
+    """
+    view = snapshot.schedules.get(schedule.id)
+    before = view.own if view is not None else None
+    if view is not None and view.schedule.source != RUNTIME:
+        raise defined_in_file(f"schedule {schedule.id}", view.schedule.source)
+    if isinstance(before, Schedule):
+        entry = msgspec.structs.replace(
+            schedule,
+            paused=before.paused,
+            reason=before.reason,
+            created_at=before.created_at,
+            created_by=before.created_by,
+            updated_at=now,
+        )
+        if entry == msgspec.structs.replace(before, updated_at=now):
+            return Plan(entry=before)
+        event = "schedule_updated"
+    else:
+        entry = msgspec.structs.replace(schedule, created_at=now, created_by=actor, updated_at=now)
+        event = "schedule_created"
+    fields = {"id": entry.id, "cron": entry.cron, "destination": entry.destination, "by": actor}
+    drop = (before,) if before is not None else ()
+    return Plan(put=(entry,), drop=drop, events=(Event(event, fields),), entry=entry)
+
+
+def delete_schedule(snapshot: Snapshot, ident: str, *, actor: str) -> Plan:
+    """Delete a schedule made through QStash; NotFound, or DEFINED_IN_FILE for a file's."""
+    ident = check_schedule_id(ident)
+    view = KINDS["schedule"].view(snapshot, ident)
+    if view.schedule.source != RUNTIME:
+        raise defined_in_file(f"schedule {ident}", view.schedule.source)
+    return _dropped(KINDS["schedule"], view.schedule, "schedule_deleted", actor)
+
+
+# -- flow-control keys: pins ---------------------------------------------------
+
+
+def pin(
+    snapshot: Snapshot,
+    key: str,
+    *,
+    parallelism: int | None,
+    rate: int | None,
+    period: int | None,
+    now: datetime,
+    actor: str,
+) -> Plan:
+    """Pin a flow-control key's parallelism and/or rate (per ``period`` seconds).
+
+    What is not given stays as it was; pinning nothing is refused.
+    """
+    key = check_flow_control_key(key)
+    if parallelism is None and rate is None and period is None:
+        raise ValidationError("give parallelism, rate or period to pin", field="parallelism")
+    view = snapshot.flow_controls.get(key)
+    before = view.runtime if view is not None else None
+    base = before or FlowControl(key=key, created_at=now, created_by=actor)
+    entry = msgspec.structs.replace(
+        base,
+        parallelism=parallelism if parallelism is not None else base.parallelism,
+        rate=rate if rate is not None else base.rate,
+        period=period if period is not None else base.period,
+        updated_at=now,
+    )
+    if before is not None and msgspec.structs.replace(entry, updated_at=before.updated_at) == before:
+        return Plan(entry=before)
+    fields = {"key": key, "parallelism": entry.parallelism, "rate": entry.rate, "period": entry.period, "by": actor}
+    drop = (before,) if before is not None else ()
+    return Plan(put=(entry,), drop=drop, events=(Event("flow_control_pinned", fields),), entry=entry)
+
+
+def unpin(
+    snapshot: Snapshot, key: str, *, parallelism: bool, rate: bool, now: datetime, actor: str
+) -> Plan:
+    """Unpin a key's parallelism and/or rate (the rate's period with it); a key
+    left with neither a pin nor a pause is forgotten."""
+    key = check_flow_control_key(key)
+    view = snapshot.flow_controls.get(key)
+    before = view.runtime if view is not None else None
+    if before is None or not (parallelism or rate):
+        return NOTHING
+    entry = msgspec.structs.replace(
+        before,
+        parallelism=None if parallelism else before.parallelism,
+        rate=None if rate else before.rate,
+        period=None if rate else before.period,
+        updated_at=now,
+    )
+    if msgspec.structs.replace(entry, updated_at=before.updated_at) == before:
+        return NOTHING
+    fields = {"key": key, "parallelism": entry.parallelism, "rate": entry.rate, "period": entry.period, "by": actor}
+    event = Event("flow_control_unpinned", fields)
+    if not entry.paused and _only_a_pause(entry):
+        return Plan(drop=(before,), events=(event,))
+    return Plan(put=(entry,), drop=(before,), events=(event,), entry=entry)
 
 
 # -- changes made elsewhere: hand edits, other nodes ------------------------
@@ -433,7 +594,23 @@ def _remote_event(
         elif name == "queue_updated":
             fields["reason"] = None
         return Event(name, fields)
-    if new is None:
+    if kind == "schedule" and (isinstance(old, Schedule) or isinstance(new, Schedule)):
+        if new is None:
+            return Event("schedule_deleted", {"id": key, "by": by})
+        if old is None or old.paused == new.paused:
+            name = "schedule_created" if old is None else "schedule_updated"
+            return Event(name, {"id": key, "cron": new.cron, "destination": new.destination, "by": by})
+    if kind == "flow_control":
+        was = old is not None and old.paused
+        now_paused = new is not None and new.paused
+        if was == now_paused:
+            pins = {f: getattr(new, f) if new else None for f in ("parallelism", "rate", "period")}
+            name = "flow_control_pinned" if new is not None else "flow_control_unpinned"
+            return Event(name, {"key": key, **pins, "by": by})
+        if now_paused:
+            return Event("flow_control_paused", {"key": key, "reason": new.reason, "by": by})
+        return Event("flow_control_resumed", {"key": key, "by": by})
+    if new is None or not getattr(new, "paused", True):
         return Event(f"{kind}_resumed", {"id": key, "by": by})
     return Event(f"{kind}_paused", {"id": key, "reason": new.reason, "by": by})
 

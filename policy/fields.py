@@ -32,6 +32,7 @@ from .errors import InvalidQueueName, PolicyError, ValidationError
 from .model import (
     RUNTIME,
     Endpoint,
+    FlowControl,
     Pause,
     QueuePolicy,
     Schedule,
@@ -46,9 +47,12 @@ DEFAULT_SUSPENSION = timedelta(minutes=5)
 MAX_REASON = 1000
 SCHEDULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 ENDPOINT_ID = re.compile(r"ep_[a-f0-9]{32}\Z")
+# QStash's names (queues, flow-control keys): kept verbatim, case included.
+QSTASH_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}\Z")
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # JSON can carry them; UTF-8 cannot
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}\Z")  # an HTTP header name (RFC 9110)
 
 
 class Problem(NamedTuple):
@@ -476,20 +480,33 @@ _QUEUE_KEYS = {
 
 
 def queue_from(
-    data: object, *, mode: Mode, name: str | None = None, source: str = RUNTIME
+    data: object,
+    *,
+    mode: Mode,
+    name: str | None = None,
+    source: str = RUNTIME,
+    qstash: bool = False,
 ) -> QueuePolicy:
     """Build a QueuePolicy; in api mode ``name`` comes from the path, not the body.
 
     In a policy file ``paused`` is required, so that a table meant to pause a
-    queue cannot silently leave it running.
+    queue cannot silently leave it running. A name is a mail queue name, in
+    its normal form, but with ``qstash`` (QStash's routes) it is a QStash
+    name, kept verbatim; the runtime state holds both kinds, so a stored name
+    that is a valid QStash name is read back verbatim.
     """
     r = _Reader(data, _QUEUE_KEYS[mode], "queue")
     if mode == "api":
         try:
-            normal = queue_name.normalise(name or "")
+            normal = check_qstash_name(name) if qstash else queue_name.normalise(name or "")
         except InvalidQueueName as exc:
             r.fail("name", exc.message, exc.code)
             normal = None
+        except ValidationError as exc:
+            r.fail("name", exc.message)
+            normal = None
+    elif mode == "runtime" and isinstance(r.data.get("name"), str) and QSTASH_NAME.match(r.data["name"]):
+        normal = r.data["name"]
     else:
         normal = r.queue("name", required=True)
     paused = r.boolean("paused")
@@ -520,6 +537,16 @@ def check_schedule_id(value: object) -> str:
     return value
 
 
+def check_qstash_name(value: object, what: str = "queue name") -> str:
+    """Return a valid QStash name (a queue's, a flow-control key) verbatim, or raise ValidationError."""
+    if not isinstance(value, str) or QSTASH_NAME.match(value) is None:
+        raise ValidationError(
+            f"{what} must be 1 to 200 letters, digits, '.', '_' or '-' (case is kept); got {value!r}",
+            field="name",
+        )
+    return value
+
+
 def check_endpoint_id(value: object) -> str:
     """Return a valid endpoint id or raise ValidationError (HookBridge's message)."""
     if not isinstance(value, str) or ENDPOINT_ID.match(value) is None:
@@ -541,42 +568,155 @@ def _checked(r: _Reader, key: str, check: Any) -> str | None:
         return None
 
 
-def _https_url(r: _Reader, key: str, *, required: bool) -> str | None:
+def _https_url(
+    r: _Reader, key: str, *, required: bool, schemes: tuple[str, ...] = ("https",)
+) -> str | None:
     value = r.text(key, required=required, limit=2048)
     if value is None:
         return None
     parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.hostname:
-        r.fail(key, f"expected an https:// URL, got {value!r}")
+    if parts.scheme not in schemes or not parts.hostname:
+        wanted = " or ".join(f"{s}://" for s in schemes)
+        r.fail(key, f"expected an {wanted} URL, got {value!r}")
         return None
     return value
 
 
-def schedule_from(data: object, *, source: str = RUNTIME) -> Schedule:
-    """Build a Schedule from a policy file table; the cron is checked by croniter."""
-    r = _Reader(
-        data,
-        ("id", "cron", "description", "destination", "method", "retries", "paused", "reason"),
-        "schedule",
-    )
+_SCHEDULE_FILE_KEYS = ("id", "cron", "description", "destination", "method", "retries", "paused", "reason")
+# What a schedule made through QStash's API also keeps (the daemon's state only).
+_SCHEDULE_RUNTIME_KEYS = _SCHEDULE_FILE_KEYS + (
+    "queue", "label", "delay", "timeout", "retry_delay", "callback", "failure_callback",
+    "flow_control_key", "parallelism", "rate", "period", "headers", "callback_headers",
+    "failure_callback_headers", "redact", "body", "body_base64",
+    "created_at", "created_by", "updated_at",
+)
+MAX_BODY = 1_000_000
+MAX_HEADERS = 100
+WEEK = 7 * 24 * 3600
+
+
+def schedule_from(data: object, *, source: str = RUNTIME, mode: Mode = "file") -> Schedule:
+    """Build a Schedule from a policy file table, or (``mode="runtime"``) one made
+    through QStash's API as the daemon stores it; the cron is checked by croniter."""
+    runtime = mode != "file"
+    r = _Reader(data, _SCHEDULE_RUNTIME_KEYS if runtime else _SCHEDULE_FILE_KEYS, "schedule")
     ident = _checked(r, "id", check_schedule_id)
-    cron = r.text("cron")
+    cron = r.text("cron", required=runtime)
     if cron is not None and not croniter.is_valid(cron):
         r.fail("cron", f"{cron!r} is not a valid cron expression")
     method = r.text("method")
     if method is not None and method not in HTTP_METHODS:
         r.fail("method", f"expected one of {', '.join(HTTP_METHODS)}, got {method!r}")
+    extra: dict[str, Any] = {}
+    if runtime:
+        urls = ("https", "http")
+        extra = {
+            "queue": _checked(r, "queue", check_qstash_name) if r.has("queue") else None,
+            "label": r.text("label"),
+            "delay": r.integer("delay", 0, 365 * 24 * 3600),
+            "timeout": r.integer("timeout", 1, 365 * 24 * 3600),
+            "retry_delay": r.text("retry_delay", limit=MAX_REASON),
+            "callback": _https_url(r, "callback", required=False, schemes=urls),
+            "failure_callback": _https_url(r, "failure_callback", required=False, schemes=urls),
+            "flow_control_key": (
+                _checked(r, "flow_control_key", check_flow_control_key) if r.has("flow_control_key") else None
+            ),
+            "parallelism": r.integer("parallelism", 1, 1_000_000),
+            "rate": r.integer("rate", 1, 1_000_000),
+            "period": r.integer("period", 1, WEEK),
+            "headers": _headers(r, "headers"),
+            "callback_headers": _headers(r, "callback_headers"),
+            "failure_callback_headers": _headers(r, "failure_callback_headers"),
+            "redact": r.text("redact"),
+            "body": _body(r, "body"),
+            "body_base64": _body(r, "body_base64"),
+            "created_at": r.moment("created_at"),
+            "created_by": r.text("created_by"),
+            "updated_at": r.moment("updated_at"),
+        }
+        if extra["flow_control_key"] is None and any(
+            extra[k] is not None for k in ("parallelism", "rate", "period")
+        ):
+            r.fail("flow_control_key", "is required with parallelism, rate or period")
     return _build(
         r,
         Schedule,
         id=ident,
         cron=cron,
         description=r.text("description", limit=MAX_REASON),
-        destination=_https_url(r, "destination", required=False),
+        destination=_https_url(r, "destination", required=runtime, schemes=("https", "http") if runtime else ("https",)),
         method=method,
         retries=r.integer("retries", 0, 100),
         paused=r.boolean("paused"),
         reason=r.text("reason", limit=MAX_REASON),
+        source=source,
+        **extra,
+    )
+
+
+def _headers(r: _Reader, key: str) -> dict[str, str] | None:
+    """Header names and values, as a schedule forwards them."""
+    if not r.has(key):
+        return None
+    value = r.data[key]
+    if not isinstance(value, Mapping) or len(value) > MAX_HEADERS:
+        r.fail(key, f"expected a table of at most {MAX_HEADERS} header names and values")
+        return None
+    for name, text in value.items():
+        if not isinstance(name, str) or not _TOKEN.match(name):
+            r.fail(key, f"{name!r} is not a header name")
+            return None
+        if not isinstance(text, str) or _CONTROL.search(text) or _SURROGATE.search(text) or len(text) > 8192:
+            r.fail(f"{key}.{name}", "expected header text of at most 8192 characters, without control characters")
+            return None
+    return dict(value)
+
+
+def _body(r: _Reader, key: str) -> str | None:
+    if not r.has(key):
+        return None
+    value = r.data[key]
+    if not isinstance(value, str) or _SURROGATE.search(value) or len(value) > MAX_BODY:
+        r.fail(key, f"expected text of at most {MAX_BODY} characters")
+        return None
+    return value
+
+
+def check_flow_control_key(value: object) -> str:
+    """A flow-control key: a QStash name."""
+    return check_qstash_name(value, "flow-control key")
+
+
+_FLOW_KEYS = {
+    "file": ("key", "paused", "reason", "parallelism", "rate", "period"),
+    "runtime": (
+        "key", "paused", "reason", "parallelism", "rate", "period",
+        "created_at", "created_by", "updated_at",
+    ),
+}
+
+
+def flow_control_from(data: object, *, mode: Mode = "file", source: str = RUNTIME) -> FlowControl:
+    """Build a FlowControl: a key's pause and pinned parallelism and rate.
+
+    In a policy file ``paused`` is required, as for a queue.
+    """
+    r = _Reader(data, _FLOW_KEYS["file" if mode == "file" else "runtime"], "flow_control")
+    key = _checked(r, "key", check_flow_control_key)
+    if mode == "file" and not r.has("paused"):
+        r.fail("paused", "is required (true to pause the key, false to only pin settings)")
+    return _build(
+        r,
+        FlowControl,
+        key=key,
+        paused=r.boolean("paused"),
+        reason=r.text("reason", limit=MAX_REASON),
+        parallelism=r.integer("parallelism", 1, 1_000_000),
+        rate=r.integer("rate", 1, 1_000_000),
+        period=r.integer("period", 1, WEEK),
+        created_at=r.moment("created_at"),
+        created_by=r.text("created_by"),
+        updated_at=r.moment("updated_at"),
         source=source,
     )
 

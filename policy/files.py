@@ -34,14 +34,15 @@ from .fields import (
     EntryInvalid,
     Mode,
     endpoint_from,
+    flow_control_from,
     pause_from,
     queue_from,
     schedule_from,
     suspension_from,
 )
-from .model import Endpoint, Pause, QueuePolicy, Schedule, Suspension
+from .model import Endpoint, FlowControl, Pause, QueuePolicy, Schedule, Suspension
 
-KINDS = ("suspension", "queue", "schedule", "endpoint")
+KINDS = ("suspension", "queue", "schedule", "endpoint", "flow_control")
 # A line opening a table; group 1 is the name of an array-of-tables header.
 _HEADERS = re.compile(r"^[ \t]*\[(?:\[[ \t]*\"?([A-Za-z0-9_-]+)\"?[ \t]*\]\])?", re.MULTILINE)
 
@@ -54,6 +55,7 @@ class ParsedFile(msgspec.Struct, frozen=True):
     queues: tuple[QueuePolicy, ...] = ()
     schedules: tuple[Schedule, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
+    flow_controls: tuple[FlowControl, ...] = ()
     pauses: tuple[Pause, ...] = ()
     problems: tuple[FileProblem, ...] = ()
 
@@ -61,12 +63,20 @@ class ParsedFile(msgspec.Struct, frozen=True):
     def ok(self) -> bool:
         return not self.problems
 
+    def entries(self) -> list[Any]:
+        """Every entry, of whatever kind (for the runtime state's one-entry files)."""
+        return [
+            *self.suspensions, *self.queues, *self.schedules, *self.endpoints,
+            *self.flow_controls, *self.pauses,
+        ]
+
     def counts(self) -> dict[str, int]:
         return {
             "suspensions": len(self.suspensions),
             "queues": len(self.queues),
             "schedules": len(self.schedules),
             "endpoints": len(self.endpoints),
+            "flow_controls": len(self.flow_controls),
             "pauses": len(self.pauses),
         }
 
@@ -78,6 +88,7 @@ class PolicySet(msgspec.Struct, frozen=True):
     queues: tuple[QueuePolicy, ...] = ()
     schedules: tuple[Schedule, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
+    flow_controls: tuple[FlowControl, ...] = ()
     pauses: tuple[Pause, ...] = ()
     files: tuple[str, ...] = ()
 
@@ -250,7 +261,7 @@ def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
             line = lines.table(key, index)
             source = f"{name}:{line}" if line is not None else name
             try:
-                if mode == "runtime" and key in ("schedule", "endpoint"):
+                if mode == "runtime" and key in ("schedule", "endpoint") and _is_pause(key, table):
                     pauses.append(pause_from(table, kind=key))
                     continue
                 built[key].append(_BUILDERS[key](table, mode, name, source))
@@ -269,13 +280,15 @@ def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
         built["suspension"] = [
             msgspec.structs.replace(s, source="runtime") for s in built["suspension"]
         ]
-        built["queue"] = [msgspec.structs.replace(q, source="runtime") for q in built["queue"]]
+        for kind in ("queue", "schedule", "flow_control"):
+            built[kind] = [msgspec.structs.replace(e, source="runtime") for e in built[kind]]
     return ParsedFile(
         name=name,
         suspensions=tuple(built["suspension"]),
         queues=tuple(built["queue"]),
         schedules=tuple(built["schedule"]),
         endpoints=tuple(built["endpoint"]),
+        flow_controls=tuple(built["flow_control"]),
         pauses=tuple(pauses),
         problems=tuple(problems),
     )
@@ -286,9 +299,17 @@ _BUILDERS: dict[str, Callable[[Any, Mode, str, str], Any]] = {
         t, mode=mode, file_name=name, source=source
     ),
     "queue": lambda t, mode, name, source: queue_from(t, mode=mode, source=source),
-    "schedule": lambda t, mode, name, source: schedule_from(t, source=source),
+    "schedule": lambda t, mode, name, source: schedule_from(t, source=source, mode=mode),
     "endpoint": lambda t, mode, name, source: endpoint_from(t, source=source),
+    "flow_control": lambda t, mode, name, source: flow_control_from(t, mode=mode, source=source),
 }
+
+
+def _is_pause(kind: str, table: Any) -> bool:
+    """Whether a runtime ``[[schedule]]`` or ``[[endpoint]]`` table is the pause
+    of a file's object rather than an object made through the API (which
+    has its cron, or its url)."""
+    return not (isinstance(table, dict) and ("cron" in table or "url" in table))
 
 
 def parse_policy(text: str, name: str) -> ParsedFile:
@@ -334,6 +355,8 @@ def combine(files: Sequence[ParsedFile]) -> PolicySet:
             unique("schedule", sc.id, sc.source, "schedule id")
         for e in f.endpoints:
             unique("endpoint", e.id, e.source, "endpoint id")
+        for fc in f.flow_controls:
+            unique("flow_control", fc.key, fc.source, "flow-control key")
     if problems:
         raise PolicyLoadError(problems)
     return PolicySet(
@@ -341,6 +364,7 @@ def combine(files: Sequence[ParsedFile]) -> PolicySet:
         queues=tuple(q for f in files for q in f.queues),
         schedules=tuple(s for f in files for s in f.schedules),
         endpoints=tuple(e for f in files for e in f.endpoints),
+        flow_controls=tuple(c for f in files for c in f.flow_controls),
         pauses=tuple(p for f in files for p in f.pauses),
         files=tuple(f.name for f in files),
     )

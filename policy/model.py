@@ -136,7 +136,14 @@ class QueuePolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
 
 
 class Schedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A named recurring trigger declared in a policy file (QStash schedule)."""
+    """A named recurring trigger (QStash schedule), declared in a policy file
+    or created through QStash's API (``source`` "runtime").
+
+    sluice keeps a schedule and answers whether it may fire; it never calls
+    the destination. What a QStash client gave at creation beyond the cron
+    and destination is kept so that it reads it back: the queue, label,
+    delays (seconds), callbacks, flow control, forwarded headers and body.
+    """
 
     id: str
     cron: str | None = None
@@ -146,6 +153,26 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     retries: int = 3
     paused: bool = False
     reason: str | None = None
+    queue: str | None = None
+    label: str | None = None
+    delay: int | None = None
+    timeout: int | None = None
+    retry_delay: str | None = None
+    callback: str | None = None
+    failure_callback: str | None = None
+    flow_control_key: str | None = None
+    parallelism: int | None = None
+    rate: int | None = None
+    period: int | None = None
+    headers: dict[str, str] | None = None
+    callback_headers: dict[str, str] | None = None
+    failure_callback_headers: dict[str, str] | None = None
+    redact: str | None = None
+    body: str | None = None
+    body_base64: str | None = None
+    created_at: datetime | None = None
+    created_by: str | None = None
+    updated_at: datetime | None = None
     source: str = RUNTIME
 
 
@@ -161,6 +188,25 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     source: str = RUNTIME
 
 
+class FlowControl(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A QStash flow-control key's pause and pinned settings.
+
+    Pinned ``parallelism`` and ``rate`` (per ``period`` seconds) are answered
+    to whoever checks the key; a paused key holds every message that carries it.
+    """
+
+    key: str
+    paused: bool = False
+    reason: str | None = None
+    parallelism: int | None = None
+    rate: int | None = None
+    period: int | None = None
+    created_at: datetime | None = None
+    created_by: str | None = None
+    updated_at: datetime | None = None
+    source: str = RUNTIME
+
+
 class Pause(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A runtime pause of a file-declared schedule or endpoint."""
 
@@ -172,4 +218,4 @@ class Pause(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     source: str = RUNTIME
 
 
-Entry = Suspension | QueuePolicy | Schedule | Endpoint | Pause
+Entry = Suspension | QueuePolicy | Schedule | Endpoint | FlowControl | Pause

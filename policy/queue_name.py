@@ -225,6 +225,14 @@ def normalise(name: str) -> str:
     return parse(name).name
 
 
+def is_normal(name: str) -> bool:
+    """Whether ``name`` is a valid queue name in its normal form."""
+    try:
+        return parse(name).name == name
+    except InvalidQueueName:
+        return False
+
+
 def check_component(value: str, part: str) -> str:
     """Validate a campaign or tenant given on its own; returns it unchanged."""
     if not isinstance(value, str):

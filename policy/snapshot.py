@@ -32,7 +32,7 @@ from croniter import croniter
 from . import queue_name
 from .files import PolicySet
 from .index import SuspensionIndex
-from .model import Endpoint, Pause, QueuePolicy, Schedule, Suspension
+from .model import RUNTIME, Endpoint, FlowControl, Pause, QueuePolicy, Schedule, Suspension
 
 
 MEMO_SIZE = 65536
@@ -43,8 +43,10 @@ class Runtime(msgspec.Struct, frozen=True):
 
     suspensions: Mapping[str, Suspension] = msgspec.field(default_factory=dict)
     queues: Mapping[str, QueuePolicy] = msgspec.field(default_factory=dict)
-    schedule_pauses: Mapping[str, Pause] = msgspec.field(default_factory=dict)
+    # a file schedule's pause, or a schedule made through QStash's API
+    schedule_pauses: Mapping[str, Pause | Schedule] = msgspec.field(default_factory=dict)
     endpoint_pauses: Mapping[str, Pause] = msgspec.field(default_factory=dict)
+    flow_controls: Mapping[str, FlowControl] = msgspec.field(default_factory=dict)
 
 
 class QueueView(msgspec.Struct, frozen=True):
@@ -85,6 +87,9 @@ class QueueView(msgspec.Struct, frozen=True):
 
 
 class ScheduleView(msgspec.Struct, frozen=True):
+    """A schedule: a file's, with the runtime's pause of it, or one made at runtime
+    (whose own ``paused`` is its pause)."""
+
     schedule: Schedule
     pause: Pause | None = None
 
@@ -95,12 +100,13 @@ class ScheduleView(msgspec.Struct, frozen=True):
     @property
     def file_pause(self) -> str | None:
         """Where a policy file pauses this schedule, or None."""
-        return self.schedule.source if self.schedule.paused else None
+        s = self.schedule
+        return s.source if s.paused and s.source != RUNTIME else None
 
     @property
-    def own(self) -> Pause | None:
-        """The runtime's pause of this schedule, if any."""
-        return self.pause
+    def own(self) -> Pause | Schedule | None:
+        """The runtime's entry: its pause of a file's schedule, or the schedule it made."""
+        return self.schedule if self.schedule.source == RUNTIME else self.pause
 
     @property
     def holder_source(self) -> str | None:
@@ -140,6 +146,54 @@ class EndpointView(msgspec.Struct, frozen=True):
         return None if self.pause is None else self.pause.source
 
 
+class FlowControlView(msgspec.Struct, frozen=True):
+    """A flow-control key as both sources describe it; the runtime's pins win."""
+
+    key: str
+    file: FlowControl | None = None
+    runtime: FlowControl | None = None
+
+    @property
+    def holder(self) -> FlowControl | None:
+        """The entry that pauses this key (the file's first), or None."""
+        if self.file is not None and self.file.paused:
+            return self.file
+        if self.runtime is not None and self.runtime.paused:
+            return self.runtime
+        return None
+
+    @property
+    def paused(self) -> bool:
+        return self.holder is not None
+
+    @property
+    def file_pause(self) -> str | None:
+        return self.file.source if self.file is not None and self.file.paused else None
+
+    @property
+    def own(self) -> FlowControl | None:
+        return self.runtime
+
+    def _pinned(self, field: str) -> int | None:
+        for entry in (self.runtime, self.file):
+            if entry is not None and getattr(entry, field) is not None:
+                return getattr(entry, field)
+        return None
+
+    @property
+    def parallelism(self) -> int | None:
+        return self._pinned("parallelism")
+
+    @property
+    def rate(self) -> int | None:
+        return self._pinned("rate")
+
+    @property
+    def period(self) -> int | None:
+        """The rate's period in seconds: pinned, else 1 once a rate is pinned."""
+        return self._pinned("period") or (1 if self.rate is not None else None)
+
+
 class Hold(msgspec.Struct, frozen=True, omit_defaults=True):
     """One reason not to deliver, as listed in a decision."""
 
@@ -176,6 +230,18 @@ class EndpointDecision(msgspec.Struct, frozen=True):
     generation: int
 
 
+class FlowControlDecision(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Whether messages carrying a flow-control key may be delivered, and at what pace."""
+
+    flow_control: str
+    deliver: bool
+    holds: tuple[Hold, ...]
+    generation: int
+    parallelism: int | None = None
+    rate: int | None = None
+    period: int | None = None
+
+
 def _pause_holds(
     kind: str, ident: str, declared: Schedule | Endpoint, pause: Pause | None
 ) -> tuple[Hold, ...]:
@@ -198,6 +264,27 @@ def _merge_suspensions(policy: PolicySet, runtime: Runtime) -> dict[str, Suspens
     return merged
 
 
+def _merge_schedules(policy: PolicySet, runtime: Runtime) -> dict[str, ScheduleView]:
+    """File schedules with the runtime's pauses, then schedules made at runtime
+    (an id a file also declares is the file's)."""
+    views: dict[str, ScheduleView] = {}
+    for s in policy.schedules:
+        pause = runtime.schedule_pauses.get(s.id)
+        views[s.id] = ScheduleView(schedule=s, pause=pause if isinstance(pause, Pause) else None)
+    for ident, entry in runtime.schedule_pauses.items():
+        if isinstance(entry, Schedule) and ident not in views:
+            views[ident] = ScheduleView(schedule=entry)
+    return views
+
+
+def _merge_flow_controls(policy: PolicySet, runtime: Runtime) -> dict[str, FlowControlView]:
+    files = {c.key: c for c in policy.flow_controls}
+    return {
+        key: FlowControlView(key=key, file=files.get(key), runtime=runtime.flow_controls.get(key))
+        for key in files.keys() | runtime.flow_controls.keys()
+    }
+
+
 def _merge_queues(policy: PolicySet, runtime: Runtime) -> dict[str, QueueView]:
     files = {q.name: q for q in policy.queues}
     return {
@@ -217,6 +304,7 @@ class Snapshot:
         "queues",
         "schedules",
         "endpoints",
+        "flow_controls",
         "_index",
         "_lasting",
         "_timed",
@@ -248,10 +336,8 @@ class Snapshot:
         self._expiries: tuple[int, list[float]] | None = None  # for active_count
         self._holders: dict[str, Suspension] | None = None  # for runtime_holder
         self._next_expiry: float | None | bool = False  # False: not yet computed
-        self.schedules = {
-            s.id: ScheduleView(schedule=s, pause=runtime.schedule_pauses.get(s.id))
-            for s in policy.schedules
-        }
+        self.schedules = _merge_schedules(policy, runtime)
+        self.flow_controls = _merge_flow_controls(policy, runtime)
         self.endpoints = {
             e.id: EndpointView(endpoint=e, pause=runtime.endpoint_pauses.get(e.id))
             for e in policy.endpoints
@@ -342,7 +428,7 @@ class Snapshot:
         return self._decide(name, now)[0]
 
     def _remember(self, name: str, now: float) -> Decision:
-        decision, until, latest = self._decide(queue_name.parse(name), now)
+        decision, until, latest = self._decide(self._parse(name), now)
         lasting, timed = self._lasting, self._timed
         if len(lasting) + len(timed) >= MEMO_SIZE:
             lasting.clear()
@@ -360,6 +446,17 @@ class Snapshot:
                 high = min(until, latest - decision.retry_after + 1)
             timed[name] = (decision, now, high)
         return decision
+
+    def _parse(self, name: str) -> queue_name.QueueName:
+        """``name`` as a queue: a mail queue name, or a QStash queue held under it verbatim.
+
+        A QStash name that is not a mail name in its normal form (``MyQueue``,
+        a 100-character name) has no campaign, tenant or domain: only its own
+        pause and suspensions of everything hold it.
+        """
+        if name in self.queues and not queue_name.is_normal(name):
+            return queue_name.QueueName(name=name, domain="")
+        return queue_name.parse(name)
 
     def _decide(self, q: queue_name.QueueName, now: float) -> tuple[Decision, float, float]:
         """The decision, when it stops being valid, and when its last hold ends."""
@@ -430,6 +527,27 @@ class Snapshot:
             endpoint=endpoint_id, deliver=not holds, holds=holds, generation=self.generation
         )
 
+    def decide_flow_control(self, key: str) -> FlowControlDecision:
+        """Whether messages with flow-control ``key`` may be delivered; any key
+        may be asked (keys come with messages): one sluice holds nothing
+        about may be delivered, unpaced."""
+        view = self.flow_controls.get(key)
+        if view is None:
+            return FlowControlDecision(flow_control=key, deliver=True, holds=(), generation=self.generation)
+        holder = view.holder
+        holds = () if holder is None else (
+            Hold(kind="flow_control_pause", id=key, reason=holder.reason, expires=None, source=holder.source),
+        )
+        return FlowControlDecision(
+            flow_control=key,
+            deliver=not holds,
+            holds=holds,
+            generation=self.generation,
+            parallelism=view.parallelism,
+            rate=view.rate,
+            period=view.period,
+        )
+
     def runtime_holder(self, criteria_key: str) -> Suspension | None:
         """The runtime suspension with these criteria (active or not yet swept), or None.
 
@@ -470,4 +588,5 @@ class Snapshot:
             "paused_schedules": sum(1 for s in self.schedules.values() if s.paused),
             "endpoints": len(self.endpoints),
             "paused_endpoints": sum(1 for e in self.endpoints.values() if e.paused),
+            "paused_flow_controls": sum(1 for c in self.flow_controls.values() if c.paused),
         }

@@ -12,11 +12,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sluice.daemon import __version__
+from sluice.policy import changes
 from sluice.policy.duration import format_duration
 from sluice.policy.errors import ValidationError
 from sluice.policy.fields import queue_from
 from sluice.policy.model import Suspension
-from sluice.policy.queue_name import normalise
 from sluice.policy.snapshot import EndpointView, QueueView, ScheduleView
 from sluice.policy.times import rfc3339
 
@@ -194,7 +194,7 @@ def _add_pause_routes(
         """The object as it stands after the change, in its list's shape."""
         snapshot = current.snapshot
         if kind == "queue":
-            name = normalise(ident)
+            name = changes.queue_key(snapshot, ident)
             return Response.json(queue_json(snapshot.queues.get(name) or QueueView(name=name)))
         if kind == "schedule":
             return Response.json(schedule_json(snapshot.schedules[ident], _now()))

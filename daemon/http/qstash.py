@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sluice.policy.errors import NotFound, ValidationError
-from sluice.policy.queue_name import normalise
+from sluice.policy.fields import check_qstash_name
 from sluice.policy.snapshot import QueueView, ScheduleView
 
 from ..current import Current
@@ -77,17 +77,17 @@ def add_qstash_routes(
         return str(request.peer)
 
     def view(name: str) -> QueueView:
-        found = current.snapshot.queues.get(normalise(name))
+        found = current.snapshot.queues.get(check_qstash_name(name))
         if found is None:
             raise NotFound(f"queue {name} not found")
         return found
 
     async def pause(request: Request) -> Response:
-        await mutations.pause("queue", request.params["name"], actor(request))
+        await mutations.pause("queue", request.params["name"], actor(request), qstash=True)
         return Response()
 
     async def resume(request: Request) -> Response:
-        await mutations.resume("queue", request.params["name"], actor(request))
+        await mutations.resume("queue", request.params["name"], actor(request), qstash=True)
         return Response()
 
     async def get(request: Request) -> Response:

@@ -91,7 +91,11 @@ class Router:
         raise HttpError(404, "NOT_FOUND", f"no such route: {path}")
 
     def _style_of(self, path: str) -> str:
-        """The error style of the routes at ``path`` (for 405s), else sluice's."""
+        """The error style for ``path`` when no route answered (401, 404, 405):
+        QStash's for anything under /v2 (its clients parse nothing else), else
+        that of the routes at ``path``, else sluice's."""
+        if path == "/v2" or path.startswith("/v2/"):
+            return "qstash"
         for route in self.routes:
             if route.regex.match(path):
                 return route.style

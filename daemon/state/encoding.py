@@ -26,10 +26,10 @@ import tomli_w
 from sluice.policy.changes import entry_key
 from sluice.policy.errors import FileProblem, ValidationError
 from sluice.policy.files import ParsedFile, parse_runtime
-from sluice.policy.model import Entry, Pause, QueuePolicy, Suspension
+from sluice.policy.model import Entry, FlowControl, Pause, QueuePolicy, Schedule, Suspension
 from sluice.policy.snapshot import Runtime
 
-KINDS = ("suspension", "queue", "schedule", "endpoint")
+KINDS = ("suspension", "queue", "schedule", "endpoint", "flow_control")
 
 
 MAX_NAME_BYTES = 255  # what a file name may hold on Linux file systems
@@ -77,7 +77,7 @@ def to_table(entry: Entry) -> tuple[str, dict[str, Any]]:
         table[field] = list(value) if isinstance(value, tuple) else value
     if isinstance(entry, Pause):
         table["paused"] = True
-    if isinstance(entry, QueuePolicy):
+    if isinstance(entry, (QueuePolicy, FlowControl)):
         table["paused"] = entry.paused
     return kind, table
 
@@ -100,7 +100,7 @@ def parse_entry(data: bytes, name: str, where: str | None = None) -> ParsedFile:
     except UnicodeDecodeError:
         return ParsedFile(name=where, problems=(FileProblem(where, None, "", "not valid UTF-8"),))
     if parsed.ok:
-        entries = [*parsed.suspensions, *parsed.queues, *parsed.pauses]
+        entries = parsed.entries()
         if len(entries) != 1 or file_name(entries[0]) != name:
             expected = ", ".join(file_name(e) for e in entries) or "nothing"
             return ParsedFile(
@@ -120,7 +120,7 @@ def parse_entry(data: bytes, name: str, where: str | None = None) -> ParsedFile:
 
 def only_entry(parsed: ParsedFile) -> Entry:
     """The one entry of a text ``parse_entry`` found valid."""
-    [entry] = [*parsed.suspensions, *parsed.queues, *parsed.pauses]
+    [entry] = parsed.entries()
     return entry
 
 
@@ -130,9 +130,12 @@ def runtime_from(entries: list[Entry]) -> Runtime:
         suspensions={e.id: e for e in entries if isinstance(e, Suspension)},
         queues={e.name: e for e in entries if isinstance(e, QueuePolicy)},
         schedule_pauses={
-            e.id: e for e in entries if isinstance(e, Pause) and e.kind == "schedule"
+            e.id: e
+            for e in entries
+            if isinstance(e, Schedule) or (isinstance(e, Pause) and e.kind == "schedule")
         },
         endpoint_pauses={
             e.id: e for e in entries if isinstance(e, Pause) and e.kind == "endpoint"
         },
+        flow_controls={e.key: e for e in entries if isinstance(e, FlowControl)},
     )

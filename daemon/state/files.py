@@ -100,7 +100,7 @@ class FileStore:
             if parsed is None:
                 continue
             problems.extend(parsed.problems)
-            entries.extend([*parsed.suspensions, *parsed.queues, *parsed.pauses])
+            entries.extend(parsed.entries())
         return runtime_from(entries), problems
 
     async def open(self) -> Loaded:

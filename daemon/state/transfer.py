@@ -131,7 +131,7 @@ def read_document(data: bytes, name: str) -> dict[str, tuple[Entry, bytes]]:
     if parsed.problems:
         raise TransferError("invalid runtime state:\n" + "\n".join(str(p) for p in parsed.problems))
     entries: dict[str, tuple[Entry, bytes]] = {}
-    for entry in [*parsed.suspensions, *parsed.queues, *parsed.pauses]:
+    for entry in parsed.entries():
         fname = file_name(entry)
         if fname in entries:
             kind, key = entry_key(entry)
