@@ -171,6 +171,7 @@ _KINDS: dict[str, tuple[str, str, Callable[[Any], bool]]] = {
     "queue": ("queue", "queues", lambda d: bool(d.get("paused"))),
     "schedule": ("schedule", "schedules", lambda d: bool(d.get("paused"))),
     "endpoint": ("endpoint", "endpoints", lambda d: bool(d["data"]["paused"])),
+    "flow_control": ("flow-control key", "flow-controls", lambda d: bool(d.get("paused"))),
 }
 
 
@@ -250,8 +251,30 @@ def cmd_list_endpoints(args, client: AdminClient, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_list_flow_controls(args, client: AdminClient, out: TextIO) -> int:
+    reply = client.listing("flow-controls")
+    if args.json:
+        _print_json(reply, out)
+    elif not reply.data:
+        print("no flow-control keys held", file=out)
+    else:
+        rows = [
+            (
+                c["key"],
+                "paused" if c["paused"] else "active",
+                c.get("parallelism"),
+                f"{c['rate']}/{c['period']}s" if c.get("rate") else None,
+                c.get("source"),
+                c.get("reason"),
+            )
+            for c in reply.data
+        ]
+        table(("KEY", "STATE", "PARALLELISM", "RATE", "SOURCE", "REASON"), rows, out)
+    return EXIT_OK
+
+
 def cmd_check(args, client: AdminClient, out: TextIO) -> int:
-    (kind,) = [k for k in ("queue", "schedule", "endpoint") if getattr(args, k) is not None]
+    (kind,) = [k for k in ("queue", "schedule", "endpoint", "flow_control") if getattr(args, k) is not None]
     reply = client.check(**{kind: getattr(args, kind)})
     if args.json:
         _print_json(reply, out)
@@ -396,13 +419,15 @@ def _add_change_commands(command: Command) -> None:
     p = command("suspend-cancel", cmd_suspend_cancel, "cancel a runtime suspension")
     p.add_argument("id", metavar="ID")
 
-    for kind in ("queue", "schedule", "endpoint"):
-        what = "NAME" if kind == "queue" else "ID"
+    for kind in ("queue", "schedule", "endpoint", "flow_control"):
+        what = {"queue": "NAME", "flow_control": "KEY"}.get(kind, "ID")
+        noun = _KINDS[kind][0]
         a = "an" if kind == "endpoint" else "a"
-        p = command(f"pause-{kind}", _pause_or_resume(kind, True), f"pause {a} {kind}")
+        name = kind.replace("_", "-")
+        p = command(f"pause-{name}", _pause_or_resume(kind, True), f"pause {a} {noun}")
         p.add_argument("name", metavar=what)
         p.add_argument("--reason")
-        p = command(f"resume-{kind}", _pause_or_resume(kind, False), f"resume {a} {kind}")
+        p = command(f"resume-{name}", _pause_or_resume(kind, False), f"resume {a} {noun}")
         p.add_argument("name", metavar=what)
 
 
@@ -411,6 +436,7 @@ def _add_query_commands(command: Command) -> None:
     command("list-queues", cmd_list_queues, "list paused queues")
     command("list-schedules", cmd_list_schedules, "list schedules")
     command("list-endpoints", cmd_list_endpoints, "list endpoints")
+    command("list-flow-controls", cmd_list_flow_controls, "list held flow-control keys (QStash)")
 
     p = command(
         "check", cmd_check, "the delivery decision for a queue, schedule or endpoint",
@@ -421,6 +447,7 @@ def _add_query_commands(command: Command) -> None:
     p.add_argument("queue", nargs="?", metavar="QUEUE")
     p.add_argument("--schedule", metavar="ID")
     p.add_argument("--endpoint", metavar="ID")
+    p.add_argument("--flow-control", dest="flow_control", metavar="KEY")
     p.set_defaults(usage=p)
 
     command("status", cmd_status, "the daemon's state: generation, files, last reload, counts")
@@ -534,9 +561,9 @@ def _policy_dir(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    asked = [getattr(args, k, None) for k in ("queue", "schedule", "endpoint")]
+    asked = [getattr(args, k, None) for k in ("queue", "schedule", "endpoint", "flow_control")]
     if args.command == "check" and sum(v is not None for v in asked) != 1:
-        args.usage.error("give exactly one of QUEUE, --schedule ID or --endpoint ID")
+        args.usage.error("give exactly one of QUEUE, --schedule ID, --endpoint ID or --flow-control KEY")
     try:
         if args.command == "validate":
             return validate(_policy_dir(args))

@@ -34,7 +34,7 @@ import trio
 from sluice.policy import changes
 from sluice.policy.changes import Plan
 from sluice.policy.fields import suspension_from
-from sluice.policy.model import QueuePolicy, Suspension
+from sluice.policy.model import QueuePolicy, Schedule, Suspension
 from sluice.policy.snapshot import Snapshot
 
 from .current import Current
@@ -170,6 +170,27 @@ class Mutations:
     async def delete_queue(self, name: str, actor: str) -> None:
         """Drop a queue's runtime entry; 404 if it has none, 409 if a file owns it."""
         await self.change(lambda snapshot, now: changes.delete_queue(snapshot, name, actor=actor))
+
+    async def put_schedule(self, schedule: Schedule, actor: str) -> Schedule:
+        """Create a schedule (QStash's create), or replace the runtime one with its id."""
+        plan = await self.change(
+            lambda snapshot, now: changes.put_schedule(snapshot, schedule, now=now, actor=actor)
+        )
+        return plan.entry
+
+    async def delete_schedule(self, ident: str, actor: str) -> None:
+        await self.change(lambda snapshot, now: changes.delete_schedule(snapshot, ident, actor=actor))
+
+    async def pin(self, key: str, actor: str, **pins: int | None) -> None:
+        """Pin a flow-control key's ``parallelism``, ``rate`` and ``period``."""
+        await self.change(lambda snapshot, now: changes.pin(snapshot, key, now=now, actor=actor, **pins))
+
+    async def unpin(self, key: str, actor: str, *, parallelism: bool, rate: bool) -> None:
+        await self.change(
+            lambda snapshot, now: changes.unpin(
+                snapshot, key, parallelism=parallelism, rate=rate, now=now, actor=actor
+            )
+        )
 
     # -- changes made elsewhere: hand edits, other nodes ----------------------
 

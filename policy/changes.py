@@ -463,9 +463,9 @@ def pin(
     snapshot: Snapshot,
     key: str,
     *,
-    parallelism: int | None,
-    rate: int | None,
-    period: int | None,
+    parallelism: int | None = None,
+    rate: int | None = None,
+    period: int | None = None,
     now: datetime,
     actor: str,
 ) -> Plan:

@@ -17,7 +17,7 @@ from sluice.policy.duration import format_duration
 from sluice.policy.errors import ValidationError
 from sluice.policy.fields import queue_from
 from sluice.policy.model import Suspension
-from sluice.policy.snapshot import EndpointView, QueueView, ScheduleView
+from sluice.policy.snapshot import EndpointView, FlowControlView, QueueView, ScheduleView
 from sluice.policy.times import rfc3339
 
 from ..current import Current, ReloadResult
@@ -108,6 +108,22 @@ def endpoint_json(view: EndpointView) -> dict[str, Any]:
     }
 
 
+def flow_control_json(view: FlowControlView) -> dict[str, Any]:
+    """A flow-control key: its pause and its pins."""
+    holder = view.holder
+    entry = holder or view.runtime or view.file
+    return {
+        "key": view.key,
+        "paused": view.paused,
+        "reason": holder.reason if holder else None,
+        "parallelism": view.parallelism,
+        "rate": view.rate,
+        "period": view.period,
+        "source": entry.source if entry else None,
+        "updated_at": _iso(entry.updated_at) if entry else None,
+    }
+
+
 def _reason(request: Request) -> str | None:
     body = request.json(optional=True)
     if body is None:
@@ -176,6 +192,7 @@ PAUSABLE = (
     ("queue", "/api/admin/queues/{name}", "name"),
     ("schedule", "/api/admin/schedules/{id}", "id"),
     ("endpoint", "/api/admin/endpoints/{id}", "id"),
+    ("flow_control", "/api/admin/flow-controls/{key}", "key"),
 )
 
 
@@ -198,6 +215,9 @@ def _add_pause_routes(
             return Response.json(queue_json(snapshot.queues.get(name) or QueueView(name=name)))
         if kind == "schedule":
             return Response.json(schedule_json(snapshot.schedules[ident], _now()))
+        if kind == "flow_control":
+            view = snapshot.flow_controls.get(ident) or FlowControlView(key=ident)
+            return Response.json(flow_control_json(view))
         data = {"id": ident, "paused": snapshot.endpoints[ident].paused}
         return Response.json({"data": data, "meta": {"request_id": request.request_id}})
 
@@ -241,7 +261,12 @@ def _add_pause_routes(
     def _now() -> datetime:
         return datetime.fromtimestamp(clock(), timezone.utc)
 
+    async def list_flow_controls(request: Request) -> Response:
+        views = current.snapshot.flow_controls
+        return Response.json([flow_control_json(views[k]) for k in sorted(views)])
+
     router.add("GET", "/api/admin/queues", list_queues)
+    router.add("GET", "/api/admin/flow-controls", list_flow_controls)
     router.add("GET", "/api/admin/schedules", list_schedules)
     router.add("GET", "/api/admin/endpoints", list_endpoints)
 

@@ -1,6 +1,6 @@
 """The delivery side over HTTP: decisions and the events stream.
 
-``GET /api/check/v1?queue=`` (or ``schedule=``, ``endpoint=``) answers one
+``GET /api/check/v1?queue=`` (or ``schedule=``, ``endpoint=``, ``flow_control=``) answers one
 decision; ``POST /api/check/v1`` answers up to 10,000 queue names in order,
 an invalid name getting its own error item rather than failing the batch.
 ``GET /api/events/v1`` streams one JSON object per line for every change.
@@ -15,7 +15,7 @@ import msgspec
 import trio
 
 from sluice.policy.errors import InvalidQueueName, NotFound, ValidationError
-from sluice.policy.fields import check_endpoint_id
+from sluice.policy.fields import check_endpoint_id, check_flow_control_key
 from sluice.policy.times import rfc3339
 
 from ..current import Current
@@ -25,7 +25,7 @@ from .routes import Router
 from .message import HttpError, Request, Response
 
 MAX_BATCH = 10_000
-_KINDS = frozenset(("queue", "schedule", "endpoint"))
+_KINDS = frozenset(("queue", "schedule", "endpoint", "flow_control"))
 _encoder = msgspec.json.Encoder()
 
 
@@ -58,13 +58,15 @@ def add_check_routes(
     async def check(request: Request) -> Response:
         given = _KINDS.intersection(request.query)
         if len(given) != 1:
-            raise ValidationError("give exactly one of ?queue=, ?schedule= or ?endpoint=")
+            raise ValidationError("give exactly one of ?queue=, ?schedule=, ?endpoint= or ?flow_control=")
         (kind,) = given
         value = request.arg(kind)
         snapshot = current.snapshot
         if kind == "queue":
             decision = snapshot.decide(value, clock())
             metrics.decided("http", decision.deliver)
+        elif kind == "flow_control":
+            decision = snapshot.decide_flow_control(check_flow_control_key(value))
         elif kind == "schedule":
             decision = snapshot.decide_schedule(value)
             if decision is None:

@@ -1,6 +1,7 @@
 """The route table: (method, path pattern) -> handler, and dispatch.
 
-Patterns are literal paths with ``{name}`` segments. A path that matches a
+Patterns are literal paths with ``{name}`` segments (``{name*}``: the rest
+of the path). A path that matches a
 pattern under another method is 405 with ``Allow``; no match at all is 404.
 Routes marked ``change=True`` need a peer allowed to change state (403
 otherwise); the check is one function given to the router.
@@ -35,9 +36,14 @@ Authenticate = Callable[[Request], Peer]
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
-    parts = re.split(r"(\{[a-z_]+\})", pattern)
+    """``{name}`` matches one segment; ``{name*}`` the rest of the path, slashes
+    included (QStash's ``/v2/schedules/{destination}`` takes a whole URL)."""
+    parts = re.split(r"(\{[a-z_]+\*?\})", pattern)
     regex = "".join(
-        f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts
+        (f"(?P<{p[1:-2]}>.+)" if p.endswith("*}") else f"(?P<{p[1:-1]}>[^/]+)")
+        if p.startswith("{")
+        else re.escape(p)
+        for p in parts
     )
     return re.compile(regex + r"\Z")
 
