@@ -216,6 +216,34 @@ def test_a_queue_pause_on_b_reaches_a_and_c(fleet):
         assert not node.held("news:acme@example.com")
 
 
+def test_qstash_schedules_and_flow_control_keys_are_shared(fleet):
+    """Made through QStash's routes on one node, held and answered on every node."""
+    _, (a, b, c) = fleet
+    headers = {"Upstash-Cron": "*/5 * * * *", "Upstash-Schedule-Id": "fleet-report", "Upstash-Label": "fleet"}
+    with a.d.client() as client:
+        response = client.post("/v2/schedules/https://app.example.com/report", headers=headers, content=b"{}")
+    assert response.status_code == 200 and response.json() == {"scheduleId": "fleet-report"}, response.text
+    for node in (a, b, c):
+        node.events.until("schedule_created", id="fleet-report")
+        got = node.d.get("/v2/schedules/fleet-report").json()
+        assert got["label"] == "fleet" and got["destination"] == "https://app.example.com/report"
+    assert b.d.post("/v2/schedules/fleet-report/pause").status_code == 200
+    for node in (a, b, c):
+        node.events.until("schedule_paused", id="fleet-report")
+        assert node.d.get("/api/check/v1", params={"schedule": "fleet-report"}).json()["run"] is False
+    assert c.d.post("/v2/flowControl/Fleet-Key/pause").status_code == 200
+    for node in (a, b, c):
+        node.events.until("flow_control_paused", key="Fleet-Key")
+        assert node.d.get("/api/check/v1", params={"flow_control": "Fleet-Key"}).json()["deliver"] is False
+    with a.d.client() as client:
+        assert client.delete("/v2/schedules/fleet-report").status_code == 200
+    assert a.d.post("/v2/flowControl/Fleet-Key/resume").status_code == 200
+    for node in (a, b, c):
+        node.events.until("schedule_deleted", id="fleet-report")
+        node.events.until("flow_control_resumed", key="Fleet-Key")
+        assert node.d.get("/v2/schedules/fleet-report").status_code == 404
+
+
 def test_the_same_criteria_posted_on_every_node_at_once_get_one_id(fleet):
     _, nodes = fleet
     for round_ in range(3):

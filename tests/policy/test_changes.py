@@ -10,7 +10,7 @@ from sluice.policy import changes
 from sluice.policy.errors import Conflict, NotFound, ValidationError
 from sluice.policy.fields import suspension_from
 from sluice.policy.files import combine, parse_policy
-from sluice.policy.model import Pause, Suspension
+from sluice.policy.model import Pause, Schedule, Suspension
 from sluice.policy.snapshot import Runtime, Snapshot
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
@@ -48,6 +48,11 @@ url = "https://hooks.example.com"
 id = "{EP2}"
 url = "https://hooks2.example.com"
 paused = true
+
+[[flow_control]]
+key = "Held-Key"
+paused = true
+rate = 3
 """
 POLICY = combine([parse_policy(FILES, "10-a.toml")])
 
@@ -62,10 +67,10 @@ def carried_out(snap, plan):
 
 # -- one path for every kind ---------------------------------------------------
 
-IDS = {"queue": "acme@example.com", "schedule": "digest", "endpoint": EP}
+IDS = {"queue": "acme@example.com", "schedule": "digest", "endpoint": EP, "flow_control": "Orders-EU"}
 
 
-@pytest.mark.parametrize("kind", ["queue", "schedule", "endpoint"])
+@pytest.mark.parametrize("kind", ["queue", "schedule", "endpoint", "flow_control"])
 def test_pause_then_resume_round_trips_each_kind(kind):
     before = snapshot()
     plan = changes.pause(before, kind, IDS[kind], now=NOW, actor="alice", reason="ops")
@@ -78,7 +83,7 @@ def test_pause_then_resume_round_trips_each_kind(kind):
     assert changes.apply(paused.runtime, resumed) == before.runtime
 
 
-@pytest.mark.parametrize("kind", ["queue", "schedule"])
+@pytest.mark.parametrize("kind", ["queue", "schedule", "flow_control"])
 def test_queues_and_schedules_are_idempotent(kind):
     paused = carried_out(snapshot(), changes.pause(snapshot(), kind, IDS[kind], now=NOW, actor="a"))
     assert changes.pause(paused, kind, IDS[kind], now=NOW, actor="a").empty
@@ -98,7 +103,7 @@ def test_endpoints_answer_hookbridges_conflicts():
 @pytest.mark.parametrize(
     "kind, ident, where",
     [("queue", "held.example", "10-a.toml line 6"), ("schedule", "held", "10-a.toml line 20"),
-     ("endpoint", EP2, "10-a.toml line 28")],
+     ("endpoint", EP2, "10-a.toml line 28"), ("flow_control", "Held-Key", "10-a.toml line 33")],
 )
 def test_a_pause_written_in_a_file_is_not_the_runtimes_to_lift(kind, ident, where):
     with pytest.raises(Conflict) as info:
@@ -205,6 +210,65 @@ def test_changes_from_the_store_that_change_nothing_are_left_out():
     assert [(e.name, e.fields) for e in summary.events] == [("runtime_reloaded", {"files": ["x.toml"]})]
 
 
+def schedule(ident="report", **fields):
+    return Schedule(id=ident, cron="*/5 * * * *", destination="https://app.example.com/r", **fields)
+
+
+def test_a_schedule_made_through_qstash_is_replaced_by_id_and_keeps_its_pause():
+    made = changes.put_schedule(snapshot(), schedule(label="one"), now=NOW, actor="alice")
+    assert [e.name for e in made.events] == ["schedule_created"]
+    s = carried_out(snapshot(), made)
+    assert s.schedules["report"].schedule.created_by == "alice" and s.decide_schedule("report").run
+    s = carried_out(s, changes.pause(s, "schedule", "report", now=NOW, actor="bob", reason="quiet"))
+    assert s.schedules["report"].paused and s.runtime.schedule_pauses["report"].paused
+    later = NOW + timedelta(hours=1)
+    replaced = changes.put_schedule(s, schedule(label="two"), now=later, actor="carol")
+    assert [e.name for e in replaced.events] == ["schedule_updated"]
+    s = carried_out(s, replaced)
+    view = s.schedules["report"]
+    assert view.schedule.label == "two" and view.paused and view.schedule.created_at == NOW
+    assert changes.put_schedule(s, schedule(label="two"), now=later, actor="carol").empty
+    s = carried_out(s, changes.resume(s, "schedule", "report", now=later, actor="bob"))
+    assert not s.schedules["report"].paused and "report" in s.runtime.schedule_pauses  # kept, running
+    gone = changes.delete_schedule(s, "report", actor="dave")
+    assert [e.name for e in gone.events] == ["schedule_deleted"]
+    assert "report" not in carried_out(s, gone).schedules
+    with pytest.raises(Conflict) as info:
+        changes.put_schedule(s, schedule("digest"), now=NOW, actor="a")
+    assert info.value.code == "DEFINED_IN_FILE"
+    with pytest.raises(Conflict):
+        changes.delete_schedule(s, "digest", actor="a")
+    with pytest.raises(NotFound):
+        changes.delete_schedule(s, "nope", actor="a")
+
+
+def test_flow_control_pins_are_kept_by_a_resume_and_a_bare_key_is_forgotten():
+    s = carried_out(snapshot(), changes.pin(snapshot(), "k", rate=10, period=60, now=NOW, actor="a"))
+    assert s.decide_flow_control("k").deliver and s.decide_flow_control("k").rate == 10
+    s = carried_out(s, changes.pause(s, "flow_control", "k", now=NOW, actor="a"))
+    held = s.decide_flow_control("k")
+    assert not held.deliver and (held.rate, held.period) == (10, 60)
+    s = carried_out(s, changes.resume(s, "flow_control", "k", now=NOW, actor="a"))
+    assert s.decide_flow_control("k").deliver and s.flow_controls["k"].rate == 10
+    assert changes.unpin(s, "k", parallelism=True, rate=False, now=NOW, actor="a").empty
+    gone = changes.unpin(s, "k", parallelism=False, rate=True, now=NOW, actor="a")
+    assert not gone.put and "k" not in carried_out(s, gone).flow_controls
+    with pytest.raises(ValidationError):
+        changes.pin(s, "k", now=NOW, actor="a")
+    assert not snapshot().decide_flow_control("Held-Key").deliver  # the file's pause
+    assert snapshot().decide_flow_control("anything").deliver
+
+
+def test_qstash_names_are_verbatim_and_found_as_given_elsewhere():
+    s = carried_out(snapshot(), changes.pause(snapshot(), "queue", "MyQueue", now=NOW, actor="a", qstash=True))
+    assert "MyQueue" in s.queues and "myqueue" not in s.queues
+    assert changes.queue_key(s, "MyQueue") == "MyQueue"  # the admin API finds it
+    assert changes.queue_key(s, "Other.Example") == "other.example"  # a mail name otherwise
+    assert not s.decide("MyQueue", NOW.timestamp()).deliver and s.decide("myqueue", NOW.timestamp()).deliver
+    with pytest.raises(ValidationError):
+        changes.pause(s, "queue", "acme@example.com", now=NOW, actor="a", qstash=True)
+
+
 # -- properties ------------------------------------------------------------------
 
 DOMAINS = st.sampled_from(["a.com", "b.com", "c.com"])
@@ -212,8 +276,12 @@ QUEUES = st.sampled_from(["q1.example", "q2.example", "held.example", "wide.exam
 
 requests = st.one_of(
     st.tuples(st.just("suspend"), DOMAINS, st.sampled_from([None, "5m", "1h"])),
-    st.tuples(st.just("pause"), st.sampled_from(["queue", "schedule", "endpoint"]), QUEUES),
-    st.tuples(st.just("resume"), st.sampled_from(["queue", "schedule", "endpoint"]), QUEUES),
+    st.tuples(st.just("pause"), st.sampled_from(["queue", "schedule", "endpoint", "flow_control"]), QUEUES),
+    st.tuples(st.just("resume"), st.sampled_from(["queue", "schedule", "endpoint", "flow_control"]), QUEUES),
+    st.tuples(st.just("put_schedule"), st.sampled_from(["report", "digest"]), st.sampled_from([None, "x"])),
+    st.tuples(st.just("delete_schedule"), st.sampled_from(["report", "digest"])),
+    st.tuples(st.just("pin"), QUEUES, st.sampled_from([None, 2]), st.sampled_from([None, 7])),
+    st.tuples(st.just("unpin"), QUEUES, st.booleans(), st.booleans()),
     st.tuples(st.just("upsert"), QUEUES, st.sampled_from([None, 2, 5]), st.booleans()),
     st.tuples(st.just("delete"), QUEUES),
     st.tuples(st.just("cancel"), DOMAINS),
@@ -236,6 +304,17 @@ def plan_for(s: Snapshot, request, now: datetime) -> changes.Plan:
         ident = {"schedule": "digest", "endpoint": EP}.get(kind, ident)
         act = changes.pause if what == "pause" else changes.resume
         return act(s, kind, ident, now=now, actor="a")
+    if what == "put_schedule":
+        return changes.put_schedule(s, schedule(args[0], label=args[1]), now=now, actor="a")
+    if what == "delete_schedule":
+        return changes.delete_schedule(s, args[0], actor="a")
+    if what == "pin":
+        key, parallelism, rate = args
+        if parallelism is None and rate is None:
+            return changes.NOTHING
+        return changes.pin(s, key, parallelism=parallelism, rate=rate, now=now, actor="a")
+    if what == "unpin":
+        return changes.unpin(s, args[0], parallelism=args[1], rate=args[2], now=now, actor="a")
     if what == "upsert":
         name, parallelism, paused = args
         return changes.upsert_queue(s, name, parallelism=parallelism, paused=paused, now=now, actor="a")
