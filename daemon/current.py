@@ -37,6 +37,9 @@ class Current:
     started: float = field(default_factory=time.time)
     last_reload: ReloadResult | None = None
     degraded: bool = False
+    degraded_reason: str = ""
+    # runtime state the store holds but cannot read now (a broken hand edit): where -> problem
+    runtime_problems: dict[str, str] = field(default_factory=dict)
 
     def next_generation(self) -> int:
         return self.snapshot.generation + 1
@@ -55,6 +58,9 @@ class Current:
         if self.last_reload is not None and not self.last_reload.ok:
             first = self.last_reload.errors[0] if self.last_reload.errors else "unknown error"
             line += f"; last reload FAILED: {first}"
+        if self.runtime_problems:
+            first = next(iter(self.runtime_problems.values()))
+            line += f"; {len(self.runtime_problems)} runtime file(s) invalid: {first}"
         if self.degraded:
             line += "; degraded"
         return line

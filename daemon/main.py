@@ -264,9 +264,15 @@ async def build_app(
 
     def on_degraded(degraded: bool, reason: str) -> None:
         current.degraded = degraded
+        current.degraded_reason = reason
+        notifier.status(current.status_line(clock()))
+
+    def on_invalid(problems: dict[str, str]) -> None:
+        current.runtime_problems = problems
         notifier.status(current.status_line(clock()))
 
     store.on_degraded = on_degraded
+    store.on_invalid = on_invalid
     current.last_reload = ReloadResult(ok=True, at=clock(), generation=1, files=policy.files)
     events = Broadcaster()
     mutations = Mutations(current, store, events, clock=clock)

@@ -290,6 +290,8 @@ def _add_status_routes(
                 "last_reload": current.last_reload.as_json() if current.last_reload else None,
                 "counts": snapshot.counts(now),
                 "degraded": current.degraded,
+                "degraded_reason": current.degraded_reason or None,
+                "runtime_problems": sorted(current.runtime_problems.values()),
             }
         )
 

@@ -131,9 +131,16 @@ def ignore_degraded(degraded: bool, reason: str) -> None:
     """The default ``on_degraded``."""
 
 
+def ignore_invalid(problems: dict[str, str]) -> None:
+    """The default ``on_invalid``."""
+
+
 class RuntimeStore(Protocol):
     degraded: bool
     on_degraded: Callable[[bool, str], None]
+    # called with every stored object that cannot be read now (where -> problem),
+    # each time that set changes; the entry read before is kept meanwhile
+    on_invalid: Callable[[dict[str, str]], None]
 
     @property
     def where(self) -> str:

@@ -50,7 +50,7 @@ import trio
 
 from sluice.policy.model import Entry, Suspension
 
-from .base import Apply, Loaded, StateUnavailable
+from .base import Apply, Loaded, StateUnavailable, ignore_invalid
 from .cache import LocalCopy
 from .encoding import name_for, render, runtime_from
 from .etcd_keys import Keys
@@ -82,6 +82,8 @@ class EtcdStore:
         self.copy = LocalCopy(cache_dir)
         self.known = Known(self.keys, self.copy)
         self.health = Health(lambda: self.where)
+        # invalid values are logged and left out as they arrive (Keys.parse); none is kept
+        self.on_invalid: Callable[[dict[str, str]], None] = ignore_invalid
         self.sweeper = Sweeper(gateway, self.keys, self.known)
         self.follower = Follower(
             gateway,

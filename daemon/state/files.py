@@ -40,7 +40,16 @@ from sluice.policy.snapshot import Runtime
 
 from .atomic import TMP_SUFFIX, remove_file, write_file, write_files
 from .encoding import entry_key, file_name, key_of, name_for, only_entry, parse_entry, render, runtime_from
-from .base import Apply, Changes, Loaded, ReadUpdates, StateUnavailable, Updates, ignore_degraded
+from .base import (
+    Apply,
+    Changes,
+    Loaded,
+    ReadUpdates,
+    StateUnavailable,
+    Updates,
+    ignore_degraded,
+    ignore_invalid,
+)
 
 log = structlog.get_logger("sluice.state")
 
@@ -62,6 +71,8 @@ class FileStore:
         self.directory = state_dir / "runtime"
         self.changes = changes
         self.on_degraded: Callable[[bool, str], None] = ignore_degraded
+        self.on_invalid: Callable[[dict[str, str]], None] = ignore_invalid
+        self.invalid: dict[str, str] = {}  # hand-edited files that cannot be read: name -> problem
         self._written: dict[str, bytes | None] = {}
 
     @property
@@ -132,7 +143,7 @@ class FileStore:
                 current = _digest((self.directory / name).read_bytes())
             except FileNotFoundError:
                 current = None
-            if name not in self._written or self._written[name] != current:
+            if name in self.invalid or name not in self._written or self._written[name] != current:
                 changed.add(name)
         return changed
 
@@ -154,6 +165,15 @@ class FileStore:
                 result[name] = only_entry(parsed)
         return result, problems
 
+    def _note_invalid(self, names: set[str], problems: list[FileProblem]) -> None:
+        """Record which of ``names`` are broken now, and report a change of that set."""
+        broken = {p.path: str(p) for p in problems}
+        invalid = {n: why for n, why in self.invalid.items() if n not in names}
+        invalid.update({n: broken[n] for n in names if n in broken})
+        if invalid != self.invalid:
+            self.invalid = invalid
+            self.on_invalid(dict(invalid))
+
     def hand_edits(self, names: set[str]) -> ReadUpdates:
         """``read`` for ``Mutations.apply_changes``: the files among ``names`` edited by hand."""
 
@@ -164,6 +184,7 @@ class FileStore:
             entries, problems = await trio.to_thread.run_sync(self.reread, changed)
             for problem in problems:
                 log.error("runtime_file_invalid", problem=str(problem))
+            self._note_invalid(changed, problems)
             updates: Updates = {}
             for name, entry in entries.items():
                 kind_key = key_of(name)

@@ -1,12 +1,14 @@
 """The real sluiced: hot reload, broken edits, signals, systemd notify, socket activation."""
 
+import json
 import os
 import signal
 import socket
+import time
 
 import pytest
 
-from harness import Daemon
+from harness import TIMEOUT, Daemon
 
 GMAIL = """
 [[suspension]]
@@ -286,15 +288,23 @@ DEEP = "x = " + "[" * 5000 + "]" * 5000 + "\n"  # RecursionError in the TOML par
 
 
 def test_a_file_nested_too_deep_is_a_failed_reload_not_a_crash(daemon):
+    """Reported in the API's answer, status, STATUS=, the log and the events stream; READY=1 follows."""
     daemon.write("10-a.toml", GMAIL)
     daemon.start()
-    (daemon.policy / "20-deep.toml").write_text(DEEP)
-    response = daemon.post("/api/admin/reload/v1")
-    assert response.status_code == 422
-    assert "20-deep.toml: nested too deeply to read" in response.json()["error"]["message"]
+    with daemon.client() as c, c.stream("GET", "/api/events/v1", timeout=TIMEOUT) as stream:
+        lines = (json.loads(line) for line in stream.iter_lines() if line.strip())
+        assert next(lines)["event"] == "hello"
+        (daemon.policy / "20-deep.toml").write_text(DEEP)
+        response = daemon.post("/api/admin/reload/v1")
+        assert response.status_code == 422
+        assert "20-deep.toml: nested too deeply to read" in response.json()["error"]["message"]
+        failed = next(e for e in lines if e["event"] == "reload_failed")
+        assert any("20-deep.toml: nested too deeply to read" in error for error in failed["errors"])
     status = daemon.status()
     assert status["last_reload"]["ok"] is False and holds(daemon, None) == {"gmail.com"}
-    assert "READY=1" in daemon.notify.wait_for("READY=1")
+    ready = daemon.notify.wait_for("READY=1")
+    assert "STATUS=" in ready and "last reload FAILED: 20-deep.toml: nested too deeply" in ready
+    assert '"event":"reload_failed"' in daemon.log_lines()
 
 
 def test_a_file_nested_too_deep_at_start_exits_78_without_a_traceback(daemon):
@@ -303,3 +313,54 @@ def test_a_file_nested_too_deep_at_start_exits_78_without_a_traceback(daemon):
     assert daemon.stop(None) == 78
     log = daemon.log_lines()
     assert "20-deep.toml: nested too deeply to read" in log and "Traceback" not in log
+
+
+def test_a_runtime_file_broken_while_running_is_shown_in_status_until_fixed(daemon):
+    daemon.start()
+    ident = daemon.post("/api/admin/suspend/v1", json={"domain": "x.example", "reason": "r"}).json()["id"]
+    path = daemon.dir / "state" / "runtime" / f"suspension-{ident}.toml"
+    good = path.read_text()
+    path.write_text("garbage = [")
+
+    def status_line(wanted):
+        while True:
+            message = daemon.notify.next()
+            for line in message.split("\n"):
+                if line.startswith("STATUS=") and wanted(line):
+                    return line
+
+    line = status_line(lambda l: "runtime file(s) invalid" in l)
+    assert f"suspension-{ident}.toml" in line and "TOML syntax error" in line
+    problems = daemon.status()["runtime_problems"]
+    assert len(problems) == 1 and f"suspension-{ident}.toml" in problems[0]
+    assert not daemon.get("/api/check/v1", params={"queue": "x.example"}).json()["deliver"]  # hold kept
+    path.write_text(good)
+    status_line(lambda l: "invalid" not in l)
+    assert daemon.status()["runtime_problems"] == []
+
+
+def test_a_million_key_file_dropped_in_fails_its_reload_while_the_daemon_serves(daemon):
+    """Locating a million keys' lines is linear: the reload fails with the error,
+    checks are answered meanwhile, the next valid edit applies, SIGTERM stops it."""
+    daemon.write("10-a.toml", GMAIL)
+    daemon.start()
+    big = daemon.policy / "20-big.toml"
+    tmp = daemon.policy / ".20-big.toml.tmp"
+    tmp.write_text("[[suspension]]\ndomain = \"big.example\"\nreason = \"r\"\n"
+                   + "".join(f"k{i} = {i}\n" for i in range(1_000_000)))
+    os.replace(tmp, big)
+    answered, give_up = 0, time.monotonic() + 120
+    while time.monotonic() < give_up:
+        assert daemon.get("/api/check/v1", params={"queue": "gmail.com"}).json()["deliver"] is False
+        answered += 1
+        last = daemon.status()["last_reload"]
+        if not last["ok"]:
+            break
+    assert answered >= 1 and not last["ok"]
+    assert any("20-big.toml" in e and "unknown field" in e for e in last["errors"])
+    daemon.notify.wait_for("READY=1", timeout=60)
+    big.unlink()
+    daemon.write("30-c.toml", GMAIL.replace("gmail.com", "yahoo.com"))
+    while holds(daemon, None) != {"gmail.com", "yahoo.com"}:
+        daemon.notify.wait_for("READY=1", timeout=60)
+    assert daemon.stop() == 0

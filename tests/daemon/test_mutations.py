@@ -235,12 +235,16 @@ async def test_hand_edits_are_taken_in_and_own_writes_are_not(tmp_path):
     path.write_text(path.read_text().replace('reason = "r"', 'reason = "edited by hand"'))
     assert await hand_edited() == 1
     assert m.current.snapshot.suspensions[s.id].reason == "edited by hand"
-    path.write_text("garbage = [")  # a broken edit keeps the hold
+    reported = []
+    m.store.on_invalid = reported.append
+    path.write_text("garbage = [")  # a broken edit keeps the hold, and is reported
     assert await hand_edited() == 0
     assert not m.current.snapshot.decide("x.com", clock()).deliver
+    assert list(reported[-1]) == [name] and "TOML syntax error" in reported[-1][name]
     path.unlink()
     assert await hand_edited() == 1
     assert m.current.snapshot.decide("x.com", clock()).deliver
+    assert reported[-1] == {}  # gone, so no longer broken
 
 
 async def test_added_and_updated_suspension_events_say_when_the_hold_ends(tmp_path, autojump_clock):
