@@ -98,6 +98,12 @@ def entry_key(entry: Entry) -> tuple[str, str]:
     raise TypeError(f"not a runtime entry: {entry!r}")
 
 
+def entries(runtime: Runtime) -> Iterable[Entry]:
+    """Every runtime entry, of every kind."""
+    for field in _FIELDS.values():
+        yield from getattr(runtime, field).values()
+
+
 def apply(runtime: Runtime, plan: Plan) -> Runtime:
     """``runtime`` with ``plan`` carried out: drops removed, then puts written."""
     if plan.empty:
