@@ -15,15 +15,17 @@ Entries are ``(expires_at, order, suspension)``: expiry in seconds since the
 epoch (``inf`` for none), checked against ``now`` at lookup so an expired
 entry never matches, and an order key that makes the listing stable.
 
-The index is immutable. ``evolve`` returns a new one that shares every
-table it did not have to touch, so a runtime change at 100,000 suspensions
-copies one table, not all of them.
+The index is immutable. Each table is a persistent map (``immutables.Map``):
+``evolve`` returns a new index whose touched tables share all but a path
+with the old ones, so a runtime change at 100,000 suspensions costs O(log n).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+
+import immutables
 
 from .bulk import collector_paused
 from .model import Suspension
@@ -79,7 +81,7 @@ def order_key(s: Suspension, position: int) -> tuple:
 class SuspensionIndex:
     __slots__ = ("_tables", "_probes")
 
-    def __init__(self, tables: dict[int, dict[object, tuple[Entry, ...]]]) -> None:
+    def __init__(self, tables: dict[int, immutables.Map]) -> None:
         self._tables = tables
         # Probe only shapes in use, the cheap single-key ones first.
         self._probes = tuple(sorted((m for m, t in tables.items() if t), key=lambda m: (m > 4, m)))
@@ -97,20 +99,18 @@ class SuspensionIndex:
                 for key in _keys(s, mask):
                     bucket = table.get(key)
                     table[key] = (entry,) if bucket is None else bucket + (entry,)
-        return cls(tables)
+        return cls({mask: immutables.Map(table) for mask, table in tables.items()})
 
     def evolve(
         self, *, add: Iterable[Suspension] = (), remove: Iterable[Suspension] = ()
     ) -> SuspensionIndex:
         """A new index with ``remove`` taken out and ``add`` put in (by id)."""
-        tables = dict(self._tables)
-        copied: set[int] = set()
+        changing: dict[int, immutables.MapMutation] = {}
 
-        def table_for(mask: int) -> dict[object, tuple[Entry, ...]]:
-            if mask not in copied:
-                tables[mask] = dict(tables.get(mask, {}))
-                copied.add(mask)
-            return tables[mask]
+        def table_for(mask: int) -> immutables.MapMutation:
+            if mask not in changing:
+                changing[mask] = self._tables.get(mask, immutables.Map()).mutate()
+            return changing[mask]
 
         for s in remove:
             mask = shape(s)
@@ -127,7 +127,7 @@ class SuspensionIndex:
             entry = (_expiry(s), order_key(s, 0), s)
             for key in _keys(s, mask):
                 table[key] = table.get(key, ()) + (entry,)
-        return SuspensionIndex(tables)
+        return SuspensionIndex({**self._tables, **{m: t.finish() for m, t in changing.items()}})
 
     def lookup(self, q: QueueName, now: float) -> list[Entry]:
         """Every active suspension matching ``q`` at ``now``, in listing order."""

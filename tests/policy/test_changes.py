@@ -62,7 +62,12 @@ def snapshot(runtime=None):
 
 
 def carried_out(snap, plan):
-    return snap.with_runtime(changes.apply(snap.runtime, plan), snap.generation + 1)
+    return snap.with_runtime(
+        changes.apply(snap.runtime, plan),
+        snap.generation + 1,
+        put=changes.suspensions_of(plan.put),
+        drop=changes.suspensions_of(plan.drop),
+    )
 
 
 # -- one path for every kind ---------------------------------------------------
@@ -368,3 +373,20 @@ def test_what_a_plan_announces_matches_what_it_does(sequence):
             touched = any(changes.entry_key(e) == ("queue", name) for e in plan.put)
             if touched and was is not None and was.parallelism and view.runtime is not None:
                 assert view.parallelism is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(requests, max_size=25))
+def test_a_snapshot_evolved_change_by_change_equals_one_built_afresh(sequence):
+    """The indexes a change evolves (suspensions by id and criteria, the next
+    expiry, the lookup tables) never drift from what the runtime says."""
+    for _, _, after, now in run(sequence):
+        fresh = Snapshot.build(POLICY, after.runtime, after.generation)
+        at = now.timestamp()
+        assert after.next_runtime_expiry() == fresh.next_runtime_expiry()
+        assert dict(after.suspensions) == dict(fresh.suspensions)
+        assert after.active_suspensions(at) == fresh.active_suspensions(at)
+        for s in after.runtime.suspensions.values():
+            assert after.runtime_holder(s.criteria_key) == fresh.runtime_holder(s.criteria_key)
+        for queue in ("a.com", "t@b.com", "c.com", "q1.example", "held.example"):
+            assert after.decide(queue, at) == fresh.decide(queue, at)
