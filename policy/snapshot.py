@@ -263,11 +263,50 @@ def _suspension_hold(s: Suspension) -> Hold:
     return Hold(kind="suspension", id=s.id, reason=s.reason, expires=s.expires, source=s.source)
 
 
-def _merge_suspensions(policy: PolicySet, runtime: Runtime) -> immutables.Map:
-    """Files' and runtime entries by id; an id in both is the file's."""
-    merged = dict(runtime.suspensions)
-    merged.update((s.id, s) for s in policy.suspensions)
-    return immutables.Map(merged)
+class Suspensions(Mapping[str, Suspension]):
+    """Every suspension by id: the files', then the runtime's (an id in both is the file's).
+
+    A view over the two layers, so neither is copied to make it: the files'
+    dict changes only on a reload, the runtime's persistent map with each change.
+    """
+
+    __slots__ = ("files", "runtime", "hidden")
+
+    def __init__(self, files: Mapping[str, Suspension], runtime: Mapping[str, Suspension], hidden: frozenset[str]) -> None:
+        self.files = files
+        self.runtime = runtime
+        self.hidden = hidden  # runtime ids a file also has
+
+    def __getitem__(self, ident: str) -> Suspension:
+        found = self.files.get(ident)
+        if found is None:
+            return self.runtime[ident]
+        return found
+
+    def get(self, ident: str, default: Suspension | None = None) -> Suspension | None:
+        found = self.files.get(ident)
+        if found is None:
+            return self.runtime.get(ident, default)
+        return found
+
+    def __contains__(self, ident: object) -> bool:
+        return ident in self.files or ident in self.runtime
+
+    def __iter__(self):
+        yield from self.files
+        hidden = self.hidden
+        for ident in self.runtime:
+            if ident not in hidden:
+                yield ident
+
+    def __len__(self) -> int:
+        return len(self.files) + len(self.runtime) - len(self.hidden)
+
+
+def _hidden(files: Mapping[str, Suspension], runtime: Mapping[str, Suspension]) -> frozenset[str]:
+    """The runtime ids a policy file also has (only a hand edit of the state can make one)."""
+    small, large = (files, runtime) if len(files) <= len(runtime) else (runtime, files)
+    return frozenset(ident for ident in small if ident in large)
 
 
 def _merge_schedules(policy: PolicySet, runtime: Runtime) -> dict[str, ScheduleView]:
@@ -311,7 +350,8 @@ class Snapshot:
         "schedules",
         "endpoints",
         "flow_controls",
-        "_index",
+        "_files_index",
+        "_runtime_index",
         "_lasting",
         "_timed",
         "_since",
@@ -326,16 +366,18 @@ class Snapshot:
         generation: int,
         policy: PolicySet,
         runtime: Runtime,
-        suspensions: Mapping[str, Suspension],
+        suspensions: Suspensions,
         queues: Mapping[str, QueueView],
-        index: SuspensionIndex,
+        files_index: SuspensionIndex,
+        runtime_index: SuspensionIndex,
     ) -> None:
         self.generation = generation
         self.policy = policy
         self.runtime = runtime
         self.suspensions = suspensions
         self.queues = queues
-        self._index = index
+        self._files_index = files_index
+        self._runtime_index = runtime_index
         self._lasting: dict[str, Decision] = {}
         self._timed: dict[str, tuple[Decision, float, float]] = {}
         self._since = -math.inf
@@ -355,19 +397,32 @@ class Snapshot:
     ) -> Snapshot:
         """Merge ``policy`` and ``runtime`` into a new snapshot."""
         runtime = runtime if runtime is not None else Runtime()
-        suspensions = _merge_suspensions(policy, runtime)
+        if not isinstance(runtime.suspensions, immutables.Map):
+            runtime = msgspec.structs.replace(runtime, suspensions=immutables.Map(runtime.suspensions))
+        runtime_index = SuspensionIndex.build(runtime.suspensions.values(), persistent=True)
+        return cls._with_files(policy, runtime, runtime_index, generation)
+
+    @classmethod
+    def _with_files(
+        cls, policy: PolicySet, runtime: Runtime, runtime_index: SuspensionIndex, generation: int
+    ) -> Snapshot:
+        files = {s.id: s for s in policy.suspensions}
         return cls(
             generation=generation,
             policy=policy,
             runtime=runtime,
-            suspensions=suspensions,
+            suspensions=Suspensions(files, runtime.suspensions, _hidden(files, runtime.suspensions)),
             queues=_merge_queues(policy, runtime),
-            index=SuspensionIndex.build(suspensions.values()),
+            files_index=SuspensionIndex.build(policy.suspensions),
+            runtime_index=runtime_index,
         )
 
     def with_policy(self, policy: PolicySet, generation: int) -> Snapshot:
-        """The same runtime state under new policy files."""
-        return Snapshot.build(policy, self.runtime, generation)
+        """The same runtime state under new policy files (the runtime's layer is kept)."""
+        after = Snapshot._with_files(policy, self.runtime, self._runtime_index, generation)
+        after._holders = self._holders
+        after._next_expiry = self._next_expiry
+        return after
 
     def with_runtime(
         self,
@@ -384,15 +439,14 @@ class Snapshot:
         the index is evolved rather than rebuilt.
         """
         put, drop = list(put), list(drop)
-        current = self.suspensions
-        in_force_put = [s for s in put if current.get(s.id, s).source == "runtime"]
-        in_force_drop = [s for s in drop if current.get(s.id, s).source == "runtime"]
-        suspensions = current.mutate()
-        for s in in_force_drop:
-            suspensions.pop(s.id, None)
-        for s in in_force_put:
-            suspensions[s.id] = s
-        merged = suspensions.finish()
+        files = self.suspensions.files
+        suspensions = runtime.suspensions
+        if not isinstance(suspensions, immutables.Map):
+            suspensions = immutables.Map(suspensions)
+            runtime = msgspec.structs.replace(runtime, suspensions=suspensions)
+        hidden = self.suspensions.hidden
+        if any(s.id in files for s in (*put, *drop)):
+            hidden = _hidden(files, suspensions)
         queues = (
             self.queues
             if runtime.queues is self.runtime.queues
@@ -402,9 +456,10 @@ class Snapshot:
             generation=generation,
             policy=self.policy,
             runtime=runtime,
-            suspensions=merged,
+            suspensions=Suspensions(files, suspensions, hidden),
             queues=queues,
-            index=self._index.evolve(add=in_force_put, remove=in_force_drop),
+            files_index=self._files_index,
+            runtime_index=self._runtime_index.evolve(add=put, remove=drop),
         )
         after._holders = self._evolved_holders(put, drop)
         after._next_expiry = self._evolved_next_expiry(put, drop)
@@ -495,7 +550,10 @@ class Snapshot:
 
     def _decide(self, q: queue_name.QueueName, now: float) -> tuple[Decision, float, float]:
         """The decision, when it stops being valid, and when its last hold ends."""
-        found = self._index.lookup(q, now)
+        found = self._files_index.lookup(q, now)
+        in_runtime = self._runtime_index.lookup(q, now, self.suspensions.hidden)
+        if in_runtime:
+            found = found + in_runtime if found else in_runtime  # files' first, as listed
         view = self.queues.get(q.name)
         if not found and view is None:
             return (
@@ -607,9 +665,9 @@ class Snapshot:
     def active_suspensions(self, now: float) -> list[Suspension]:
         """Suspensions in force at ``now``, files first as written, then runtime by creation."""
         listed = [s for s in self.policy.suspensions if s.is_active(now)]
+        hidden = self.suspensions.hidden
         runtime = [
-            s for s in self.runtime.suspensions.values()
-            if s.is_active(now) and self.suspensions.get(s.id) is s
+            s for s in self.runtime.suspensions.values() if s.is_active(now) and s.id not in hidden
         ]
         runtime.sort(key=lambda s: order_key(s, 0))
         return listed + runtime
