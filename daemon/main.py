@@ -43,7 +43,7 @@ from sluice.policy.errors import PolicyLoadError
 from sluice.policy.snapshot import Snapshot
 
 from . import logs
-from .config import Config, ConfigError, HttpConfig, load_config, socket_mode
+from .config import Config, ConfigError, ConnectionLimits, HttpConfig, load_config, socket_mode
 from .current import Current, ReloadResult
 from .events import Broadcaster
 from .http.admin import add_admin_routes
@@ -60,7 +60,7 @@ from .mutations import Mutations
 from .policy_dir import PolicyReader
 from .postfix import bind_loopback, postfix_service
 from .reload import Reloader, Watcher, debounced, follow
-from .serving import Service
+from .serving import Service, Slots
 from .state import open_store
 from .state.base import RuntimeStore, StateUnavailable
 from .systemd import Notifier, listen_fds, watchdog_interval
@@ -361,11 +361,15 @@ def services(
     config: Config, app: App, sockets: Sockets, clock
 ) -> list[tuple[trio.abc.Listener, Service]]:
     """Each listening socket with the service that handles its connections."""
-    admin = unix_service(app.router.dispatch, Limits())
-    tcp = tcp_service(functools.partial(app.router.dispatch, authenticate=app.tcp_auth), Limits(), app.tls)
+    admin = unix_service(app.router.dispatch, *_limits("admin", config.admin))
+    tcp = tcp_service(
+        functools.partial(app.router.dispatch, authenticate=app.tcp_auth), *_limits("http", config.http), app.tls
+    )
     postfix = postfix_service(
         app.current, config.postfix, clock, functools.partial(app.metrics.decided, "postfix")
     )
+    for service in (admin, tcp, postfix):
+        app.metrics.count_connections(service.slots)
     served = [
         (sockets.admin, admin),
         (sockets.http, tcp),
@@ -377,6 +381,12 @@ def services(
         for sock, service in served
         if sock is not None
     ]
+
+
+def _limits(name: str, section: ConnectionLimits) -> tuple[Limits, Slots]:
+    """An HTTP listener's per-connection limits and its slots, from its config section."""
+    limits = Limits(first_request_timeout=section.first_request_timeout)
+    return limits, Slots(name, section.max_connections, section.max_unproven_per_peer)
 
 
 async def _start_background(

@@ -18,7 +18,7 @@ from sluice.daemon.http.connection import Limits, serve_connection
 from sluice.daemon.http.message import Request, Response, parse_query
 from sluice.daemon.serving import Drain
 
-LIMITS = Limits(request_timeout=10.0, idle_timeout=60.0)
+LIMITS = Limits(request_timeout=10.0, idle_timeout=60.0, first_request_timeout=5.0)
 
 
 class Client:
@@ -108,6 +108,8 @@ async def test_a_request_that_never_finishes_gets_408(served, autojump_clock):
 
 async def test_slow_headers_keep_their_deadline_from_the_first_byte(served, autojump_clock):
     client = served(hello)
+    await client.send(get("/first"))
+    assert (await client.response())[0] == 200
     start = trio.current_time()
     for piece in (b"GET /x HTTP/1.1\r\n", b"Host: sluice\r\n", b"X-Slow: 1\r\n"):
         await trio.sleep(4)  # each piece in time, the whole not
@@ -116,6 +118,29 @@ async def test_slow_headers_keep_their_deadline_from_the_first_byte(served, auto
     status, _, body = await client.response()
     assert status == 408
     assert trio.current_time() - start <= LIMITS.request_timeout + 1.5
+
+
+async def test_a_first_request_head_trickled_in_gets_408_at_the_first_request_timeout(
+    served, autojump_clock
+):
+    client = served(hello)
+    start = trio.current_time()
+    for byte in b"GET /":  # a byte a second, as long as the deadline: each in time, the head not
+        await client.send(bytes([byte]))
+        await trio.sleep(1)
+    status, _, body = await client.response()
+    assert status == 408
+    assert json.loads(body)["error"]["message"] == "request head not complete within 5 s of connecting"
+    assert trio.current_time() - start == LIMITS.first_request_timeout
+
+
+async def test_a_connection_that_sends_nothing_is_closed_at_the_first_request_timeout(
+    served, autojump_clock
+):
+    client = served(hello)
+    start = trio.current_time()
+    assert await client.closed()
+    assert trio.current_time() - start == LIMITS.first_request_timeout < LIMITS.idle_timeout
 
 
 async def test_a_request_that_came_in_pieces_is_answered_however_long_it_takes(
@@ -152,7 +177,6 @@ async def test_shutdown_closes_idle_connections_and_lets_requests_finish(
     assert (await idle.response())[0] == 200
     await busy.send(get("/wait"))
     await trio.sleep(1)
-    assert drain.active == 0  # serve_connection alone does not count; a Service does
     drain.start()
     with trio.fail_after(0.1):
         assert await idle.closed()  # at once, not after the idle timeout

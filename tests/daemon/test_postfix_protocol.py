@@ -12,7 +12,7 @@ import trio.testing
 
 from sluice.daemon.config import PostfixConfig
 from sluice.daemon.current import Current
-from sluice.daemon.serving import Drain, Service
+from sluice.daemon.serving import Drain, Service, Slots
 from sluice.daemon.postfix import (
     IDLE_TIMEOUT,
     MAX_REASON,
@@ -450,10 +450,11 @@ async def test_client_disconnecting_mid_request_does_not_hurt_the_server(tmp_pat
     drain = Drain()
     cur = current()
 
-    async def handle(stream):
-        await serve_postfix_connection(stream, cur, PostfixConfig(), lambda: NOW, drain)
+    async def handle(stream, slot):
+        await serve_postfix_connection(stream, cur, PostfixConfig(), lambda: NOW, drain, slot=slot)
 
-    service = Service(handle, refuse_postfix, max_connections=8, drain=drain)
+    slots = Slots("postfix", max_connections=8, max_unproven_per_peer=8)
+    service = Service(handle, refuse_postfix, slots, drain)
     await nursery.start(trio.serve_listeners, service, [trio.SocketListener(sock)])
 
     leaver = await trio.open_unix_socket(path)
@@ -467,7 +468,7 @@ async def test_client_disconnecting_mid_request_does_not_hurt_the_server(tmp_pat
     client = Client(await trio.open_unix_socket(path))
     assert await client.answer(request(recipient="u@blocked.example")) == (DEFER + "Blocked for now").encode()
     with trio.fail_after(5):
-        while drain.active > 1:  # the two that left are gone
+        while slots.open > 1:  # the two that left are gone
             await trio.sleep(0.01)
     await client.stream.aclose()
 
