@@ -25,6 +25,7 @@ import functools
 import gc
 import grp
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -420,6 +421,7 @@ async def serve(
         stack.callback(notifier.close)
         stop = trio.Event()
         app = await build_app(config, notifier, clock, stack, stop)
+        _room_for_connections(config)
         sockets = open_sockets(config, stack)
         # Once the signal receiver closes, shutdown is under way: a second
         # SIGTERM must not turn exit 0 into a kill while the store closes.
@@ -451,6 +453,39 @@ async def serve(
             stop.set()
             background.cancel_scope.cancel()
     log.info("stopped")
+
+
+# descriptors beyond the connections: listening sockets, the state and policy
+# files, the watcher, etcd, the logs
+FD_RESERVE = 256
+
+
+def _room_for_connections(config: Config) -> None:
+    """Raise the soft limit on open files to the hard one if the connection caps need more.
+
+    Many systems start services with a soft limit of 1,024, below the caps'
+    sum; past the limit every accept fails, and no one is served at all.
+    Under systemd the unit's ``LimitNOFILE=`` sets it (its system call
+    filter refuses setrlimit). A limit still too low is logged.
+    """
+    need = FD_RESERVE + config.admin.max_connections
+    if config.http.listen:
+        need += config.http.max_connections
+    if config.postfix.socket or config.postfix.listen:
+        need += config.postfix.max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    except (OSError, ValueError):
+        pass
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning(
+            "open_files_limit_low", limit=soft, needed=need,
+            hint="raise LimitNOFILE= (or ulimit -n), or lower the max_connections settings",
+        )
 
 
 def _log_ready(config: Config, app: App, sockets: Sockets) -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sluice.daemon.http.peer import Peer
 from sluice.daemon.http.connection import Limits, serve_connection
 from sluice.daemon.http.message import Request, Response, parse_query
-from sluice.daemon.serving import Drain
+from sluice.daemon.serving import Drain, Slots
 
 LIMITS = Limits(request_timeout=10.0, idle_timeout=60.0, first_request_timeout=5.0)
 
@@ -141,6 +141,31 @@ async def test_a_connection_that_sends_nothing_is_closed_at_the_first_request_ti
     start = trio.current_time()
     assert await client.closed()
     assert trio.current_time() - start == LIMITS.first_request_timeout < LIMITS.idle_timeout
+
+
+async def test_a_connection_is_proven_by_its_first_request_from_a_known_peer(nursery, autojump_clock):
+    """Until then it may give way to a newcomer: while it waits, not while it is answered."""
+    slots = Slots("http", max_connections=10, max_unproven_per_peer=10)
+    slot = slots.admit("192.0.2.1")
+    seen: list[bool] = []
+
+    async def authenticate(request: Request) -> Response:
+        seen.append(slot.waiting)
+        if request.path == "/with-token":
+            request.peer = Peer(address="192.0.2.1", token="grafana", role="read")
+        return Response.json({})
+
+    ours, theirs = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_connection, theirs, authenticate, Peer(address="192.0.2.1"), LIMITS, None, slot)
+    client = Client(ours)
+    await trio.sleep(1)
+    await client.send(get("/without"))
+    assert (await client.response())[0] == 200
+    assert not slot.proven and slot.waiting and slot.since == trio.current_time()
+    await client.send(get("/with-token"))
+    assert (await client.response())[0] == 200
+    assert slot.proven and not slot.waiting
+    assert seen == [False, False]
 
 
 async def test_a_request_that_came_in_pieces_is_answered_however_long_it_takes(

@@ -163,3 +163,36 @@ def test_idle_postfix_connections_do_not_lock_out_smtpd(tmp_path, descriptors, h
         assert metric(daemon, "sluice_connections_evicted_total", "postfix") >= 1100 - 1024
     finally:
         daemon.close()
+
+
+def _open_files_limit(pid: int) -> tuple[int, int]:
+    for line in open(f"/proc/{pid}/limits"):
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open files limit")
+
+
+def test_the_daemon_raises_its_open_files_limit_to_what_its_caps_need(tmp_path):
+    """With the usual soft limit of 1,024 the Postfix socket alone could fill it and stop every accept."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} leaves nothing to raise to")
+    daemon = daemon_with(tmp_path, '[postfix]\nsocket = "run/policy.sock"\n')
+    try:
+        daemon.start(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
+        assert _open_files_limit(daemon.proc.pid) == (hard, hard)
+        assert "open_files_limit_low" not in daemon.log_lines()
+    finally:
+        daemon.close()
+
+
+def test_an_open_files_limit_too_low_for_the_caps_is_logged(tmp_path):
+    daemon = daemon_with(tmp_path, '[postfix]\nsocket = "run/policy.sock"\n')
+    try:
+        daemon.start(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)))
+        assert daemon.get("/api/status/v1").status_code == 200
+        line = next(line for line in daemon.log_lines().splitlines() if "open_files_limit_low" in line)
+        assert '"limit":1024' in line and '"needed":1536' in line
+    finally:
+        daemon.close()
