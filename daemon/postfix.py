@@ -404,9 +404,9 @@ async def serve_postfix_connection(
                     log.info("postfix_malformed_request", what=error.what)
                     last_words = out + malformed_answer(error.what)
                     break
-                if scope.cancel_called:
-                    # Shutdown (or a timeout) came as these requests did:
-                    # they were read, so they are answered.
+                if scope.cancel_called or slot.scope.cancel_called:
+                    # Shutdown (or a timeout, or eviction) came as these
+                    # requests did: they were read, so they are answered.
                     last_words = out
                     break
                 if out:

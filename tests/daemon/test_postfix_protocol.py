@@ -12,7 +12,7 @@ import trio.testing
 
 from sluice.daemon.config import PostfixConfig
 from sluice.daemon.current import Current
-from sluice.daemon.serving import Drain, Service, Slots
+from sluice.daemon.serving import Drain, Service, Slot, Slots
 from sluice.daemon.postfix import (
     IDLE_TIMEOUT,
     MAX_REASON,
@@ -437,6 +437,24 @@ async def test_shutdown_still_answers_requests_already_read(serve):
     assert await client.answer(request()) == b"action=DUNNO"
     await client.send(request(recipient="u@blocked.example"))  # the server is woken, not yet run
     drain.start()
+    assert await client.answers(1) == [(DEFER + "Blocked for now").encode()]
+    assert await client.closed()
+
+
+async def test_a_connection_pushed_out_as_its_request_arrives_still_answers_it(nursery):
+    """Eviction closes a connection waiting for smtpd; one that has just read a request answers it first."""
+    slot = Slot()
+    ours, theirs = trio.testing.memory_stream_pair()
+
+    async def served() -> None:
+        with slot.scope:  # as Service runs it
+            await serve_postfix_connection(theirs, current(), PostfixConfig(), lambda: NOW, slot=slot)
+
+    nursery.start_soon(served)
+    client = Client(ours)
+    assert await client.answer(request()) == b"action=DUNNO"
+    await client.send(request(recipient="u@blocked.example"))  # the server is woken, not yet run
+    slot.scope.cancel()
     assert await client.answers(1) == [(DEFER + "Blocked for now").encode()]
     assert await client.closed()
 
