@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .current import Current
+from .serving import Slots
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -85,6 +86,27 @@ class _HotCounters(Collector):
         yield decisions
 
 
+class _ConnectionCollector(Collector):
+    """Open, evicted and refused connections of each service, read from its slots."""
+
+    def __init__(self) -> None:
+        self.slots: list[Slots] = []
+
+    def collect(self) -> Iterator[Any]:
+        families = [
+            (GaugeMetricFamily, "sluice_connections", "Open connections, by listener", "open"),
+            (CounterMetricFamily, "sluice_connections_evicted",
+             "Connections closed to make room for a new one (see README: connection limits)", "evicted"),
+            (CounterMetricFamily, "sluice_connections_refused",
+             "New connections refused: every slot taken, none waiting to give way", "refused"),
+        ]
+        for family, name, documentation, attribute in families:
+            metric = family(name, documentation, labels=["listener"])
+            for slots in self.slots:
+                metric.add_metric([slots.name], getattr(slots, attribute))
+            yield metric
+
+
 class Metrics:
     def __init__(self, current: Current, clock: Callable[[], float] = time.time) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -97,6 +119,12 @@ class Metrics:
         self.registry.register(_PolicyCollector(current, clock))
         self._counts = _HotCounters()
         self.registry.register(self._counts)
+        self._connections = _ConnectionCollector()
+        self.registry.register(self._connections)
+
+    def count_connections(self, slots: Slots) -> None:
+        """Report the connections of a service."""
+        self._connections.slots.append(slots)
 
     def answered(self, route: str, method: str, status: int) -> None:
         """Count one HTTP answer."""
