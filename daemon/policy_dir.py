@@ -47,6 +47,7 @@ class PolicyReader:
         self._cache: dict[str, tuple[bytes, ParsedFile]] = {}
         self.parsed_last = 0  # how many files the last read() had to parse
         self.mtimes: dict[str, float] = {}  # file name -> modification time, as last read
+        self.last: PolicySet | None = None  # the last combine that succeeded
 
     def names(self) -> list[str]:
         """The policy files in the directory, in name order."""
@@ -99,5 +100,9 @@ class PolicyReader:
         return files
 
     def load(self) -> PolicySet:
-        """The combined policy; raises PolicyLoadError listing every problem."""
-        return combine(self.read())
+        """The combined policy; raises PolicyLoadError listing every problem.
+
+        Checked against the last policy loaded, so only changed files are checked again.
+        """
+        self.last = combine(self.read(), self.last)
+        return self.last

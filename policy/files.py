@@ -22,7 +22,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 import msgspec
@@ -91,6 +91,20 @@ class PolicySet(msgspec.Struct, frozen=True):
     flow_controls: tuple[FlowControl, ...] = ()
     pauses: tuple[Pause, ...] = ()
     files: tuple[str, ...] = ()
+    # the files combined, and every (kind, key) they hold -> its source: what
+    # the next combine starts from, so that it checks only the files that changed
+    parsed: tuple[ParsedFile, ...] = ()
+    seen: dict[tuple[str, str], str] = msgspec.field(default_factory=dict)
+
+    def changed_since(self, previous: PolicySet) -> tuple[list[ParsedFile], list[ParsedFile]]:
+        """The files of ``previous`` that are gone or changed, and the files that
+        came or changed, by name and parsed object (a file read again from
+        unchanged bytes is the same object)."""
+        before = {f.name: f for f in previous.parsed}
+        after = {f.name: f for f in self.parsed}
+        gone = [f for name, f in before.items() if after.get(name) is not f]
+        came = [f for name, f in after.items() if before.get(name) is not f]
+        return gone, came
 
 
 # What one policy file may hold: 100,000 suspensions take about 8 MiB.
@@ -329,34 +343,48 @@ def _where(source: str) -> tuple[str, int | None]:
     return source, None
 
 
-def combine(files: Sequence[ParsedFile]) -> PolicySet:
+def _keys_of(f: ParsedFile) -> Iterator[tuple[str, str, str, str]]:
+    """(kind, key, source, what) of every entry of a file that must be unique."""
+    for s in f.suspensions:
+        yield "suspension", s.id, s.source, "suspension id"
+    for q in f.queues:
+        yield "queue", q.name, q.source, "queue"
+    for sc in f.schedules:
+        yield "schedule", sc.id, sc.source, "schedule id"
+    for e in f.endpoints:
+        yield "endpoint", e.id, e.source, "endpoint id"
+    for fc in f.flow_controls:
+        yield "flow_control", fc.key, fc.source, "flow-control key"
+
+
+def combine(files: Sequence[ParsedFile], previous: PolicySet | None = None) -> PolicySet:
     """Merge parsed files in order; raises PolicyLoadError with every problem.
 
     Problems inside files come first, then ids, queue names, schedule ids and
     endpoint ids given more than once (each naming where it was first seen).
+    With ``previous`` (the last combine that succeeded), only the entries of
+    files that changed since are checked against the others: a small edit
+    next to a 100,000-entry file does not check 100,000 ids again.
     """
     problems = [p for f in files for p in f.problems]
+    check: Sequence[ParsedFile] = files
     seen: dict[tuple[str, str], str] = {}
-
-    def unique(kind: str, key: str, source: str, what: str) -> None:
-        first = seen.setdefault((kind, key), source)
-        if first is not source:
-            path, line = _where(source)
-            problems.append(
-                FileProblem(path, line, kind, f"{what} {key!r} is also defined at {first}")
-            )
-
-    for f in files:
-        for s in f.suspensions:
-            unique("suspension", s.id, s.source, "suspension id")
-        for q in f.queues:
-            unique("queue", q.name, q.source, "queue")
-        for sc in f.schedules:
-            unique("schedule", sc.id, sc.source, "schedule id")
-        for e in f.endpoints:
-            unique("endpoint", e.id, e.source, "endpoint id")
-        for fc in f.flow_controls:
-            unique("flow_control", fc.key, fc.source, "flow-control key")
+    if previous is not None and previous.parsed:
+        current = PolicySet(parsed=tuple(files))
+        gone, came = current.changed_since(previous)
+        seen = dict(previous.seen)
+        for f in gone:
+            for kind, key, _source, _what in _keys_of(f):
+                seen.pop((kind, key), None)
+        check = came
+    for f in check:
+        for kind, key, source, what in _keys_of(f):
+            first = seen.setdefault((kind, key), source)
+            if first is not source:
+                path, line = _where(source)
+                problems.append(
+                    FileProblem(path, line, kind, f"{what} {key!r} is also defined at {first}")
+                )
     if problems:
         raise PolicyLoadError(problems)
     return PolicySet(
@@ -367,6 +395,8 @@ def combine(files: Sequence[ParsedFile]) -> PolicySet:
         flow_controls=tuple(c for f in files for c in f.flow_controls),
         pauses=tuple(p for f in files for p in f.pauses),
         files=tuple(f.name for f in files),
+        parsed=tuple(files),
+        seen=seen,
     )
 
 

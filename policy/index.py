@@ -74,10 +74,14 @@ def _keys(s: Suspension, mask: int) -> tuple:
     )
 
 
-def order_key(s: Suspension, position: int) -> tuple:
-    """Stable listing order: file entries as written, then runtime ones by creation."""
+def order_key(s: Suspension) -> tuple:
+    """Stable listing order: file entries as written (files in name order, the
+    order they are read in), then runtime ones by creation."""
     if s.source != "runtime":
-        return (0, position, s.id)
+        path, _, line = s.source.rpartition(":")
+        if line.isdigit():
+            return (0, path, int(line), s.id)
+        return (0, s.source, 0, s.id)
     created = s.created_at.timestamp() if s.created_at is not None else 0.0
     return (1, created, s.id)
 
@@ -95,12 +99,12 @@ class SuspensionIndex:
     def build(cls, suspensions: Iterable[Suspension], *, persistent: bool = False) -> SuspensionIndex:
         tables: dict[int, dict[object, tuple[Entry, ...]]] = {}
         with collector_paused():
-            for position, s in enumerate(suspensions):
+            for s in suspensions:
                 mask = shape(s)
                 table = tables.get(mask)
                 if table is None:
                     table = tables[mask] = {}
-                entry = (_expiry(s), order_key(s, position), s)
+                entry = (_expiry(s), order_key(s), s)
                 for key in _keys(s, mask):
                     bucket = table.get(key)
                     table[key] = (entry,) if bucket is None else bucket + (entry,)
@@ -136,7 +140,7 @@ class SuspensionIndex:
         for s in add:
             mask = shape(s)
             table = table_for(mask)
-            entry = (_expiry(s), order_key(s, 0), s)
+            entry = (_expiry(s), order_key(s), s)
             for key in _keys(s, mask):
                 table[key] = table.get(key, ()) + (entry,)
         done = {m: t.finish() if persistent else t for m, t in changing.items()}
