@@ -61,6 +61,7 @@ from .mutations import Mutations
 from .policy_dir import PolicyReader
 from .postfix import bind_loopback, postfix_service
 from .reload import Reloader, Watcher, debounced, follow
+from .memory import Trimmer
 from .serving import Service, Slots
 from .state import open_store
 from .state.base import RuntimeStore, StateUnavailable
@@ -438,6 +439,9 @@ async def serve(
         async with trio.open_nursery() as background:
             await _start_background(background, config, app, notifier, clock, stop)
             served = services(config, app, sockets, clock)
+            trimmer = Trimmer([service.slots for service in {service for _, service in served}])
+            app.metrics.count_trims(trimmer)
+            background.start_soon(trimmer.run)
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
                     for listener, service in served:

@@ -91,6 +91,7 @@ class _ConnectionCollector(Collector):
 
     def __init__(self) -> None:
         self.slots: list[Slots] = []
+        self.trimmer: Any = None  # memory.Trimmer, once the services are made
 
     def collect(self) -> Iterator[Any]:
         families = [
@@ -99,12 +100,19 @@ class _ConnectionCollector(Collector):
              "Connections closed to make room for a new one (see README: connection limits)", "evicted"),
             (CounterMetricFamily, "sluice_connections_refused",
              "New connections refused: every slot taken, none waiting to give way", "refused"),
+            (CounterMetricFamily, "sluice_connections_closed", "Connections ended", "closed"),
         ]
         for family, name, documentation, attribute in families:
             metric = family(name, documentation, labels=["listener"])
             for slots in self.slots:
                 metric.add_metric([slots.name], getattr(slots, attribute))
             yield metric
+        if self.trimmer is not None:
+            yield CounterMetricFamily(
+                "sluice_memory_trims",
+                "Times free memory was handed back after a burst of connections closed",
+                value=self.trimmer.trims,
+            )
 
 
 class Metrics:
@@ -125,6 +133,9 @@ class Metrics:
     def count_connections(self, slots: Slots) -> None:
         """Report the connections of a service."""
         self._connections.slots.append(slots)
+
+    def count_trims(self, trimmer: Any) -> None:
+        self._connections.trimmer = trimmer
 
     def answered(self, route: str, method: str, status: int) -> None:
         """Count one HTTP answer."""

@@ -116,6 +116,7 @@ class Slots:
         self.max_unproven_per_peer = max_unproven_per_peer
         self.evicted = 0
         self.refused = 0
+        self.closed = 0
         self._open: set[Slot] = set()
         self._unproven: dict[Hashable, set[Slot]] = {}  # by peer
         self._order = itertools.count()
@@ -141,6 +142,7 @@ class Slots:
     def release(self, slot: Slot) -> None:
         """The connection has ended (or was evicted): its slot is free."""
         self._open.discard(slot)
+        self.closed += 1
         self.proved(slot)
 
     def proved(self, slot: Slot) -> None:
