@@ -31,13 +31,26 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+_TRIM = _malloc_trim()
+
+
+def drop_and_trim(garbage: list) -> None:
+    """Drop the last references in ``garbage`` and hand the freed memory back.
+
+    Blocking (freeing 100,000 entries takes a while): run it in a worker thread.
+    """
+    garbage.clear()
+    if _TRIM is not None:
+        _TRIM(0)
+
+
 class Trimmer:
     def __init__(self, slots: Sequence[Slots], burst: int = BURST) -> None:
         self.slots = slots
         self.burst = burst
         self.trims = 0  # for metrics
         self._seen = self._closed()
-        self._trim = _malloc_trim()
+        self._trim = _TRIM
 
     def _closed(self) -> int:
         return sum(s.closed for s in self.slots)

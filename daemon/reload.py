@@ -38,6 +38,7 @@ from sluice.policy.snapshot import Snapshot
 from .current import Current, ReloadResult
 from .events import Broadcaster
 from .http.auth import TokenFile
+from .memory import drop_and_trim
 from .policy_dir import PolicyReader
 from .systemd import Notifier
 
@@ -150,10 +151,11 @@ class Reloader:
                     **({"more_changes": len(changes) - MAX_LISTED} if len(changes) > MAX_LISTED else {}),
                 )
                 # Freeing 100,000 entries takes a while: let a worker thread
-                # drop the last references to the old policy, not the loop.
+                # drop the last references to the old policy, not the loop,
+                # and hand the memory back.
                 garbage = [old, changes]
                 del old, changes
-                await trio.to_thread.run_sync(garbage.clear)
+                await trio.to_thread.run_sync(drop_and_trim, garbage)
             self.notifier.ready(self.current.status_line(self.clock()))
             return result
 
