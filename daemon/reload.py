@@ -18,7 +18,6 @@ measured on trio's clock.
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import time
@@ -161,13 +160,11 @@ class Reloader:
 
 
 def _build_and_diff(old: Snapshot, policy: PolicySet) -> tuple[Snapshot, list[Change]]:
+    # the policy lives until the next reload and holds no cycles: out of the
+    # collector's sight (see collector_paused)
     with collector_paused():
         new = old.with_policy(policy, old.generation + 1)
         changes = diff(old, new)
-    # The policy lives until the next reload and holds no cycles: move it out
-    # of the collector's sight, or a full collection (on whichever thread
-    # allocates next, the event loop's too) would walk all of it.
-    gc.freeze()
     return new, changes
 
 
