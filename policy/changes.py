@@ -326,7 +326,7 @@ def _only_a_pause(entry: Entry) -> bool:
     if isinstance(entry, QueuePolicy):
         return entry.parallelism is None
     if isinstance(entry, FlowControl):
-        return entry.parallelism is None and entry.rate is None and entry.period is None
+        return entry.parallelism is None and entry.rate is None  # a period alone paces nothing
     return isinstance(entry, Pause)
 
 
@@ -518,7 +518,7 @@ def unpin(
         before,
         parallelism=None if parallelism else before.parallelism,
         rate=None if rate else before.rate,
-        period=None if rate else before.period,
+        period=None if rate or before.rate is None else before.period,
         updated_at=now,
     )
     if msgspec.structs.replace(entry, updated_at=before.updated_at) == before:

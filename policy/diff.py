@@ -74,4 +74,5 @@ def diff(old: Snapshot, new: Snapshot) -> list[Change]:
         + _compare("queue", old.queues, new.queues)
         + _compare("schedule", old.schedules, new.schedules)
         + _compare("endpoint", old.endpoints, new.endpoints)
+        + _compare("flow_control", old.flow_controls, new.flow_controls)
     )
