@@ -43,7 +43,7 @@ from .fields import (
     check_schedule_id,
     queue_from,
 )
-from .model import RUNTIME, Entry, FlowControl, Pause, QueuePolicy, Schedule, Suspension
+from .model import RUNTIME, Endpoint, Entry, FlowControl, Pause, QueuePolicy, Schedule, Suspension
 from .snapshot import QueueView, Runtime, Snapshot
 from .times import rfc3339
 
@@ -94,6 +94,8 @@ def entry_key(entry: Entry) -> tuple[str, str]:
         return entry.kind, entry.id
     if isinstance(entry, Schedule):
         return "schedule", entry.id
+    if isinstance(entry, Endpoint):
+        return "endpoint", entry.id
     if isinstance(entry, FlowControl):
         return "flow_control", entry.key
     raise TypeError(f"not a runtime entry: {entry!r}")
@@ -453,18 +455,60 @@ def put_schedule(snapshot: Snapshot, schedule: Schedule, *, now: datetime, actor
     else:
         entry = msgspec.structs.replace(schedule, created_at=now, created_by=actor, updated_at=now)
         event = "schedule_created"
-    fields = {"id": entry.id, "cron": entry.cron, "destination": entry.destination, "by": actor}
     drop = (before,) if before is not None else ()
-    return Plan(put=(entry,), drop=drop, events=(Event(event, fields),), entry=entry)
+    return Plan(put=(entry,), drop=drop, events=(Event(event, _made_fields(entry, actor)),), entry=entry)
 
 
-def delete_schedule(snapshot: Snapshot, ident: str, *, actor: str) -> Plan:
-    """Delete a schedule made through QStash; NotFound, or DEFINED_IN_FILE for a file's."""
-    ident = check_schedule_id(ident)
-    view = KINDS["schedule"].view(snapshot, ident)
-    if view.schedule.source != RUNTIME:
-        raise defined_in_file(f"schedule {ident}", view.schedule.source)
-    return _dropped(KINDS["schedule"], view.schedule, "schedule_deleted", actor)
+def delete_made(snapshot: Snapshot, kind: str, ident: str, *, actor: str) -> Plan:
+    """Delete a schedule or endpoint made through its API; NotFound, or
+    DEFINED_IN_FILE for one a policy file declares."""
+    k = KINDS[kind]
+    ident = k.check(ident)
+    declared = _made(k, snapshot, ident)
+    return _dropped(k, declared, f"{kind}_deleted", actor)
+
+
+def _made(k: Kind, snapshot: Snapshot, ident: str) -> Schedule | Endpoint:
+    """The runtime's own schedule or endpoint ``ident``; NotFound, or DEFINED_IN_FILE."""
+    declared = k.view(snapshot, ident).declared
+    if declared.source != RUNTIME:
+        raise defined_in_file(f"{k.name} {ident}", declared.source)
+    return declared
+
+
+def _made_fields(entry: Schedule | Endpoint, actor: str) -> dict[str, Any]:
+    """What the events say of a schedule or endpoint made or changed."""
+    if isinstance(entry, Schedule):
+        return {"id": entry.id, "cron": entry.cron, "destination": entry.destination, "by": actor}
+    return {"id": entry.id, "url": entry.url, "by": actor}
+
+
+# -- endpoints made through HookBridge's API ----------------------------------
+
+
+def create_endpoint(snapshot: Snapshot, endpoint: Endpoint, *, now: datetime, actor: str) -> Plan:
+    """Create an endpoint under a new id (the caller's; HookBridge makes ids)."""
+    if endpoint.id in snapshot.endpoints:
+        raise Conflict(f"endpoint {endpoint.id} exists", code="ENDPOINT_EXISTS")
+    entry = msgspec.structs.replace(endpoint, created_at=now, created_by=actor, updated_at=now, source=RUNTIME)
+    event = Event("endpoint_created", _made_fields(entry, actor))
+    return Plan(put=(entry,), events=(event,), entry=entry)
+
+
+def update_endpoint(
+    snapshot: Snapshot, ident: str, changes: Mapping[str, Any], *, now: datetime, actor: str
+) -> Plan:
+    """Change what HookBridge's update gives (url, description, rate limit, burst,
+    headers) of an endpoint made through the API; its pause and creation stay."""
+    k = KINDS["endpoint"]
+    ident = k.check(ident)
+    before = _made(k, snapshot, ident)
+    entry = msgspec.structs.replace(before, **changes)
+    if entry == before:
+        return Plan(entry=before)
+    entry = msgspec.structs.replace(entry, updated_at=now)
+    event = Event("endpoint_updated", _made_fields(entry, actor))
+    return Plan(put=(entry,), drop=(before,), events=(event,), entry=entry)
 
 
 # -- flow-control keys: pins ---------------------------------------------------
@@ -605,12 +649,12 @@ def _remote_event(
         elif name == "queue_updated":
             fields["reason"] = None
         return Event(name, fields)
-    if kind == "schedule" and (isinstance(old, Schedule) or isinstance(new, Schedule)):
+    if isinstance(old, (Schedule, Endpoint)) or isinstance(new, (Schedule, Endpoint)):
         if new is None:
-            return Event("schedule_deleted", {"id": key, "by": by})
+            return Event(f"{kind}_deleted", {"id": key, "by": by})
         if old is None or old.paused == new.paused:
-            name = "schedule_created" if old is None else "schedule_updated"
-            return Event(name, {"id": key, "cron": new.cron, "destination": new.destination, "by": by})
+            name = f"{kind}_created" if old is None else f"{kind}_updated"
+            return Event(name, _made_fields(new, by))
     if kind == "flow_control":
         was = old is not None and old.paused
         now_paused = new is not None and new.paused

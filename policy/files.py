@@ -294,7 +294,7 @@ def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
         built["suspension"] = [
             msgspec.structs.replace(s, source="runtime") for s in built["suspension"]
         ]
-        for kind in ("queue", "schedule", "flow_control"):
+        for kind in ("queue", "schedule", "endpoint", "flow_control"):
             built[kind] = [msgspec.structs.replace(e, source="runtime") for e in built[kind]]
     return ParsedFile(
         name=name,
@@ -314,7 +314,7 @@ _BUILDERS: dict[str, Callable[[Any, Mode, str, str], Any]] = {
     ),
     "queue": lambda t, mode, name, source: queue_from(t, mode=mode, source=source),
     "schedule": lambda t, mode, name, source: schedule_from(t, source=source, mode=mode),
-    "endpoint": lambda t, mode, name, source: endpoint_from(t, source=source),
+    "endpoint": lambda t, mode, name, source: endpoint_from(t, source=source, mode=mode),
     "flow_control": lambda t, mode, name, source: flow_control_from(t, mode=mode, source=source),
 }
 

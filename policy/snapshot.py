@@ -52,7 +52,8 @@ class Runtime(msgspec.Struct, frozen=True):
     queues: Mapping[str, QueuePolicy] = msgspec.field(default_factory=immutables.Map)
     # a file schedule's pause, or a schedule made through QStash's API
     schedule_pauses: Mapping[str, Pause | Schedule] = msgspec.field(default_factory=immutables.Map)
-    endpoint_pauses: Mapping[str, Pause] = msgspec.field(default_factory=immutables.Map)
+    # a file endpoint's pause, or an endpoint made through HookBridge's API
+    endpoint_pauses: Mapping[str, Pause | Endpoint] = msgspec.field(default_factory=immutables.Map)
     flow_controls: Mapping[str, FlowControl] = msgspec.field(default_factory=immutables.Map)
 
 
@@ -101,6 +102,10 @@ class ScheduleView(msgspec.Struct, frozen=True):
     pause: Pause | None = None
 
     @property
+    def declared(self) -> Schedule:
+        return self.schedule
+
+    @property
     def paused(self) -> bool:
         return self.schedule.paused or self.pause is not None
 
@@ -129,8 +134,15 @@ class ScheduleView(msgspec.Struct, frozen=True):
 
 
 class EndpointView(msgspec.Struct, frozen=True):
+    """An endpoint: a file's, with the runtime's pause of it, or one made at runtime
+    (whose own ``paused`` is its pause)."""
+
     endpoint: Endpoint
     pause: Pause | None = None
+
+    @property
+    def declared(self) -> Endpoint:
+        return self.endpoint
 
     @property
     def paused(self) -> bool:
@@ -139,12 +151,13 @@ class EndpointView(msgspec.Struct, frozen=True):
     @property
     def file_pause(self) -> str | None:
         """Where a policy file pauses this endpoint, or None."""
-        return self.endpoint.source if self.endpoint.paused else None
+        e = self.endpoint
+        return e.source if e.paused and e.source != RUNTIME else None
 
     @property
-    def own(self) -> Pause | None:
-        """The runtime's pause of this endpoint, if any."""
-        return self.pause
+    def own(self) -> Pause | Endpoint | None:
+        """The runtime's entry: its pause of a file's endpoint, or the endpoint it made."""
+        return self.endpoint if self.endpoint.source == RUNTIME else self.pause
 
     @property
     def holder_source(self) -> str | None:
@@ -322,6 +335,19 @@ def _merge_schedules(policy: PolicySet, runtime: Runtime) -> dict[str, ScheduleV
     return views
 
 
+def _merge_endpoints(policy: PolicySet, runtime: Runtime) -> dict[str, EndpointView]:
+    """File endpoints with the runtime's pauses, then endpoints made at runtime
+    (an id a file also declares is the file's)."""
+    views: dict[str, EndpointView] = {}
+    for e in policy.endpoints:
+        pause = runtime.endpoint_pauses.get(e.id)
+        views[e.id] = EndpointView(endpoint=e, pause=pause if isinstance(pause, Pause) else None)
+    for ident, entry in runtime.endpoint_pauses.items():
+        if isinstance(entry, Endpoint) and ident not in views:
+            views[ident] = EndpointView(endpoint=entry)
+    return views
+
+
 def _merge_flow_controls(policy: PolicySet, runtime: Runtime) -> dict[str, FlowControlView]:
     files = {c.key: c for c in policy.flow_controls}
     return {
@@ -386,10 +412,7 @@ class Snapshot:
         self._next_expiry: float | None | bool = False  # False: not yet computed
         self.schedules = _merge_schedules(policy, runtime)
         self.flow_controls = _merge_flow_controls(policy, runtime)
-        self.endpoints = {
-            e.id: EndpointView(endpoint=e, pause=runtime.endpoint_pauses.get(e.id))
-            for e in policy.endpoints
-        }
+        self.endpoints = _merge_endpoints(policy, runtime)
 
     @classmethod
     def build(

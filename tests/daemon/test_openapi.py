@@ -491,6 +491,13 @@ def test_events_stream_lines_match_the_event_schema(fresh: Daemon) -> None:
             events.until("schedule_resumed", id="ev-report")
             api.call("DELETE", "/v2/schedules/{scheduleId}", {"scheduleId": "ev-report"}, expect=200)
             events.until("schedule_deleted", id="ev-report")
+            made = api.call("POST", "/v1/endpoints", expect=201, json={"url": "https://hooks.example.com/ev"})
+            ep = {"id": made["data"]["id"]}
+            events.until("endpoint_created", id=ep["id"], url="https://hooks.example.com/ev")
+            api.call("PATCH", "/v1/endpoints/{id}", ep, expect=200, json={"url": "https://hooks.example.com/ev2"})
+            events.until("endpoint_updated", id=ep["id"], url="https://hooks.example.com/ev2")
+            api.call("DELETE", "/v1/endpoints/{id}", ep, expect=200)
+            events.until("endpoint_deleted", id=ep["id"])
             api.call("POST", "/v2/flowControl/{key}/pause", {"key": "ev-key"}, expect=200)
             events.until("flow_control_paused", key="ev-key")
             api.call("POST", "/v2/flowControl/{key}/pin", {"key": "ev-key"}, expect=200, params={"rate": "5"})

@@ -78,6 +78,10 @@ def sample_body(method: str, template: str) -> dict[str, Any]:
         return {"params": {"queue": "a.example"}}
     if (method, template) == ("POST", "/v2/schedules/{scheduleId}"):
         return {"headers": {"Upstash-Cron": "*/5 * * * *", "Upstash-Schedule-Id": "token-schedule"}}
+    if (method, template) == ("POST", "/v1/endpoints"):
+        return {"json": {"url": "https://hooks.example.com/token"}}
+    if (method, template) == ("PATCH", "/v1/endpoints/{id}"):
+        return {"json": {"description": "x"}}
     if template == "/v2/flowControl/{key}/pin":
         return {"params": {"parallelism": "2"}}
     return {}
@@ -207,6 +211,28 @@ def test_qstash_schedule_creation_and_flow_control_answer_as_documented(api: Api
     assert api.call("GET", "/v2/globalParallelism", expect=200) == {"parallelismMax": 0, "parallelismCount": 0}
 
 
+def test_hookbridge_endpoints_made_through_the_api_answer_as_documented(api: Api) -> None:
+    made = api.call("POST", "/v1/endpoints", expect=201,
+                    json={"url": "https://hooks.example.com/new", "description": "n", "rate_limit_rps": 3,
+                          "burst": 4, "headers": {"X-A": "b"}})["data"]
+    ep = {"id": made["id"]}
+    got = api.call("GET", "/v1/endpoints/{id}", ep, expect=200)["data"]
+    assert got["rate_limit_rps"] == 3 and got["headers"] == {"X-A": "b"} and not got["paused"]
+    changed = api.call("PATCH", "/v1/endpoints/{id}", ep, expect=200, json={"burst": 9})["data"]
+    assert changed["burst"] == 9 and changed["url"] == "https://hooks.example.com/new"
+    for body in ({}, {"url": "http://plain.example/"}, {"colour": "red"}, {"burst": -1}, {"headers": {"a b": "c"}}):
+        api.call("PATCH", "/v1/endpoints/{id}", ep, expect=400, code="INVALID_REQUEST", json=body)
+    for body in ({"description": "no url"}, {"url": 5}, ["x"]):
+        api.call("POST", "/v1/endpoints", expect=400, code="INVALID_REQUEST", json=body)
+    api.call("POST", "/v1/endpoints", expect=400, code="INVALID_JSON", content=b"{", headers={"Content-Type": "application/json"})
+    api.call("PATCH", "/v1/endpoints/{id}", {"id": EP_ACTIVE}, expect=409, code="DEFINED_IN_FILE", json={"burst": 1})
+    api.call("DELETE", "/v1/endpoints/{id}", {"id": EP_ACTIVE}, expect=409, code="DEFINED_IN_FILE")
+    api.call("PATCH", "/v1/endpoints/{id}", {"id": EP_UNKNOWN}, expect=404, code="ENDPOINT_NOT_FOUND", json={"burst": 1})
+    api.call("DELETE", "/v1/endpoints/{id}", {"id": "ep_123"}, expect=400, code="INVALID_REQUEST")
+    assert api.call("DELETE", "/v1/endpoints/{id}", ep, expect=200)["data"] == {"id": made["id"], "deleted": True}
+    api.call("DELETE", "/v1/endpoints/{id}", ep, expect=404, code="ENDPOINT_NOT_FOUND")
+
+
 def test_hookbridge_operations_answer_as_documented(api: Api) -> None:
     """HookBridge v1 endpoints over TCP: {"data", "meta"} bodies and HookBridge's error codes."""
     listed = api.call("GET", "/v1/endpoints", expect=200)
@@ -250,6 +276,13 @@ def test_every_seeds_operation_answers_200_over_tcp(d: Daemon) -> None:
                 api.call("POST", "/v2/schedules/{scheduleId}", {"scheduleId": "https://x.example/"}, expect=200,
                          headers={"Upstash-Cron": "* * * * *", "Upstash-Schedule-Id": "delete-me"})
                 api.call(method, template, {"scheduleId": "delete-me"}, expect=200)
+                continue
+            if template in ("/v1/endpoints", "/v1/endpoints/{id}") and method in ("POST", "PATCH", "DELETE"):
+                if method == "POST":  # made, changed and deleted in one go
+                    made = api.call("POST", "/v1/endpoints", expect=201, **sample_body(method, template))
+                    ident = {"id": made["data"]["id"]}
+                    api.call("PATCH", "/v1/endpoints/{id}", ident, expect=200, json={"description": "d"})
+                    api.call("DELETE", "/v1/endpoints/{id}", ident, expect=200)
                 continue
             if (method, template) == ("POST", "/v2/schedules/{scheduleId}"):
                 api.call(method, template, {"scheduleId": "https://x.example/"}, expect=200,
