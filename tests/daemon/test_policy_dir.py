@@ -1,6 +1,7 @@
 """Reading the policy directory: name order, droppings ignored, only changed files parsed."""
 
 import os
+
 import pytest
 
 from sluice.daemon.policy_dir import PolicyReader
