@@ -107,8 +107,13 @@ class PolicySet(msgspec.Struct, frozen=True):
         return gone, came
 
 
-# What one policy file may hold: 100,000 suspensions take about 8 MiB.
+# What one policy file may hold: 100,000 suspensions take about 8 MiB, 400,000
+# keys and 100,000 tables. Counted before parsing (a count of '=' and of '[[' is
+# an upper bound of keys and tables), so that a file the parser would take
+# minutes over is refused at once.
 MAX_FILE_CHARS = 64 * 2**20
+MAX_KEYS = 2_000_000
+MAX_TABLES = 1_000_000
 
 # Problems reported for one file before the rest of it is left unread.
 MAX_PROBLEMS = 100
@@ -235,6 +240,10 @@ def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
         size = f"{len(text) / 2**20:.1f} MiB"
         limit = f"at most {MAX_FILE_CHARS // 2**20} MiB (split it into several files)"
         return ParsedFile(name=name, problems=(FileProblem(name, None, "", f"file is {size}; a policy file holds {limit}"),))
+    for what, count, limit in (("keys", text.count("="), MAX_KEYS), ("tables", text.count("[["), MAX_TABLES)):
+        if count > limit:
+            message = f"file holds up to {count:,} {what}; a policy file holds at most {limit:,} (split it into several files)"
+            return ParsedFile(name=name, problems=(FileProblem(name, None, "", message),))
     doc, problem = _decode(text, name)
     if doc is None:
         return ParsedFile(name=name, problems=(problem,))
