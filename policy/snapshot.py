@@ -276,6 +276,41 @@ def _suspension_hold(s: Suspension) -> Hold:
     return Hold(kind="suspension", id=s.id, reason=s.reason, expires=s.expires, source=s.source)
 
 
+Ends = tuple[int, list[float]]
+
+
+def _ends(suspensions: Iterable[Suspension]) -> Ends:
+    """How many of ``suspensions`` never end, and the others' ends, sorted."""
+    endless = 0
+    ends = []
+    for s in suspensions:
+        if s.expires is None:
+            endless += 1
+        else:
+            ends.append(s.expires.timestamp())
+    ends.sort()
+    return endless, ends
+
+
+def _evolved_ends(before: Ends | None, put: Iterable[Suspension], drop: Iterable[Suspension]) -> Ends | None:
+    """``before`` with ``drop`` taken out and ``put`` put in: a copy of the list
+    and a bisection each, not a sort of them all."""
+    if before is None:
+        return None
+    endless, ends = before[0], list(before[1])
+    for s in drop:
+        if s.expires is None:
+            endless -= 1
+        else:
+            del ends[bisect.bisect_left(ends, s.expires.timestamp())]
+    for s in put:
+        if s.expires is None:
+            endless += 1
+        else:
+            bisect.insort(ends, s.expires.timestamp())
+    return endless, ends
+
+
 class Suspensions(Mapping[str, Suspension]):
     """Every suspension by id: the files', then the runtime's (an id in both is the file's).
 
@@ -381,7 +416,8 @@ class Snapshot:
         "_lasting",
         "_timed",
         "_since",
-        "_expiries",
+        "_file_ends",
+        "_runtime_ends",
         "_holders",
         "_next_expiry",
     )
@@ -407,7 +443,9 @@ class Snapshot:
         self._lasting: dict[str, Decision] = {}
         self._timed: dict[str, tuple[Decision, float, float]] = {}
         self._since = -math.inf
-        self._expiries: tuple[int, list[float]] | None = None  # for active_count
+        # for active_count, per layer: (how many never end, sorted ends); None: not yet made
+        self._file_ends: Ends | None = None
+        self._runtime_ends: Ends | None = None
         self._holders: immutables.Map | None = None  # for runtime_holder
         self._next_expiry: float | None | bool = False  # False: not yet computed
         self.schedules = _merge_schedules(policy, runtime)
@@ -453,7 +491,8 @@ class Snapshot:
             added = [s for f in came for s in f.suspensions]
         else:
             removed = added = None
-        if removed is None or len(removed) + len(added) > len(policy.suspensions) // 2:
+        evolved = not (removed is None or len(removed) + len(added) > len(policy.suspensions) // 2)
+        if not evolved:
             after = Snapshot._with_files(policy, self.runtime, self._runtime_index, generation)
         else:
             files = dict(self.suspensions.files)
@@ -472,6 +511,10 @@ class Snapshot:
             )
         after._holders = self._holders
         after._next_expiry = self._next_expiry
+        if after.suspensions.hidden == self.suspensions.hidden:
+            after._runtime_ends = self._runtime_ends
+        if evolved:
+            after._file_ends = _evolved_ends(self._file_ends, added, removed)
         return after
 
     def with_runtime(
@@ -512,6 +555,9 @@ class Snapshot:
             runtime_index=self._runtime_index.evolve(add=put, remove=drop),
         )
         after._holders = self._evolved_holders(put, drop)
+        after._file_ends = self._file_ends
+        if hidden == self.suspensions.hidden and not any(s.id in hidden for s in (*put, *drop)):
+            after._runtime_ends = _evolved_ends(self._runtime_ends, put, drop)
         after._next_expiry = self._evolved_next_expiry(put, drop)
         return after
 
@@ -723,13 +769,17 @@ class Snapshot:
         return listed + runtime
 
     def active_count(self, now: float) -> int:
-        """How many suspensions are in force at ``now``; O(log n) after the first call."""
-        if self._expiries is None:
-            ends = [s.expires.timestamp() for s in self.suspensions.values() if s.expires is not None]
-            ends.sort()
-            self._expiries = (len(self.suspensions) - len(ends), ends)
-        endless, ends = self._expiries
-        return endless + len(ends) - bisect.bisect_right(ends, now)
+        """How many suspensions are in force at ``now``; O(log n) once the
+        layers' sorted ends are made (each change evolves them)."""
+        if self._file_ends is None:
+            self._file_ends = _ends(self.policy.suspensions)
+        if self._runtime_ends is None:
+            hidden = self.suspensions.hidden
+            self._runtime_ends = _ends(s for s in self.runtime.suspensions.values() if s.id not in hidden)
+        total = 0
+        for endless, ends in (self._file_ends, self._runtime_ends):
+            total += endless + len(ends) - bisect.bisect_right(ends, now)
+        return total
 
     def counts(self, now: float) -> dict[str, int]:
         return {

@@ -417,6 +417,7 @@ def test_a_snapshot_evolved_change_by_change_equals_one_built_afresh(sequence):
         assert after.next_runtime_expiry() == fresh.next_runtime_expiry()
         assert dict(after.suspensions) == dict(fresh.suspensions)
         assert after.active_suspensions(at) == fresh.active_suspensions(at)
+        assert after.active_count(at) == fresh.active_count(at) == len(fresh.active_suspensions(at))
         for s in after.runtime.suspensions.values():
             assert after.runtime_holder(s.criteria_key) == fresh.runtime_holder(s.criteria_key)
         for queue in ("a.com", "t@b.com", "c.com", "q1.example", "held.example"):

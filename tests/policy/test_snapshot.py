@@ -320,7 +320,23 @@ def test_a_reload_of_changed_files_equals_a_snapshot_built_afresh(edits):
         fresh = Snapshot.build(combine(files), generation=live.generation)
         assert dict(live.suspensions) == dict(fresh.suspensions)
         assert live.active_suspensions(NOW) == fresh.active_suspensions(NOW)
+        assert live.active_count(NOW) == fresh.active_count(NOW)
         for queue in ("a.com", "t@a.com", "c:t@a.com", "t@b.com", "b.com", "c.com", "u@c.com"):
             assert live.decide(queue, NOW) == fresh.decide(queue, NOW)
         full = diff_module._compare("suspension", before.suspensions, live.suspensions)
         assert sorted(map(repr, diff_module._compare_suspensions(before, live))) == sorted(map(repr, full))
+
+
+def test_the_active_count_evolves_with_each_change_and_equals_a_fresh_count():
+    s = Snapshot.build(combine([parse_policy('[[suspension]]\ndomain = "f.com"\nreason = "r"\nexpires = 2027-01-15T09:00:00Z\n', "10-a.toml")]))
+    assert s.active_count(NOW) == 1  # made once ...
+    short = Suspension(id="00000000-0000-4000-8000-000000000001", reason="r", domain="a.com",
+                       expires=T0 + timedelta(minutes=5))
+    endless = Suspension(id="00000000-0000-4000-8000-000000000002", reason="r", domain="b.com")
+    s2 = s.with_runtime(Runtime(suspensions={short.id: short, endless.id: endless}), 2, put=[short, endless])
+    for at in (NOW, NOW + 600):
+        assert s2.active_count(at) == len(s2.active_suspensions(at))  # ... and evolved
+    s3 = s2.with_runtime(Runtime(suspensions={endless.id: endless}), 3, drop=[short])
+    assert s3.active_count(NOW) == len(s3.active_suspensions(NOW)) == 2
+    s4 = s3.with_policy(combine([parse_policy('[[suspension]]\ndomain = "g.com"\nreason = "r"\n', "10-a.toml")], s3.policy), 4)
+    assert s4.active_count(NOW + 10**8) == len(s4.active_suspensions(NOW + 10**8)) == 2
