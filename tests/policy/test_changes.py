@@ -184,6 +184,23 @@ def test_cancelling_needs_an_active_runtime_suspension():
         changes.cancel(s, 42, now=NOW.timestamp(), actor="a")
 
 
+@pytest.mark.parametrize(
+    ("pins", "field"),
+    [
+        ({"parallelism": 0}, "parallelism"),
+        ({"rate": 1_000_001}, "rate"),
+        ({"period": 0}, "period"),
+        ({"rate": 5, "period": 8 * 24 * 3600}, "period"),
+    ],
+)
+def test_a_pin_out_of_bounds_is_refused(pins, field):
+    """A pin the runtime state could not be read back with (the daemon would
+    not start again) is refused when asked, naming the field."""
+    with pytest.raises(ValidationError) as info:
+        changes.pin(snapshot(), "Orders-EU", now=NOW, actor="a", **pins)
+    assert info.value.field == field and "must be from 1 to" in info.value.message
+
+
 def test_the_sweep_takes_exactly_the_suspensions_that_are_over():
     def held(domain, minutes):
         body = {"domain": domain, "reason": "r", "duration": f"{minutes}m"}
