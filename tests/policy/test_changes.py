@@ -439,3 +439,17 @@ def test_a_snapshot_evolved_change_by_change_equals_one_built_afresh(sequence):
             assert after.runtime_holder(s.criteria_key) == fresh.runtime_holder(s.criteria_key)
         for queue in ("a.com", "t@b.com", "c.com", "q1.example", "held.example"):
             assert after.decide(queue, at) == fresh.decide(queue, at)
+
+
+def test_a_schedule_made_elsewhere_under_a_paused_file_schedule_id_is_announced():
+    """Policy files differ between nodes: one may make a schedule at runtime under
+    an id another node's file declares and pauses. The store's change from that
+    pause to the schedule (and back) is announced; reading it used to raise."""
+    pause = Pause(kind="schedule", id="digest", reason="r")
+    made = Schedule(id="digest", cron="* * * * *", destination="https://app.example.com/")
+    paused = snapshot(Runtime(schedule_pauses={"digest": pause}))
+    plan = changes.from_store(paused, {("schedule", "digest"): made}, now=NOW.timestamp())
+    assert [(e.name, e.fields["id"]) for e in plan.events] == [("schedule_resumed", "digest")]
+    holding = snapshot(Runtime(schedule_pauses={"digest": made}))
+    plan = changes.from_store(holding, {("schedule", "digest"): pause}, now=NOW.timestamp())
+    assert [(e.name, e.fields["reason"]) for e in plan.events] == [("schedule_paused", "r")]
