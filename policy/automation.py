@@ -29,7 +29,9 @@ Invariants:
   holds nothing, as in KumoMTA.
 - A window holds at most ``limit`` times, all within ``period`` of the last
   ``now``: the N most recent matches are all a threshold needs.
-- An outcome older than a rule's duration (its hold would already be over)
+- A hold ends ``duration`` after its outcome, rounded up to the whole
+  second, so a flood of matches lengthens it at most once a second. An
+  outcome older than a rule's duration (its hold would already be over)
   is not counted by that rule. An outcome stamped in the future counts as
   now, so a wrong clock cannot make a hold of centuries.
 - Internal responses (``KumoMTA internal: ...``) match only rules with
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -218,7 +221,7 @@ class Hold(msgspec.Struct, frozen=True):
     domain: str
     tenant: str | None
     campaign: str | None
-    expires: float
+    expires: int  # seconds since the epoch
     response: str
 
     @property
@@ -319,7 +322,8 @@ def evaluate(book: Rulebook, outcomes: Iterable[Outcome], windows: Windows, now:
                         changed[key] = times
                         if len(times) < rule.trigger.limit:
                             continue
-                    hold = Hold(rule, queue.domain, tenant, campaign, expires, outcome.response)
+                    # whole seconds: a hold is lengthened at most once a second
+                    hold = Hold(rule, queue.domain, tenant, campaign, math.ceil(expires), outcome.response)
                     before = holds.get(hold.scope)
                     if before is None or before.expires < expires:
                         holds[hold.scope] = hold

@@ -210,6 +210,7 @@ def test_an_immediate_rule_holds_the_tenant_at_the_domain_until_the_record_time_
     (hold,) = result.holds
     assert (hold.domain, hold.tenant, hold.campaign) == ("gmail.com", "acme", None)
     assert hold.expires == NOW - 60 + 3 * 3600
+    assert evaluate(book, [outcome(at=NOW - 60.25)], {}, NOW).holds[0].expires == NOW - 60 + 3 * 3600  # rounded up
     assert result.matched == {book.rules[0].id: 1}
     assert result.windows == {}  # nothing to count for an immediate rule
     s = hold.suspension()
