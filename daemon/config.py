@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 import tomli
@@ -26,7 +26,21 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
-class AdminConfig(_Section):
+Count = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class ConnectionLimits(_Section):
+    """An HTTP listener's connection caps (see daemon/serving.py)."""
+
+    max_connections: Count = 256
+    # connections of one peer (uid, address) that have not completed a request as a known client
+    max_unproven_per_peer: Count = 64
+    # seconds from connecting (TLS included) to the first request's whole head
+    first_request_timeout: Seconds = 5.0
+
+
+class AdminConfig(ConnectionLimits):
     socket: str = "/run/sluice/admin.sock"
     mode: str = "0660"
     group: str = ""
@@ -39,9 +53,11 @@ class PostfixConfig(_Section):
     tenant_attribute: str = "sasl_username"
     strip_realm: bool = True  # a SASL login user@realm names the tenant "user"
     on_hold: Literal["defer", "hold"] = "defer"
+    max_connections: Count = 1024
+    max_connections_per_peer: Count = 512  # per uid on the socket, per address on TCP
 
 
-class HttpConfig(_Section):
+class HttpConfig(ConnectionLimits):
     listen: str = ""
     tokens_file: str = ""
     trusted_hosts: tuple[str, ...] = ()

@@ -25,6 +25,7 @@ import functools
 import gc
 import grp
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -44,7 +45,7 @@ from sluice.policy.snapshot import Snapshot
 
 from . import logs
 from .automation import Automation
-from .config import Config, ConfigError, HttpConfig, load_config, socket_mode
+from .config import Config, ConfigError, ConnectionLimits, HttpConfig, load_config, socket_mode
 from .current import Current, ReloadResult
 from .events import Broadcaster
 from .http.admin import add_admin_routes
@@ -62,7 +63,8 @@ from .mutations import Mutations
 from .policy_dir import PolicyReader
 from .postfix import bind_loopback, postfix_service
 from .reload import Reloader, Watcher, debounced, follow
-from .serving import Service
+from .memory import Trimmer
+from .serving import Service, Slots
 from .state import open_store
 from .state.base import RuntimeStore, StateUnavailable
 from .systemd import Notifier, listen_fds, watchdog_interval
@@ -374,11 +376,15 @@ def services(
     config: Config, app: App, sockets: Sockets, clock
 ) -> list[tuple[trio.abc.Listener, Service]]:
     """Each listening socket with the service that handles its connections."""
-    admin = unix_service(app.router.dispatch, Limits())
-    tcp = tcp_service(functools.partial(app.router.dispatch, authenticate=app.tcp_auth), Limits(), app.tls)
+    admin = unix_service(app.router.dispatch, *_limits("admin", config.admin))
+    tcp = tcp_service(
+        functools.partial(app.router.dispatch, authenticate=app.tcp_auth), *_limits("http", config.http), app.tls
+    )
     postfix = postfix_service(
         app.current, config.postfix, clock, functools.partial(app.metrics.decided, "postfix")
     )
+    for service in (admin, tcp, postfix):
+        app.metrics.count_connections(service.slots)
     served = [
         (sockets.admin, admin),
         (sockets.http, tcp),
@@ -390,6 +396,12 @@ def services(
         for sock, service in served
         if sock is not None
     ]
+
+
+def _limits(name: str, section: ConnectionLimits) -> tuple[Limits, Slots]:
+    """An HTTP listener's per-connection limits and its slots, from its config section."""
+    limits = Limits(first_request_timeout=section.first_request_timeout)
+    return limits, Slots(name, section.max_connections, section.max_unproven_per_peer)
 
 
 async def _start_background(
@@ -423,6 +435,7 @@ async def serve(
         stack.callback(notifier.close)
         stop = trio.Event()
         app = await build_app(config, notifier, clock, stack, stop)
+        _room_for_connections(config)
         sockets = open_sockets(config, stack)
         # Once the signal receiver closes, shutdown is under way: a second
         # SIGTERM must not turn exit 0 into a kill while the store closes.
@@ -433,6 +446,9 @@ async def serve(
         async with trio.open_nursery() as background:
             await _start_background(background, config, app, notifier, clock, stop)
             served = services(config, app, sockets, clock)
+            trimmer = Trimmer([service.slots for service in {service for _, service in served}])
+            app.metrics.count_trims(trimmer)
+            background.start_soon(trimmer.run)
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
                     for listener, service in served:
@@ -454,6 +470,39 @@ async def serve(
             stop.set()
             background.cancel_scope.cancel()
     log.info("stopped")
+
+
+# descriptors beyond the connections: listening sockets, the state and policy
+# files, the watcher, etcd, the logs
+FD_RESERVE = 256
+
+
+def _room_for_connections(config: Config) -> None:
+    """Raise the soft limit on open files to the hard one if the connection caps need more.
+
+    Many systems start services with a soft limit of 1,024, below the caps'
+    sum; past the limit every accept fails, and no one is served at all.
+    Under systemd the unit's ``LimitNOFILE=`` sets it (its system call
+    filter refuses setrlimit). A limit still too low is logged.
+    """
+    need = FD_RESERVE + config.admin.max_connections
+    if config.http.listen:
+        need += config.http.max_connections
+    if config.postfix.socket or config.postfix.listen:
+        need += config.postfix.max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    except (OSError, ValueError):
+        pass
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning(
+            "open_files_limit_low", limit=soft, needed=need,
+            hint="raise LimitNOFILE= (or ulimit -n), or lower the max_connections settings",
+        )
 
 
 def _log_ready(config: Config, app: App, sockets: Sockets) -> None:

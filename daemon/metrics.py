@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .current import Current
+from .serving import Slots
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -118,6 +119,34 @@ class _AutomationCounters(Collector):
             held.add_metric([rule, change], count)
         yield held
 
+class _ConnectionCollector(Collector):
+    """Open, evicted and refused connections of each service, read from its slots."""
+
+    def __init__(self) -> None:
+        self.slots: list[Slots] = []
+        self.trimmer: Any = None  # memory.Trimmer, once the services are made
+
+    def collect(self) -> Iterator[Any]:
+        families = [
+            (GaugeMetricFamily, "sluice_connections", "Open connections, by listener", "open"),
+            (CounterMetricFamily, "sluice_connections_evicted",
+             "Connections closed to make room for a new one (see README: connection limits)", "evicted"),
+            (CounterMetricFamily, "sluice_connections_refused",
+             "New connections refused: every slot taken, none waiting to give way", "refused"),
+            (CounterMetricFamily, "sluice_connections_closed", "Connections ended", "closed"),
+        ]
+        for family, name, documentation, attribute in families:
+            metric = family(name, documentation, labels=["listener"])
+            for slots in self.slots:
+                metric.add_metric([slots.name], getattr(slots, attribute))
+            yield metric
+        if self.trimmer is not None:
+            yield CounterMetricFamily(
+                "sluice_memory_trims",
+                "Times free memory was handed back after a burst of connections closed",
+                value=self.trimmer.trims,
+            )
+
 
 class Metrics:
     def __init__(self, current: Current, clock: Callable[[], float] = time.time) -> None:
@@ -133,6 +162,15 @@ class Metrics:
         self.registry.register(self._counts)
         self._automation = _AutomationCounters()
         self.registry.register(self._automation)
+        self._connections = _ConnectionCollector()
+        self.registry.register(self._connections)
+
+    def count_connections(self, slots: Slots) -> None:
+        """Report the connections of a service."""
+        self._connections.slots.append(slots)
+
+    def count_trims(self, trimmer: Any) -> None:
+        self._connections.trimmer = trimmer
 
     def answered(self, route: str, method: str, status: int) -> None:
         """Count one HTTP answer."""

@@ -35,7 +35,7 @@ import trio
 from sluice.policy import changes
 from sluice.policy.changes import Plan
 from sluice.policy.fields import suspension_from
-from sluice.policy.model import QueuePolicy, Schedule, Suspension
+from sluice.policy.model import Endpoint, QueuePolicy, Schedule, Suspension
 from sluice.policy.snapshot import Snapshot
 
 from .current import Current
@@ -201,8 +201,21 @@ class Mutations:
         )
         return plan.entry
 
-    async def delete_schedule(self, ident: str, actor: str) -> None:
-        await self.change(lambda snapshot, now: changes.delete_schedule(snapshot, ident, actor=actor))
+    async def delete_made(self, kind: str, ident: str, actor: str) -> None:
+        """Delete a schedule or endpoint made through its API (404, or 409 for a file's)."""
+        await self.change(lambda snapshot, now: changes.delete_made(snapshot, kind, ident, actor=actor))
+
+    async def create_endpoint(self, endpoint: Endpoint, actor: str) -> Endpoint:
+        plan = await self.change(
+            lambda snapshot, now: changes.create_endpoint(snapshot, endpoint, now=now, actor=actor)
+        )
+        return plan.entry
+
+    async def update_endpoint(self, ident: str, fields: dict[str, Any], actor: str) -> Endpoint:
+        plan = await self.change(
+            lambda snapshot, now: changes.update_endpoint(snapshot, ident, fields, now=now, actor=actor)
+        )
+        return plan.entry
 
     async def pin(self, key: str, actor: str, **pins: int | None) -> None:
         """Pin a flow-control key's ``parallelism``, ``rate`` and ``period``."""

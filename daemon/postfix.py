@@ -45,6 +45,11 @@ Invariants:
   read, which are answered first. (The whole connection runs in one cancel
   scope registered with the drain, and answers read when it is cancelled are
   sent under a shield, for at most ``CLOSING_SEND_TIMEOUT``.)
+- the connection's ``serving.Slot`` is waiting whenever it waits for bytes,
+  since its last answer: smtpd keeps a connection open between mails, so
+  when the socket is full the one idle longest gives way (Postfix asks again
+  on a new connection), and ``max_connections_per_peer`` keeps one local
+  user from filling the socket that every user may connect to.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ from sluice.policy.snapshot import Hold, Snapshot
 
 from .config import PostfixConfig
 from .current import Current
-from .serving import Drain, Service
+from .serving import Drain, Service, Slot, Slots
 from .tcp import bind_tcp, parse_listen
 
 log = structlog.get_logger("sluice.postfix")
@@ -352,13 +357,16 @@ async def serve_postfix_connection(
     clock: Callable[[], float] = time.time,
     drain: Drain | None = None,
     decided: Callable[[bool], None] | None = None,
+    slot: Slot | None = None,
 ) -> None:
     """Answer policy requests on ``stream`` until the client closes or misbehaves.
 
     Never raises for anything the client does; the stream is closed on return.
-    ``decided(deliver)`` counts each decision made.
+    ``decided(deliver)`` counts each decision made; ``slot`` is the
+    connection's place in its service.
     """
     drain = drain if drain is not None else Drain()
+    slot = slot if slot is not None else Slot()
     reader = RequestReader(config.tenant_attribute)
     answerer = Answerer(config, decided)
     last_words = b""  # sent after the loop: answers not yet sent, or a refusal
@@ -371,10 +379,13 @@ async def serve_postfix_connection(
             request_deadline: float | None = None
             while True:
                 if request_deadline is None:
-                    idle_deadline = trio.current_time() + IDLE_TIMEOUT
+                    slot.since = trio.current_time()  # idle from now
+                    idle_deadline = slot.since + IDLE_TIMEOUT
                     if idle_deadline - scope.deadline > 1.0:  # moved at most once a second
                         scope.deadline = idle_deadline
+                slot.waiting = True
                 data = await stream.receive_some(RECEIVE_SIZE)
+                slot.waiting = False
                 if not data:
                     return
                 requests, error = reader.feed(data)
@@ -393,9 +404,9 @@ async def serve_postfix_connection(
                     log.info("postfix_malformed_request", what=error.what)
                     last_words = out + malformed_answer(error.what)
                     break
-                if scope.cancel_called:
-                    # Shutdown (or a timeout) came as these requests did:
-                    # they were read, so they are answered.
+                if scope.cancel_called or slot.scope.cancel_called:
+                    # Shutdown (or a timeout, or eviction) came as these
+                    # requests did: they were read, so they are answered.
                     last_words = out
                     break
                 if out:
@@ -432,9 +443,6 @@ async def refuse_postfix(stream: trio.abc.Stream) -> None:
 
 
 TOO_MANY = b"action=DEFER_IF_PERMIT 4.3.2 sluice: too many policy connections; try again\n\n"
-# Postfix connections have their own count, so many smtpd processes
-# cannot crowd out the admin API's.
-MAX_CONNECTIONS = 1024
 
 
 def postfix_service(
@@ -443,13 +451,19 @@ def postfix_service(
     clock: Callable[[], float],
     decided: Callable[[bool], None] | None = None,
 ) -> Service:
-    """The policy sockets' connections, as ``trio.serve_listeners``' handler."""
+    """The policy sockets' connections, as ``trio.serve_listeners``' handler.
+
+    They have their own slots (``[postfix] max_connections``, apart from the
+    admin API's), and a connection never proves itself: the protocol knows
+    no client, so the per-peer cap counts all of a peer's connections.
+    """
     drain = Drain()
+    slots = Slots("postfix", config.max_connections, config.max_connections_per_peer)
 
-    async def handle(stream: trio.abc.Stream) -> None:
-        await serve_postfix_connection(stream, current, config, clock, drain, decided)
+    async def handle(stream: trio.abc.Stream, slot: Slot) -> None:
+        await serve_postfix_connection(stream, current, config, clock, drain, decided, slot)
 
-    return Service(handle, refuse_postfix, MAX_CONNECTIONS, drain)
+    return Service(handle, refuse_postfix, slots, drain)
 
 
 def bind_loopback(listen: str) -> socket.socket:

@@ -18,7 +18,6 @@ measured on trio's clock.
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import time
@@ -38,6 +37,7 @@ from sluice.policy.snapshot import Snapshot
 from .current import Current, ReloadResult
 from .events import Broadcaster
 from .http.auth import TokenFile
+from .memory import drop_and_trim
 from .policy_dir import PolicyReader
 from .systemd import Notifier
 
@@ -150,22 +150,21 @@ class Reloader:
                     **({"more_changes": len(changes) - MAX_LISTED} if len(changes) > MAX_LISTED else {}),
                 )
                 # Freeing 100,000 entries takes a while: let a worker thread
-                # drop the last references to the old policy, not the loop.
+                # drop the last references to the old policy, not the loop,
+                # and hand the memory back.
                 garbage = [old, changes]
                 del old, changes
-                await trio.to_thread.run_sync(garbage.clear)
+                await trio.to_thread.run_sync(drop_and_trim, garbage)
             self.notifier.ready(self.current.status_line(self.clock()))
             return result
 
 
 def _build_and_diff(old: Snapshot, policy: PolicySet) -> tuple[Snapshot, list[Change]]:
+    # the policy lives until the next reload and holds no cycles: out of the
+    # collector's sight (see collector_paused)
     with collector_paused():
         new = old.with_policy(policy, old.generation + 1)
         changes = diff(old, new)
-    # The policy lives until the next reload and holds no cycles: move it out
-    # of the collector's sight, or a full collection (on whichever thread
-    # allocates next, the event loop's too) would walk all of it.
-    gc.freeze()
     return new, changes
 
 

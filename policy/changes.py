@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import immutables
 import msgspec
 
 from .errors import Conflict, NotFound, ValidationError
@@ -44,7 +45,7 @@ from .fields import (
     check_schedule_id,
     queue_from,
 )
-from .model import RUNTIME, Entry, FlowControl, Pause, QueuePolicy, Schedule, Suspension
+from .model import RUNTIME, Endpoint, Entry, FlowControl, Pause, QueuePolicy, Schedule, Suspension
 from .snapshot import QueueView, Runtime, Snapshot
 from .times import rfc3339
 
@@ -95,28 +96,40 @@ def entry_key(entry: Entry) -> tuple[str, str]:
         return entry.kind, entry.id
     if isinstance(entry, Schedule):
         return "schedule", entry.id
+    if isinstance(entry, Endpoint):
+        return "endpoint", entry.id
     if isinstance(entry, FlowControl):
         return "flow_control", entry.key
     raise TypeError(f"not a runtime entry: {entry!r}")
+
+
+def entries(runtime: Runtime) -> Iterable[Entry]:
+    """Every runtime entry, of every kind."""
+    for field in _FIELDS.values():
+        yield from getattr(runtime, field).values()
 
 
 def apply(runtime: Runtime, plan: Plan) -> Runtime:
     """``runtime`` with ``plan`` carried out: drops removed, then puts written."""
     if plan.empty:
         return runtime
-    maps: dict[str, dict] = {}
+    maps: dict[str, immutables.MapMutation] = {}
     for entry in plan.drop:
         kind, key = entry_key(entry)
         _map(maps, runtime, kind).pop(key, None)
     for entry in plan.put:
         kind, key = entry_key(entry)
         _map(maps, runtime, kind)[key] = entry
-    return msgspec.structs.replace(runtime, **{_FIELDS[kind]: m for kind, m in maps.items()})
+    return msgspec.structs.replace(runtime, **{_FIELDS[kind]: m.finish() for kind, m in maps.items()})
 
 
-def _map(maps: dict[str, dict], runtime: Runtime, kind: str) -> dict:
+def _map(maps: dict[str, immutables.MapMutation], runtime: Runtime, kind: str) -> immutables.MapMutation:
+    """The mutation of one of ``runtime``'s maps: O(log n) a change, the old map untouched."""
     if kind not in maps:
-        maps[kind] = dict(getattr(runtime, _FIELDS[kind]))
+        current = getattr(runtime, _FIELDS[kind])
+        if not isinstance(current, immutables.Map):
+            current = immutables.Map(current)
+        maps[kind] = current.mutate()
     return maps[kind]
 
 
@@ -333,7 +346,7 @@ def _only_a_pause(entry: Entry) -> bool:
     if isinstance(entry, QueuePolicy):
         return entry.parallelism is None
     if isinstance(entry, FlowControl):
-        return entry.parallelism is None and entry.rate is None and entry.period is None
+        return entry.parallelism is None and entry.rate is None  # a period alone paces nothing
     return isinstance(entry, Pause)
 
 
@@ -460,18 +473,60 @@ def put_schedule(snapshot: Snapshot, schedule: Schedule, *, now: datetime, actor
     else:
         entry = msgspec.structs.replace(schedule, created_at=now, created_by=actor, updated_at=now)
         event = "schedule_created"
-    fields = {"id": entry.id, "cron": entry.cron, "destination": entry.destination, "by": actor}
     drop = (before,) if before is not None else ()
-    return Plan(put=(entry,), drop=drop, events=(Event(event, fields),), entry=entry)
+    return Plan(put=(entry,), drop=drop, events=(Event(event, _made_fields(entry, actor)),), entry=entry)
 
 
-def delete_schedule(snapshot: Snapshot, ident: str, *, actor: str) -> Plan:
-    """Delete a schedule made through QStash; NotFound, or DEFINED_IN_FILE for a file's."""
-    ident = check_schedule_id(ident)
-    view = KINDS["schedule"].view(snapshot, ident)
-    if view.schedule.source != RUNTIME:
-        raise defined_in_file(f"schedule {ident}", view.schedule.source)
-    return _dropped(KINDS["schedule"], view.schedule, "schedule_deleted", actor)
+def delete_made(snapshot: Snapshot, kind: str, ident: str, *, actor: str) -> Plan:
+    """Delete a schedule or endpoint made through its API; NotFound, or
+    DEFINED_IN_FILE for one a policy file declares."""
+    k = KINDS[kind]
+    ident = k.check(ident)
+    declared = _made(k, snapshot, ident)
+    return _dropped(k, declared, f"{kind}_deleted", actor)
+
+
+def _made(k: Kind, snapshot: Snapshot, ident: str) -> Schedule | Endpoint:
+    """The runtime's own schedule or endpoint ``ident``; NotFound, or DEFINED_IN_FILE."""
+    declared = k.view(snapshot, ident).declared
+    if declared.source != RUNTIME:
+        raise defined_in_file(f"{k.name} {ident}", declared.source)
+    return declared
+
+
+def _made_fields(entry: Schedule | Endpoint, actor: str) -> dict[str, Any]:
+    """What the events say of a schedule or endpoint made or changed."""
+    if isinstance(entry, Schedule):
+        return {"id": entry.id, "cron": entry.cron, "destination": entry.destination, "by": actor}
+    return {"id": entry.id, "url": entry.url, "by": actor}
+
+
+# -- endpoints made through HookBridge's API ----------------------------------
+
+
+def create_endpoint(snapshot: Snapshot, endpoint: Endpoint, *, now: datetime, actor: str) -> Plan:
+    """Create an endpoint under a new id (the caller's; HookBridge makes ids)."""
+    if endpoint.id in snapshot.endpoints:
+        raise Conflict(f"endpoint {endpoint.id} exists", code="ENDPOINT_EXISTS")
+    entry = msgspec.structs.replace(endpoint, created_at=now, created_by=actor, updated_at=now, source=RUNTIME)
+    event = Event("endpoint_created", _made_fields(entry, actor))
+    return Plan(put=(entry,), events=(event,), entry=entry)
+
+
+def update_endpoint(
+    snapshot: Snapshot, ident: str, changes: Mapping[str, Any], *, now: datetime, actor: str
+) -> Plan:
+    """Change what HookBridge's update gives (url, description, rate limit, burst,
+    headers) of an endpoint made through the API; its pause and creation stay."""
+    k = KINDS["endpoint"]
+    ident = k.check(ident)
+    before = _made(k, snapshot, ident)
+    entry = msgspec.structs.replace(before, **changes)
+    if entry == before:
+        return Plan(entry=before)
+    entry = msgspec.structs.replace(entry, updated_at=now)
+    event = Event("endpoint_updated", _made_fields(entry, actor))
+    return Plan(put=(entry,), drop=(before,), events=(event,), entry=entry)
 
 
 # -- flow-control keys: pins ---------------------------------------------------
@@ -525,7 +580,7 @@ def unpin(
         before,
         parallelism=None if parallelism else before.parallelism,
         rate=None if rate else before.rate,
-        period=None if rate else before.period,
+        period=None if rate or before.rate is None else before.period,
         updated_at=now,
     )
     if msgspec.structs.replace(entry, updated_at=before.updated_at) == before:
@@ -612,12 +667,12 @@ def _remote_event(
         elif name == "queue_updated":
             fields["reason"] = None
         return Event(name, fields)
-    if kind == "schedule" and (isinstance(old, Schedule) or isinstance(new, Schedule)):
+    if isinstance(old, (Schedule, Endpoint)) or isinstance(new, (Schedule, Endpoint)):
         if new is None:
-            return Event("schedule_deleted", {"id": key, "by": by})
+            return Event(f"{kind}_deleted", {"id": key, "by": by})
         if old is None or old.paused == new.paused:
-            name = "schedule_created" if old is None else "schedule_updated"
-            return Event(name, {"id": key, "cron": new.cron, "destination": new.destination, "by": by})
+            name = f"{kind}_created" if old is None else f"{kind}_updated"
+            return Event(name, _made_fields(new, by))
     if kind == "flow_control":
         was = old is not None and old.paused
         now_paused = new is not None and new.paused

@@ -50,17 +50,32 @@ def _compare(kind: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
     return changes
 
 
+def _compare_suspensions(old: Snapshot, new: Snapshot) -> list[Change]:
+    if old.runtime is not new.runtime or not (old.policy.parsed and new.policy.parsed):
+        return _compare("suspension", old.suspensions, new.suspensions)
+    gone, came = new.policy.changed_since(old.policy)
+    ids = dict.fromkeys(s.id for f in (*gone, *came) for s in f.suspensions)
+    return _compare(
+        "suspension",
+        {i: s for i in ids if (s := old.suspensions.get(i)) is not None},
+        {i: s for i in ids if (s := new.suspensions.get(i)) is not None},
+    )
+
+
 def diff(old: Snapshot, new: Snapshot) -> list[Change]:
     """Every entry added, removed or changed from ``old`` to ``new``.
 
     Suspensions come as Suspension values, queues as QueueView, schedules and
     endpoints as ScheduleView and EndpointView, automation rules as Rule.
+    Between two reloads of the same runtime state only the suspensions of
+    files that changed are compared (the others are the same objects).
     """
     return (
-        _compare("suspension", old.suspensions, new.suspensions)
+        _compare_suspensions(old, new)
         + _compare("queue", old.queues, new.queues)
         + _compare("schedule", old.schedules, new.schedules)
         + _compare("endpoint", old.endpoints, new.endpoints)
+        + _compare("flow_control", old.flow_controls, new.flow_controls)
         + _compare("automation", _rules(old), _rules(new))
     )
 

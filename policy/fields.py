@@ -722,9 +722,30 @@ def flow_control_from(data: object, *, mode: Mode = "file", source: str = RUNTIM
     )
 
 
-def endpoint_from(data: object, *, source: str = RUNTIME) -> Endpoint:
-    """Build an Endpoint from a policy file table."""
-    r = _Reader(data, ("id", "url", "name", "description", "paused", "reason"), "endpoint")
+_ENDPOINT_FILE_KEYS = ("id", "url", "name", "description", "paused", "reason")
+# What an endpoint made through HookBridge's API also keeps (the daemon's state only).
+_ENDPOINT_RUNTIME_KEYS = _ENDPOINT_FILE_KEYS + (
+    "rate_limit_rps", "burst", "headers", "created_at", "created_by", "updated_at",
+)
+# What HookBridge's create and update take.
+ENDPOINT_API_KEYS = ("url", "description", "rate_limit_rps", "burst", "headers")
+
+
+def endpoint_from(data: object, *, source: str = RUNTIME, mode: Mode = "file") -> Endpoint:
+    """Build an Endpoint from a policy file table, or (``mode="runtime"``) one
+    made through HookBridge's API as the daemon stores it."""
+    runtime = mode != "file"
+    r = _Reader(data, _ENDPOINT_RUNTIME_KEYS if runtime else _ENDPOINT_FILE_KEYS, "endpoint")
+    extra: dict[str, Any] = {}
+    if runtime:
+        extra = {
+            "rate_limit_rps": r.integer("rate_limit_rps", 0, 1_000_000),
+            "burst": r.integer("burst", 0, 1_000_000),
+            "headers": _headers(r, "headers"),
+            "created_at": r.moment("created_at"),
+            "created_by": r.text("created_by"),
+            "updated_at": r.moment("updated_at"),
+        }
     return _build(
         r,
         Endpoint,
@@ -735,6 +756,7 @@ def endpoint_from(data: object, *, source: str = RUNTIME) -> Endpoint:
         paused=r.boolean("paused"),
         reason=r.text("reason", limit=MAX_REASON),
         source=source,
+        **extra,
     )
 
 

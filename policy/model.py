@@ -177,7 +177,13 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class Endpoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """A delivery endpoint declared in a policy file (HookBridge endpoint)."""
+    """A delivery endpoint (HookBridge endpoint), declared in a policy file or
+    created through HookBridge's API (``source`` "runtime").
+
+    sluice never calls the URL: it answers whether messages for the endpoint
+    may be delivered. The rate limit and headers a client gives are kept so
+    that it reads them back.
+    """
 
     id: str
     url: str
@@ -185,6 +191,12 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     description: str | None = None
     paused: bool = False
     reason: str | None = None
+    rate_limit_rps: int | None = None
+    burst: int | None = None
+    headers: dict[str, str] | None = None
+    created_at: datetime | None = None
+    created_by: str | None = None
+    updated_at: datetime | None = None
     source: str = RUNTIME
 
 

@@ -26,12 +26,13 @@ import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
+import immutables
 import msgspec
 from croniter import croniter
 
 from . import queue_name
 from .files import PolicySet
-from .index import SuspensionIndex
+from .index import SuspensionIndex, order_key
 from .model import RUNTIME, Endpoint, FlowControl, Pause, QueuePolicy, Schedule, Suspension
 
 
@@ -39,14 +40,21 @@ MEMO_SIZE = 65536
 
 
 class Runtime(msgspec.Struct, frozen=True):
-    """The daemon's own entries, keyed by id or name. Treated as immutable."""
+    """The daemon's own entries, keyed by id or name.
 
-    suspensions: Mapping[str, Suspension] = msgspec.field(default_factory=dict)
-    queues: Mapping[str, QueuePolicy] = msgspec.field(default_factory=dict)
+    Each map is persistent (``immutables.Map``, a hash array mapped trie):
+    a change makes a new map sharing all but a path of the old one, so one
+    change at 100,000 runtime suspensions costs O(log n), not a copy.
+    (Plain dicts are taken too, and become maps on their first change.)
+    """
+
+    suspensions: Mapping[str, Suspension] = msgspec.field(default_factory=immutables.Map)
+    queues: Mapping[str, QueuePolicy] = msgspec.field(default_factory=immutables.Map)
     # a file schedule's pause, or a schedule made through QStash's API
-    schedule_pauses: Mapping[str, Pause | Schedule] = msgspec.field(default_factory=dict)
-    endpoint_pauses: Mapping[str, Pause] = msgspec.field(default_factory=dict)
-    flow_controls: Mapping[str, FlowControl] = msgspec.field(default_factory=dict)
+    schedule_pauses: Mapping[str, Pause | Schedule] = msgspec.field(default_factory=immutables.Map)
+    # a file endpoint's pause, or an endpoint made through HookBridge's API
+    endpoint_pauses: Mapping[str, Pause | Endpoint] = msgspec.field(default_factory=immutables.Map)
+    flow_controls: Mapping[str, FlowControl] = msgspec.field(default_factory=immutables.Map)
 
 
 class QueueView(msgspec.Struct, frozen=True):
@@ -94,6 +102,10 @@ class ScheduleView(msgspec.Struct, frozen=True):
     pause: Pause | None = None
 
     @property
+    def declared(self) -> Schedule:
+        return self.schedule
+
+    @property
     def paused(self) -> bool:
         return self.schedule.paused or self.pause is not None
 
@@ -122,8 +134,15 @@ class ScheduleView(msgspec.Struct, frozen=True):
 
 
 class EndpointView(msgspec.Struct, frozen=True):
+    """An endpoint: a file's, with the runtime's pause of it, or one made at runtime
+    (whose own ``paused`` is its pause)."""
+
     endpoint: Endpoint
     pause: Pause | None = None
+
+    @property
+    def declared(self) -> Endpoint:
+        return self.endpoint
 
     @property
     def paused(self) -> bool:
@@ -132,12 +151,13 @@ class EndpointView(msgspec.Struct, frozen=True):
     @property
     def file_pause(self) -> str | None:
         """Where a policy file pauses this endpoint, or None."""
-        return self.endpoint.source if self.endpoint.paused else None
+        e = self.endpoint
+        return e.source if e.paused and e.source != RUNTIME else None
 
     @property
-    def own(self) -> Pause | None:
-        """The runtime's pause of this endpoint, if any."""
-        return self.pause
+    def own(self) -> Pause | Endpoint | None:
+        """The runtime's entry: its pause of a file's endpoint, or the endpoint it made."""
+        return self.endpoint if self.endpoint.source == RUNTIME else self.pause
 
     @property
     def holder_source(self) -> str | None:
@@ -256,12 +276,85 @@ def _suspension_hold(s: Suspension) -> Hold:
     return Hold(kind="suspension", id=s.id, reason=s.reason, expires=s.expires, source=s.source)
 
 
-def _merge_suspensions(policy: PolicySet, runtime: Runtime) -> dict[str, Suspension]:
-    """Files first, in the order written, then runtime entries; an id in both is the file's."""
-    merged = {s.id: s for s in policy.suspensions}
-    for ident, s in runtime.suspensions.items():
-        merged.setdefault(ident, s)
-    return merged
+Ends = tuple[int, list[float]]
+
+
+def _ends(suspensions: Iterable[Suspension]) -> Ends:
+    """How many of ``suspensions`` never end, and the others' ends, sorted."""
+    endless = 0
+    ends = []
+    for s in suspensions:
+        if s.expires is None:
+            endless += 1
+        else:
+            ends.append(s.expires.timestamp())
+    ends.sort()
+    return endless, ends
+
+
+def _evolved_ends(before: Ends | None, put: Iterable[Suspension], drop: Iterable[Suspension]) -> Ends | None:
+    """``before`` with ``drop`` taken out and ``put`` put in: a copy of the list
+    and a bisection each, not a sort of them all."""
+    if before is None:
+        return None
+    endless, ends = before[0], list(before[1])
+    for s in drop:
+        if s.expires is None:
+            endless -= 1
+        else:
+            del ends[bisect.bisect_left(ends, s.expires.timestamp())]
+    for s in put:
+        if s.expires is None:
+            endless += 1
+        else:
+            bisect.insort(ends, s.expires.timestamp())
+    return endless, ends
+
+
+class Suspensions(Mapping[str, Suspension]):
+    """Every suspension by id: the files', then the runtime's (an id in both is the file's).
+
+    A view over the two layers, so neither is copied to make it: the files'
+    dict changes only on a reload, the runtime's persistent map with each change.
+    """
+
+    __slots__ = ("files", "runtime", "hidden")
+
+    def __init__(self, files: Mapping[str, Suspension], runtime: Mapping[str, Suspension], hidden: frozenset[str]) -> None:
+        self.files = files
+        self.runtime = runtime
+        self.hidden = hidden  # runtime ids a file also has
+
+    def __getitem__(self, ident: str) -> Suspension:
+        found = self.files.get(ident)
+        if found is None:
+            return self.runtime[ident]
+        return found
+
+    def get(self, ident: str, default: Suspension | None = None) -> Suspension | None:
+        found = self.files.get(ident)
+        if found is None:
+            return self.runtime.get(ident, default)
+        return found
+
+    def __contains__(self, ident: object) -> bool:
+        return ident in self.files or ident in self.runtime
+
+    def __iter__(self):
+        yield from self.files
+        hidden = self.hidden
+        for ident in self.runtime:
+            if ident not in hidden:
+                yield ident
+
+    def __len__(self) -> int:
+        return len(self.files) + len(self.runtime) - len(self.hidden)
+
+
+def _hidden(files: Mapping[str, Suspension], runtime: Mapping[str, Suspension]) -> frozenset[str]:
+    """The runtime ids a policy file also has (only a hand edit of the state can make one)."""
+    small, large = (files, runtime) if len(files) <= len(runtime) else (runtime, files)
+    return frozenset(ident for ident in small if ident in large)
 
 
 def _merge_schedules(policy: PolicySet, runtime: Runtime) -> dict[str, ScheduleView]:
@@ -274,6 +367,19 @@ def _merge_schedules(policy: PolicySet, runtime: Runtime) -> dict[str, ScheduleV
     for ident, entry in runtime.schedule_pauses.items():
         if isinstance(entry, Schedule) and ident not in views:
             views[ident] = ScheduleView(schedule=entry)
+    return views
+
+
+def _merge_endpoints(policy: PolicySet, runtime: Runtime) -> dict[str, EndpointView]:
+    """File endpoints with the runtime's pauses, then endpoints made at runtime
+    (an id a file also declares is the file's)."""
+    views: dict[str, EndpointView] = {}
+    for e in policy.endpoints:
+        pause = runtime.endpoint_pauses.get(e.id)
+        views[e.id] = EndpointView(endpoint=e, pause=pause if isinstance(pause, Pause) else None)
+    for ident, entry in runtime.endpoint_pauses.items():
+        if isinstance(entry, Endpoint) and ident not in views:
+            views[ident] = EndpointView(endpoint=entry)
     return views
 
 
@@ -305,11 +411,13 @@ class Snapshot:
         "schedules",
         "endpoints",
         "flow_controls",
-        "_index",
+        "_files_index",
+        "_runtime_index",
         "_lasting",
         "_timed",
         "_since",
-        "_expiries",
+        "_file_ends",
+        "_runtime_ends",
         "_holders",
         "_next_expiry",
     )
@@ -320,28 +428,29 @@ class Snapshot:
         generation: int,
         policy: PolicySet,
         runtime: Runtime,
-        suspensions: Mapping[str, Suspension],
+        suspensions: Suspensions,
         queues: Mapping[str, QueueView],
-        index: SuspensionIndex,
+        files_index: SuspensionIndex,
+        runtime_index: SuspensionIndex,
     ) -> None:
         self.generation = generation
         self.policy = policy
         self.runtime = runtime
         self.suspensions = suspensions
         self.queues = queues
-        self._index = index
+        self._files_index = files_index
+        self._runtime_index = runtime_index
         self._lasting: dict[str, Decision] = {}
         self._timed: dict[str, tuple[Decision, float, float]] = {}
         self._since = -math.inf
-        self._expiries: tuple[int, list[float]] | None = None  # for active_count
-        self._holders: dict[str, Suspension] | None = None  # for runtime_holder
+        # for active_count, per layer: (how many never end, sorted ends); None: not yet made
+        self._file_ends: Ends | None = None
+        self._runtime_ends: Ends | None = None
+        self._holders: immutables.Map | None = None  # for runtime_holder
         self._next_expiry: float | None | bool = False  # False: not yet computed
         self.schedules = _merge_schedules(policy, runtime)
         self.flow_controls = _merge_flow_controls(policy, runtime)
-        self.endpoints = {
-            e.id: EndpointView(endpoint=e, pause=runtime.endpoint_pauses.get(e.id))
-            for e in policy.endpoints
-        }
+        self.endpoints = _merge_endpoints(policy, runtime)
 
     @classmethod
     def build(
@@ -349,19 +458,64 @@ class Snapshot:
     ) -> Snapshot:
         """Merge ``policy`` and ``runtime`` into a new snapshot."""
         runtime = runtime if runtime is not None else Runtime()
-        suspensions = _merge_suspensions(policy, runtime)
+        if not isinstance(runtime.suspensions, immutables.Map):
+            runtime = msgspec.structs.replace(runtime, suspensions=immutables.Map(runtime.suspensions))
+        runtime_index = SuspensionIndex.build(runtime.suspensions.values(), persistent=True)
+        return cls._with_files(policy, runtime, runtime_index, generation)
+
+    @classmethod
+    def _with_files(
+        cls, policy: PolicySet, runtime: Runtime, runtime_index: SuspensionIndex, generation: int
+    ) -> Snapshot:
+        files = {s.id: s for s in policy.suspensions}
         return cls(
             generation=generation,
             policy=policy,
             runtime=runtime,
-            suspensions=suspensions,
+            suspensions=Suspensions(files, runtime.suspensions, _hidden(files, runtime.suspensions)),
             queues=_merge_queues(policy, runtime),
-            index=SuspensionIndex.build(suspensions.values()),
+            files_index=SuspensionIndex.build(policy.suspensions),
+            runtime_index=runtime_index,
         )
 
     def with_policy(self, policy: PolicySet, generation: int) -> Snapshot:
-        """The same runtime state under new policy files."""
-        return Snapshot.build(policy, self.runtime, generation)
+        """The same runtime state under new policy files (the runtime's layer is kept).
+
+        Only the files that changed are indexed again: their old entries are
+        taken out of the files' layer and their new ones put in, so a small
+        edit next to a 100,000-suspension file costs the small file.
+        """
+        if self.policy.parsed and policy.parsed:
+            gone, came = policy.changed_since(self.policy)
+            removed = [s for f in gone for s in f.suspensions]
+            added = [s for f in came for s in f.suspensions]
+        else:
+            removed = added = None
+        evolved = not (removed is None or len(removed) + len(added) > len(policy.suspensions) // 2)
+        if not evolved:
+            after = Snapshot._with_files(policy, self.runtime, self._runtime_index, generation)
+        else:
+            files = dict(self.suspensions.files)
+            for s in removed:
+                files.pop(s.id, None)
+            for s in added:
+                files[s.id] = s
+            after = Snapshot(
+                generation=generation,
+                policy=policy,
+                runtime=self.runtime,
+                suspensions=Suspensions(files, self.runtime.suspensions, _hidden(files, self.runtime.suspensions)),
+                queues=_merge_queues(policy, self.runtime),
+                files_index=self._files_index.evolve(add=added, remove=removed),
+                runtime_index=self._runtime_index,
+            )
+        after._holders = self._holders
+        after._next_expiry = self._next_expiry
+        if after.suspensions.hidden == self.suspensions.hidden:
+            after._runtime_ends = self._runtime_ends
+        if evolved:
+            after._file_ends = _evolved_ends(self._file_ends, added, removed)
+        return after
 
     def with_runtime(
         self,
@@ -377,27 +531,59 @@ class Snapshot:
         ``self.runtime`` and ``runtime`` (an update is a drop and a put), so
         the index is evolved rather than rebuilt.
         """
-        current = self.suspensions
-        put = [s for s in put if current.get(s.id, s).source == "runtime"]
-        drop = [s for s in drop if current.get(s.id, s).source == "runtime"]
-        suspensions = dict(current)
-        for s in drop:
-            suspensions.pop(s.id, None)
-        for s in put:
-            suspensions[s.id] = s
+        put, drop = list(put), list(drop)
+        files = self.suspensions.files
+        suspensions = runtime.suspensions
+        if not isinstance(suspensions, immutables.Map):
+            suspensions = immutables.Map(suspensions)
+            runtime = msgspec.structs.replace(runtime, suspensions=suspensions)
+        hidden = self.suspensions.hidden
+        if any(s.id in files for s in (*put, *drop)):
+            hidden = _hidden(files, suspensions)
         queues = (
             self.queues
             if runtime.queues is self.runtime.queues
             else _merge_queues(self.policy, runtime)
         )
-        return Snapshot(
+        after = Snapshot(
             generation=generation,
             policy=self.policy,
             runtime=runtime,
-            suspensions=suspensions,
+            suspensions=Suspensions(files, suspensions, hidden),
             queues=queues,
-            index=self._index.evolve(add=put, remove=drop),
+            files_index=self._files_index,
+            runtime_index=self._runtime_index.evolve(add=put, remove=drop),
         )
+        after._holders = self._evolved_holders(put, drop)
+        after._file_ends = self._file_ends
+        if hidden == self.suspensions.hidden and not any(s.id in hidden for s in (*put, *drop)):
+            after._runtime_ends = _evolved_ends(self._runtime_ends, put, drop)
+        after._next_expiry = self._evolved_next_expiry(put, drop)
+        return after
+
+    def _evolved_holders(self, put: list[Suspension], drop: list[Suspension]) -> immutables.Map | None:
+        """``runtime_holder``'s map after ``put`` and ``drop``, if this snapshot made one."""
+        if self._holders is None:
+            return None
+        holders = self._holders.mutate()
+        for s in drop:
+            held = holders.get(s.criteria_key)
+            if held is not None and held.id == s.id:
+                del holders[s.criteria_key]
+        for s in put:
+            holders[s.criteria_key] = s
+        return holders.finish()
+
+    def _evolved_next_expiry(self, put: list[Suspension], drop: list[Suspension]) -> float | None | bool:
+        """``next_runtime_expiry`` after ``put`` and ``drop``; False (work it out
+        again when asked) if the earliest expiry may have been dropped."""
+        earliest = self._next_expiry
+        if earliest is False:
+            return False
+        if any(s.expires is not None and s.expires.timestamp() <= earliest for s in drop):
+            return False
+        ends = [s.expires.timestamp() for s in put if s.expires is not None]
+        return min([*ends, earliest] if earliest is not None else ends, default=None)
 
     def decide(self, name: str | queue_name.QueueName, now: float) -> Decision:
         """Every hold on queue ``name`` at ``now`` (seconds since the epoch).
@@ -460,7 +646,10 @@ class Snapshot:
 
     def _decide(self, q: queue_name.QueueName, now: float) -> tuple[Decision, float, float]:
         """The decision, when it stops being valid, and when its last hold ends."""
-        found = self._index.lookup(q, now)
+        found = self._files_index.lookup(q, now)
+        in_runtime = self._runtime_index.lookup(q, now, self.suspensions.hidden)
+        if in_runtime:
+            found = found + in_runtime if found else in_runtime  # files' first, as listed
         view = self.queues.get(q.name)
         if not found and view is None:
             return (
@@ -555,7 +744,9 @@ class Snapshot:
         it can never disagree with it.
         """
         if self._holders is None:
-            self._holders = {s.criteria_key: s for s in self.runtime.suspensions.values()}
+            self._holders = immutables.Map(
+                {s.criteria_key: s for s in self.runtime.suspensions.values()}
+            )
         return self._holders.get(criteria_key)
 
     def next_runtime_expiry(self) -> float | None:
@@ -568,17 +759,27 @@ class Snapshot:
         return self._next_expiry
 
     def active_suspensions(self, now: float) -> list[Suspension]:
-        """Suspensions in force at ``now``, files first, then runtime by creation."""
-        return [s for s in self.suspensions.values() if s.is_active(now)]
+        """Suspensions in force at ``now``, files first as written, then runtime by creation."""
+        listed = [s for s in self.policy.suspensions if s.is_active(now)]
+        hidden = self.suspensions.hidden
+        runtime = [
+            s for s in self.runtime.suspensions.values() if s.is_active(now) and s.id not in hidden
+        ]
+        runtime.sort(key=order_key)
+        return listed + runtime
 
     def active_count(self, now: float) -> int:
-        """How many suspensions are in force at ``now``; O(log n) after the first call."""
-        if self._expiries is None:
-            ends = [s.expires.timestamp() for s in self.suspensions.values() if s.expires is not None]
-            ends.sort()
-            self._expiries = (len(self.suspensions) - len(ends), ends)
-        endless, ends = self._expiries
-        return endless + len(ends) - bisect.bisect_right(ends, now)
+        """How many suspensions are in force at ``now``; O(log n) once the
+        layers' sorted ends are made (each change evolves them)."""
+        if self._file_ends is None:
+            self._file_ends = _ends(self.policy.suspensions)
+        if self._runtime_ends is None:
+            hidden = self.suspensions.hidden
+            self._runtime_ends = _ends(s for s in self.runtime.suspensions.values() if s.id not in hidden)
+        total = 0
+        for endless, ends in (self._file_ends, self._runtime_ends):
+            total += endless + len(ends) - bisect.bisect_right(ends, now)
+        return total
 
     def counts(self, now: float) -> dict[str, int]:
         return {

@@ -8,10 +8,14 @@ calls the route dispatcher with each whole ``Request`` and sends its
     headers over ``max_header`` bytes      431 (h11's max_incomplete_event_size)
     a body over ``max_body`` bytes         413 (Content-Length, or counted)
     a request not complete in time         408
+    no first request head in time          408 (closed quietly if nothing came)
     a keep-alive connection idle too long  closed quietly
 The whole connection runs in one cancel scope (a scope per request costs
 more than a small request); ``Deadlines`` owns its deadline, which follows
-where the current request is: idle, reading, answering or streaming. A
+where the current request is: first, idle, reading, answering or
+streaming. The connection keeps its ``serving.Slot`` up to date: waiting
+while it reads a request, proven once a request from a known peer (its
+credentials, a token, a trusted address) has been dispatched. A
 broken request is answered with the error envelope and the connection
 closes. Every answered request is logged once with method, path (never the
 query), status, duration, peer and request id; the id is also bound as a
@@ -31,7 +35,7 @@ import h11
 import structlog
 import trio
 
-from ..serving import Drain
+from ..serving import Drain, Slot
 from .message import (
     NO_PARAMS,
     HttpError,
@@ -68,7 +72,8 @@ class Limits:
 
     request_timeout: float = 10.0
     idle_timeout: float = 60.0
-    max_connections: int = 256
+    # from connecting (TLS handshake included) to the first request's whole head
+    first_request_timeout: float = 5.0
 
     def body_limit(self, target: bytes) -> int:
         """The body limit of the route ``target`` (a request target) goes to."""
@@ -82,6 +87,9 @@ class Limits:
 class Deadlines:
     """The deadline of a connection's one cancel scope, by where its request is.
 
+    first      until the first request's head is whole: ``first_request_timeout``
+               from connecting, however the bytes come (a client that trickles
+               them cannot hold a slot for long); then as reading
     idle       waiting for a request's first byte: ``idle_timeout`` from the
                last answer, and shutdown may cancel the scope (moved at most
                once a second: a move costs trio a heap update)
@@ -90,11 +98,12 @@ class Deadlines:
     streaming  none: a stream ends with its source, or the shutdown grace
     """
 
-    __slots__ = ("scope", "reading", "_limits", "_drain", "_timed")
+    __slots__ = ("scope", "reading", "first", "_limits", "_drain", "_timed")
 
-    def __init__(self, limits: Limits, drain: Drain) -> None:
-        self.scope = trio.CancelScope(deadline=trio.current_time() + limits.idle_timeout)
+    def __init__(self, limits: Limits, drain: Drain, opened: float) -> None:
+        self.scope = trio.CancelScope(deadline=opened + limits.first_request_timeout)
         self.reading = False  # part of a request has arrived, not all of it
+        self.first = True  # the first request's head is not whole yet
         self._limits = limits
         self._drain = drain
         self._timed = False  # the request timeout is running
@@ -103,13 +112,14 @@ class Deadlines:
         """The connection's next bytes, waited for under the deadline of this phase."""
         scope = self.scope
         if self.reading:
-            if not self._timed:
+            if not self._timed and not self.first:
                 self._timed = True
                 scope.deadline = trio.current_time() + self._limits.request_timeout
             return await stream.receive_some(RECEIVE_SIZE)
-        idle_until = trio.current_time() + self._limits.idle_timeout
-        if idle_until - scope.deadline > 1.0:
-            scope.deadline = idle_until
+        if not self.first:
+            idle_until = trio.current_time() + self._limits.idle_timeout
+            if idle_until - scope.deadline > 1.0:
+                scope.deadline = idle_until
         if self._drain.rest(scope):
             scope.cancel()  # shutdown has begun: no new request
         try:
@@ -118,6 +128,13 @@ class Deadlines:
             self._drain.awake(scope)
         self.reading = True
         return data
+
+    def head_read(self) -> None:
+        """A request's head is whole: after the first, the request timeout runs for its body."""
+        if self.first:
+            self.first = False
+            self._timed = True
+            self.scope.deadline = trio.current_time() + self._limits.request_timeout
 
     def answering(self) -> None:
         self.reading = False
@@ -135,13 +152,17 @@ async def serve_connection(
     peer: Peer,
     limits: Limits = Limits(),
     drain: Drain | None = None,
+    slot: Slot | None = None,
 ) -> None:
     """Serve HTTP/1.1 requests on ``stream`` until the client is done or misbehaves.
 
-    Never raises for anything the client does; the stream is closed on return.
+    ``slot`` is the connection's place in its service (its ``opened`` time
+    starts the first request's deadline). Never raises for anything the
+    client does; the stream is closed on return.
     """
     drain = drain if drain is not None else Drain()
-    await _Connection(stream, dispatch, peer, limits, drain).serve()
+    slot = slot if slot is not None else Slot()
+    await _Connection(stream, dispatch, peer, limits, drain, slot).serve()
 
 
 _PROTOCOL_CODES = {431: "HEADERS_TOO_LARGE", 400: "BAD_REQUEST", 505: "HTTP_VERSION_NOT_SUPPORTED"}
@@ -151,20 +172,27 @@ class _Connection:
     """One connection's h11 state and the request it is on."""
 
     __slots__ = (
-        "stream", "dispatch", "peer", "limits", "drain", "conn", "deadlines",
+        "stream", "dispatch", "peer", "limits", "drain", "slot", "conn", "deadlines",
         "request_id", "head", "failure",
     )
 
     def __init__(
-        self, stream: trio.abc.Stream, dispatch: Dispatch, peer: Peer, limits: Limits, drain: Drain
+        self,
+        stream: trio.abc.Stream,
+        dispatch: Dispatch,
+        peer: Peer,
+        limits: Limits,
+        drain: Drain,
+        slot: Slot,
     ) -> None:
         self.stream = stream
         self.dispatch = dispatch
         self.peer = peer
         self.limits = limits
         self.drain = drain
+        self.slot = slot
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header)
-        self.deadlines = Deadlines(limits, drain)
+        self.deadlines = Deadlines(limits, drain, slot.opened)
         self.request_id = ""
         self.head: h11.Request | None = None  # of the current request, once read
         self.failure: tuple[int, str, str] | None = None  # to answer, then close
@@ -175,11 +203,7 @@ class _Connection:
             with deadlines.scope:
                 await self._requests()
             if deadlines.scope.cancelled_caught and deadlines.reading and not self.drain.draining:
-                self.failure = (
-                    408,
-                    "REQUEST_TIMEOUT",
-                    f"request not complete within {self.limits.request_timeout:g} s",
-                )
+                self.failure = (408, "REQUEST_TIMEOUT", self._timeout_message())
             if self.failure is not None:
                 await self._fail(*self.failure)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
@@ -221,7 +245,19 @@ class _Connection:
         if request is None:
             return False
         self.deadlines.answering()
-        return await self._answer(request)
+        slot = self.slot
+        if slot.proven:
+            return await self._answer(request)
+        slot.waiting = False  # being answered: not to be evicted
+        keep = await self._answer(request)
+        if not slot.proven:
+            slot.wait()
+        return keep
+
+    def _timeout_message(self) -> str:
+        if self.deadlines.first:
+            return f"request head not complete within {self.limits.first_request_timeout:g} s of connecting"
+        return f"request not complete within {self.limits.request_timeout:g} s"
 
     def _protocol_failure(self, exc: h11.RemoteProtocolError) -> tuple[int, str, str]:
         status = exc.error_status_hint
@@ -249,6 +285,7 @@ class _Connection:
                 conn.receive_data(await self.deadlines.receive(self.stream))
             elif type(event) is h11.Request:
                 self.head = head = event
+                self.deadlines.head_read()
                 raw = event.headers.raw_items()
                 _check_head_size(event, raw, limits.max_header)
             elif type(event) is h11.Data:
@@ -279,6 +316,8 @@ class _Connection:
         """Dispatch ``request`` and send its response; False if the connection ends with it."""
         started = trio.current_time()
         response = await self.dispatch(request)
+        if not self.slot.proven and request.peer.known:
+            self.slot.prove()
         head_only = request.method == "HEAD"
         if response.stream is not None:
             if not head_only:

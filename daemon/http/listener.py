@@ -4,8 +4,8 @@
 ``trio.serve_listeners`` hands each accepted stream of the admin socket and
 of the TCP listener: the peer is found (unix credentials, or the TCP
 address, which a token may later name), TLS is set up where configured, and
-the connection is served by ``serve_connection``. A connection over the
-cap is answered 503 and closed.
+the connection is served by ``serve_connection`` in its slot. A connection
+for which no slot can be made (``serving.Slots``) is answered 503 and closed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import ssl
 import structlog
 import trio
 
-from ..serving import Drain, Service
+from ..serving import Drain, Service, Slot, Slots
 from .connection import Dispatch, Limits, linger, raw_response, serve_connection
 from .message import error_body, new_request_id
 from .peer import Peer, unix_peer
@@ -23,57 +23,57 @@ from .peer import Peer, unix_peer
 log = structlog.get_logger("sluice.http")
 
 
-def unix_service(dispatch: Dispatch, limits: Limits) -> Service:
+def unix_service(dispatch: Dispatch, limits: Limits, slots: Slots) -> Service:
     """The admin socket's connections: the peer known by its credentials."""
     drain = Drain()
 
-    async def handle(stream: trio.SocketStream) -> None:
+    async def handle(stream: trio.SocketStream, slot: Slot) -> None:
         try:
             peer = unix_peer(stream.socket)
         except OSError:
             peer = Peer()
-        await serve_connection(stream, dispatch, peer, limits, drain)
+        await serve_connection(stream, dispatch, peer, limits, drain, slot)
 
-    return Service(handle, refuse, limits.max_connections, drain)
+    return Service(handle, refuse, slots, drain)
 
 
-def tcp_service(dispatch: Dispatch, limits: Limits, tls: ssl.SSLContext | None) -> Service:
+def tcp_service(dispatch: Dispatch, limits: Limits, slots: Slots, tls: ssl.SSLContext | None) -> Service:
     """The TCP listener's connections: the peer known by its address, TLS if ``tls``."""
     drain = Drain()
 
-    async def handle(stream: trio.SocketStream) -> None:
-        try:
-            address = stream.socket.getpeername()[0]
-        except OSError:
-            return
+    async def handle(stream: trio.SocketStream, slot: Slot) -> None:
+        address = slot.peer
+        if address is None:
+            return  # gone before it could be served
         served: trio.abc.Stream = stream
         if tls is not None:
-            served = await _handshake(stream, tls, limits.request_timeout, address)
+            # the handshake is part of the first request's time
+            served = await _handshake(stream, tls, slot.opened + limits.first_request_timeout, address)
             if served is None:
                 return
-        await serve_connection(served, dispatch, Peer(address=address), limits, drain)
+        await serve_connection(served, dispatch, Peer(address=address), limits, drain, slot)
 
-    return Service(handle, refuse, limits.max_connections, drain)
+    return Service(handle, refuse, slots, drain)
 
 
 async def _handshake(
-    stream: trio.SocketStream, tls: ssl.SSLContext, timeout: float, address: str
+    stream: trio.abc.Stream, tls: ssl.SSLContext, deadline: float, address: str
 ) -> trio.SSLStream | None:
-    """``stream`` under TLS, or None (the stream closed) if the handshake fails or takes too long."""
+    """``stream`` under TLS, or None (the stream closed) if the handshake fails or is not done by ``deadline``."""
     secure = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
-    with trio.move_on_after(timeout):
+    with trio.move_on_at(deadline):
         try:
             await secure.do_handshake()
         except trio.BrokenResourceError:
             log.info("tls_handshake_failed", peer=address)
-            return None
-        return secure
+        else:
+            return secure
     await trio.aclose_forcefully(secure)
     return None
 
 
 async def refuse(stream: trio.abc.Stream) -> None:
-    """Over the connection cap: 503 with the error envelope, then close."""
+    """No slot for this connection: 503 with the error envelope, then close."""
     request_id = new_request_id()
     body = error_body("TOO_MANY_CONNECTIONS", "connection limit reached; try again", request_id)
     with trio.move_on_after(1):

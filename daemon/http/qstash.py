@@ -303,7 +303,7 @@ def add_qstash_routes(
         return Response.json({"scheduleId": made.id})
 
     async def delete_schedule(request: Request) -> Response:
-        await mutations.delete_schedule(request.params["id"], actor(request))
+        await mutations.delete_made("schedule", request.params["id"], actor(request))
         return Response()
 
     # The DESIGN names POST; the official SDKs send PATCH. Both are served.

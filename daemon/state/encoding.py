@@ -26,7 +26,7 @@ import tomli_w
 from sluice.policy.changes import entry_key
 from sluice.policy.errors import FileProblem, ValidationError
 from sluice.policy.files import ParsedFile, parse_runtime
-from sluice.policy.model import Entry, FlowControl, Pause, QueuePolicy, Schedule, Suspension
+from sluice.policy.model import Endpoint, Entry, FlowControl, Pause, QueuePolicy, Schedule, Suspension
 from sluice.policy.snapshot import Runtime
 
 KINDS = ("suspension", "queue", "schedule", "endpoint", "flow_control")
@@ -135,7 +135,9 @@ def runtime_from(entries: list[Entry]) -> Runtime:
             if isinstance(e, Schedule) or (isinstance(e, Pause) and e.kind == "schedule")
         },
         endpoint_pauses={
-            e.id: e for e in entries if isinstance(e, Pause) and e.kind == "endpoint"
+            e.id: e
+            for e in entries
+            if isinstance(e, Endpoint) or (isinstance(e, Pause) and e.kind == "endpoint")
         },
         flow_controls={e.key: e for e in entries if isinstance(e, FlowControl)},
     )

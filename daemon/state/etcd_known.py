@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from sluice.policy.changes import entries
 from sluice.policy.model import Entry, Suspension
 from sluice.policy.snapshot import Runtime
 
 from .base import Updates
 from .cache import LocalCopy
-from .encoding import KINDS, entry_key, name_for
+from .encoding import entry_key, name_for
 from .etcd_keys import Keys
 
 Found = dict[str, tuple[int, bytes]]  # etcd key -> (mod_revision, value)
@@ -135,6 +136,5 @@ class Known:
 
 def runtime_keys(runtime: Runtime) -> list[tuple[str, str]]:
     """The (kind, key) of every object in ``runtime``."""
-    mappings = (runtime.suspensions, runtime.queues, runtime.schedule_pauses, runtime.endpoint_pauses)
-    return [(kind, key) for kind, mapping in zip(KINDS, mappings) for key in mapping]
+    return [entry_key(e) for e in entries(runtime)]
 

@@ -219,7 +219,7 @@ def import_state(
 
 def _placeholder(name: str) -> Entry:
     """An entry with the kind and key ``name`` stands for, to remove a broken text."""
-    from sluice.policy.model import Pause, QueuePolicy, Suspension
+    from sluice.policy.model import FlowControl, Pause, QueuePolicy, Suspension
 
     kind, key = key_of(name) or ("", "")
     if kind == "suspension":
@@ -228,5 +228,7 @@ def _placeholder(name: str) -> Entry:
         return QueuePolicy(name=key)
     if kind in ("schedule", "endpoint"):
         return Pause(kind=kind, id=key)
+    if kind == "flow_control":
+        return FlowControl(key=key)
     raise TransferError(f"{name}: not a runtime entry's name")
 

@@ -177,7 +177,7 @@ def shape(template: str) -> str:
     return re.sub(r"\{[^}]+\}", "{}", template)
 
 
-SAMPLES = {"name": "my_queue", "queueName": "my_queue", "scheduleId": "weekly-digest"}
+SAMPLES = {"name": "my_queue", "queueName": "my_queue", "scheduleId": "weekly-digest", "key": "orders-eu"}
 
 
 def concrete(template: str) -> str:

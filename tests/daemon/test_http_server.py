@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from sluice.daemon.http.peer import Peer
 from sluice.daemon.http.connection import Limits, serve_connection
 from sluice.daemon.http.message import Request, Response, parse_query
-from sluice.daemon.serving import Drain
+from sluice.daemon.serving import Drain, Slots
 
-LIMITS = Limits(request_timeout=10.0, idle_timeout=60.0)
+LIMITS = Limits(request_timeout=10.0, idle_timeout=60.0, first_request_timeout=5.0)
 
 
 class Client:
@@ -108,6 +108,8 @@ async def test_a_request_that_never_finishes_gets_408(served, autojump_clock):
 
 async def test_slow_headers_keep_their_deadline_from_the_first_byte(served, autojump_clock):
     client = served(hello)
+    await client.send(get("/first"))
+    assert (await client.response())[0] == 200
     start = trio.current_time()
     for piece in (b"GET /x HTTP/1.1\r\n", b"Host: sluice\r\n", b"X-Slow: 1\r\n"):
         await trio.sleep(4)  # each piece in time, the whole not
@@ -116,6 +118,54 @@ async def test_slow_headers_keep_their_deadline_from_the_first_byte(served, auto
     status, _, body = await client.response()
     assert status == 408
     assert trio.current_time() - start <= LIMITS.request_timeout + 1.5
+
+
+async def test_a_first_request_head_trickled_in_gets_408_at_the_first_request_timeout(
+    served, autojump_clock
+):
+    client = served(hello)
+    start = trio.current_time()
+    for byte in b"GET /":  # a byte a second, as long as the deadline: each in time, the head not
+        await client.send(bytes([byte]))
+        await trio.sleep(1)
+    status, _, body = await client.response()
+    assert status == 408
+    assert json.loads(body)["error"]["message"] == "request head not complete within 5 s of connecting"
+    assert trio.current_time() - start == LIMITS.first_request_timeout
+
+
+async def test_a_connection_that_sends_nothing_is_closed_at_the_first_request_timeout(
+    served, autojump_clock
+):
+    client = served(hello)
+    start = trio.current_time()
+    assert await client.closed()
+    assert trio.current_time() - start == LIMITS.first_request_timeout < LIMITS.idle_timeout
+
+
+async def test_a_connection_is_proven_by_its_first_request_from_a_known_peer(nursery, autojump_clock):
+    """Until then it may give way to a newcomer: while it waits, not while it is answered."""
+    slots = Slots("http", max_connections=10, max_unproven_per_peer=10)
+    slot = slots.admit("192.0.2.1")
+    seen: list[bool] = []
+
+    async def authenticate(request: Request) -> Response:
+        seen.append(slot.waiting)
+        if request.path == "/with-token":
+            request.peer = Peer(address="192.0.2.1", token="grafana", role="read")
+        return Response.json({})
+
+    ours, theirs = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_connection, theirs, authenticate, Peer(address="192.0.2.1"), LIMITS, None, slot)
+    client = Client(ours)
+    await trio.sleep(1)
+    await client.send(get("/without"))
+    assert (await client.response())[0] == 200
+    assert not slot.proven and slot.waiting and slot.since == trio.current_time()
+    await client.send(get("/with-token"))
+    assert (await client.response())[0] == 200
+    assert slot.proven and not slot.waiting
+    assert seen == [False, False]
 
 
 async def test_a_request_that_came_in_pieces_is_answered_however_long_it_takes(
@@ -152,7 +202,6 @@ async def test_shutdown_closes_idle_connections_and_lets_requests_finish(
     assert (await idle.response())[0] == 200
     await busy.send(get("/wait"))
     await trio.sleep(1)
-    assert drain.active == 0  # serve_connection alone does not count; a Service does
     drain.start()
     with trio.fail_after(0.1):
         assert await idle.closed()  # at once, not after the idle timeout

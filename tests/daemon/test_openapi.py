@@ -267,6 +267,18 @@ def test_every_operation_answers_as_documented(api: Api, d: Daemon) -> None:
     assert [e["paused"] for e in listed["data"]] == [True, True]
     api.call("POST", "/api/admin/endpoints/{id}/resume", {"id": EP_ACTIVE}, expect=200, json={})
 
+    # flow-control keys
+    paused = api.call("POST", "/api/admin/flow-controls/{key}/pause", {"key": "Orders-EU"}, expect=200,
+                      json={"reason": "provider throttling"})
+    assert paused["paused"] and paused["reason"] == "provider throttling" and paused["source"] == "runtime"
+    assert [c["key"] for c in api.call("GET", "/api/admin/flow-controls", expect=200)] == ["Orders-EU"]
+    held = api.call("GET", "/api/check/v1", expect=200, params={"flow_control": "Orders-EU"})
+    assert not held["deliver"] and held["holds"][0]["kind"] == "flow_control_pause"
+    resumed = api.call("POST", "/api/admin/flow-controls/{key}/resume", {"key": "Orders-EU"}, expect=200)
+    assert not resumed["paused"] and resumed["source"] is None  # nothing left of it
+    api.call("POST", "/api/admin/flow-controls/{key}/pause", {"key": "bad key!"}, expect=400, code="INVALID_REQUEST")
+    api.call("GET", "/api/check/v1", expect=200, params={"flow_control": "never-seen"})
+
     # decisions
     held = api.call("GET", "/api/check/v1", expect=200, params={"queue": "black-friday:acme@file.example"})
     assert [h["kind"] for h in held["holds"]] == ["suspension", "suspension"] and not held["deliver"]
@@ -464,6 +476,36 @@ def test_events_stream_lines_match_the_event_schema(fresh: Daemon) -> None:
             events.until("queue_resumed", queue="upserted_queue")
             api.call("DELETE", "/v2/queues/{queueName}", {"queueName": "upserted_queue"}, expect=200)
             events.until("queue_deleted", queue="upserted_queue")
+
+            # QStash schedules and flow-control keys
+            created = api.call("POST", "/v2/schedules/{scheduleId}", {"scheduleId": "https://app.example.com/r"},
+                               expect=200, headers={"Upstash-Cron": "*/5 * * * *", "Upstash-Schedule-Id": "ev-report"})
+            assert created == {"scheduleId": "ev-report"}
+            events.until("schedule_created", id="ev-report", destination="https://app.example.com/r")
+            api.call("POST", "/v2/schedules/{scheduleId}", {"scheduleId": "https://app.example.com/r2"},
+                     expect=200, headers={"Upstash-Cron": "*/5 * * * *", "Upstash-Schedule-Id": "ev-report"})
+            events.until("schedule_updated", id="ev-report")
+            api.call("PATCH", "/v2/schedules/{scheduleId}/pause", {"scheduleId": "ev-report"}, expect=200)
+            events.until("schedule_paused", id="ev-report")
+            api.call("PATCH", "/v2/schedules/{scheduleId}/resume", {"scheduleId": "ev-report"}, expect=200)
+            events.until("schedule_resumed", id="ev-report")
+            api.call("DELETE", "/v2/schedules/{scheduleId}", {"scheduleId": "ev-report"}, expect=200)
+            events.until("schedule_deleted", id="ev-report")
+            made = api.call("POST", "/v1/endpoints", expect=201, json={"url": "https://hooks.example.com/ev"})
+            ep = {"id": made["data"]["id"]}
+            events.until("endpoint_created", id=ep["id"], url="https://hooks.example.com/ev")
+            api.call("PATCH", "/v1/endpoints/{id}", ep, expect=200, json={"url": "https://hooks.example.com/ev2"})
+            events.until("endpoint_updated", id=ep["id"], url="https://hooks.example.com/ev2")
+            api.call("DELETE", "/v1/endpoints/{id}", ep, expect=200)
+            events.until("endpoint_deleted", id=ep["id"])
+            api.call("POST", "/v2/flowControl/{key}/pause", {"key": "ev-key"}, expect=200)
+            events.until("flow_control_paused", key="ev-key")
+            api.call("POST", "/v2/flowControl/{key}/pin", {"key": "ev-key"}, expect=200, params={"rate": "5"})
+            events.until("flow_control_pinned", key="ev-key", rate=5)
+            api.call("POST", "/v2/flowControl/{key}/resume", {"key": "ev-key"}, expect=200)
+            events.until("flow_control_resumed", key="ev-key")
+            api.call("POST", "/v2/flowControl/{key}/unpin", {"key": "ev-key"}, expect=200, params={"rate": "true"})
+            events.until("flow_control_unpinned", key="ev-key", rate=None)
 
             # the stream's last line, at shutdown
             d.send(signal.SIGTERM)

@@ -76,6 +76,14 @@ def sample_body(method: str, template: str) -> dict[str, Any]:
         return {"json": {"queues": ["a.example"]}}
     if template == "/api/check/v1":
         return {"params": {"queue": "a.example"}}
+    if (method, template) == ("POST", "/v2/schedules/{scheduleId}"):
+        return {"headers": {"Upstash-Cron": "*/5 * * * *", "Upstash-Schedule-Id": "token-schedule"}}
+    if (method, template) == ("POST", "/v1/endpoints"):
+        return {"json": {"url": "https://hooks.example.com/token"}}
+    if (method, template) == ("PATCH", "/v1/endpoints/{id}"):
+        return {"json": {"description": "x"}}
+    if template == "/v2/flowControl/{key}/pin":
+        return {"params": {"parallelism": "2"}}
     return {}
 
 
@@ -100,8 +108,10 @@ def test_qstash_queue_operations_answer_as_documented(api: Api) -> None:
              json={"queueName": "upserted_queue", "parallelism": 5, "paused": True})
     got = api.call("GET", "/v2/queues/{queueName}", upserted, expect=200)
     assert got["paused"] and got["parallelism"] == 5
-    api.call("POST", "/v2/queues", expect=200, json={"queueName": "Upserted_Queue"})  # normalised
-    assert api.call("GET", "/v2/queues/{queueName}", upserted, expect=200)["paused"] is False
+    api.call("POST", "/v2/queues", expect=200, json={"queueName": "Upserted_Queue"})  # a name of its own
+    assert api.call("GET", "/v2/queues/{queueName}", {"queueName": "Upserted_Queue"}, expect=200)["paused"] is False
+    assert api.call("GET", "/v2/queues/{queueName}", upserted, expect=200)["paused"] is True
+    api.call("DELETE", "/v2/queues/{queueName}", {"queueName": "Upserted_Queue"}, expect=200)
     api.call("DELETE", "/v2/queues/{queueName}", upserted, expect=200)
 
     # errors, in QStash's shape
@@ -154,6 +164,75 @@ def test_qstash_schedule_operations_answer_as_documented(api: Api) -> None:
     api.call("GET", "/v2/schedules/{scheduleId}", {"scheduleId": "no-such-schedule"}, expect=404)
 
 
+def test_qstash_schedule_creation_and_flow_control_answer_as_documented(api: Api) -> None:
+    """Schedules made and deleted through QStash, and flow-control keys, with their errors."""
+    dest = {"scheduleId": "https://app.example.com/hook/1"}
+    made = api.call("POST", "/v2/schedules/{scheduleId}", dest, expect=200, content=b"\xff\x00",
+                    headers={"Upstash-Cron": "0 * * * *", "Upstash-Delay": "1m", "Upstash-Queue-Name": "Q.1",
+                             "Upstash-Forward-X-Trace": "t1", "Upstash-Flow-Control-Key": "fk",
+                             "Upstash-Flow-Control-Value": "parallelism=2, rate=9, period=1h"})
+    got = api.call("GET", "/v2/schedules/{scheduleId}", made, expect=200)
+    assert got["delay"] == 60 and got["queueName"] == "Q.1" and got["header"] == {"X-Trace": ["t1"]}
+    assert (got["parallelism"], got["rate"], got["period"]) == (2, 9, 3600) and "bodyBase64" in got
+    assert made["scheduleId"] in {s["scheduleId"] for s in api.call("GET", "/v2/schedules", expect=200)}
+    for headers in ({}, {"Upstash-Cron": "nope"}, {"Upstash-Cron": "* * * * *", "Upstash-Retries": "many"},
+                    {"Upstash-Cron": "* * * * *", "Upstash-Delay": "soon"},
+                    {"Upstash-Cron": "* * * * *", "Upstash-Flow-Control-Value": "speed=3"},
+                    {"Upstash-Cron": "* * * * *", "Upstash-Schedule-Id": "-bad"}):
+        api.call("POST", "/v2/schedules/{scheduleId}", dest, expect=400, headers=headers)
+    api.call("POST", "/v2/schedules/{scheduleId}", {"scheduleId": "not-a-url"}, expect=400,
+             headers={"Upstash-Cron": "* * * * *"})
+    api.call("POST", "/v2/schedules/{scheduleId}", dest, expect=409, says="20-objects.toml line",
+             headers={"Upstash-Cron": "* * * * *", "Upstash-Schedule-Id": "weekly-digest"})
+    api.call("DELETE", "/v2/schedules/{scheduleId}", {"scheduleId": "weekly-digest"}, expect=409,
+             says="20-objects.toml line")
+    api.call("DELETE", "/v2/schedules/{scheduleId}", made, expect=200)
+    api.call("DELETE", "/v2/schedules/{scheduleId}", made, expect=404, says="not found")
+    api.call("DELETE", "/v2/schedules/{scheduleId}", {"scheduleId": "-bad"}, expect=400)
+
+    key = {"key": "Fc.Key_1"}
+    fresh = api.call("GET", "/v2/flowControl/{key}", key, expect=200)
+    assert not fresh["isPaused"] and fresh["parallelismMax"] == 0
+    api.call("POST", "/v2/flowControl/{key}/pause", key, expect=200)
+    api.call("POST", "/v2/flowControl/{key}/pin", key, expect=200, params={"parallelism": "3", "period": "2m"})
+    got = api.call("GET", "/v2/flowControl/{key}", key, expect=200)
+    assert got["isPaused"] and got["isPinnedParallelism"] and got["parallelismMax"] == 3 and got["ratePeriod"] == 120
+    assert "Fc.Key_1" in {c["flowControlKey"] for c in api.call("GET", "/v2/flowControl", expect=200)}
+    api.call("POST", "/v2/flowControl/{key}/resetRate", key, expect=200)
+    api.call("POST", "/v2/flowControl/{key}/unpin", key, expect=200, params={"parallelism": "true"})
+    api.call("POST", "/v2/flowControl/{key}/resume", key, expect=200)
+    assert "Fc.Key_1" not in {c["flowControlKey"] for c in api.call("GET", "/v2/flowControl", expect=200)}
+    for template in ("/v2/flowControl/{key}/pause", "/v2/flowControl/{key}/resume", "/v2/flowControl/{key}/resetRate"):
+        api.call("POST", template, {"key": "bad key"}, expect=400)
+    api.call("GET", "/v2/flowControl/{key}", {"key": "bad key"}, expect=400)
+    api.call("POST", "/v2/flowControl/{key}/pin", key, expect=400)  # nothing to pin
+    api.call("POST", "/v2/flowControl/{key}/pin", key, expect=400, params={"rate": "fast"})
+    api.call("POST", "/v2/flowControl/{key}/unpin", key, expect=400, params={"rate": "maybe"})
+    assert api.call("GET", "/v2/globalParallelism", expect=200) == {"parallelismMax": 0, "parallelismCount": 0}
+
+
+def test_hookbridge_endpoints_made_through_the_api_answer_as_documented(api: Api) -> None:
+    made = api.call("POST", "/v1/endpoints", expect=201,
+                    json={"url": "https://hooks.example.com/new", "description": "n", "rate_limit_rps": 3,
+                          "burst": 4, "headers": {"X-A": "b"}})["data"]
+    ep = {"id": made["id"]}
+    got = api.call("GET", "/v1/endpoints/{id}", ep, expect=200)["data"]
+    assert got["rate_limit_rps"] == 3 and got["headers"] == {"X-A": "b"} and not got["paused"]
+    changed = api.call("PATCH", "/v1/endpoints/{id}", ep, expect=200, json={"burst": 9})["data"]
+    assert changed["burst"] == 9 and changed["url"] == "https://hooks.example.com/new"
+    for body in ({}, {"url": "http://plain.example/"}, {"colour": "red"}, {"burst": -1}, {"headers": {"a b": "c"}}):
+        api.call("PATCH", "/v1/endpoints/{id}", ep, expect=400, code="INVALID_REQUEST", json=body)
+    for body in ({"description": "no url"}, {"url": 5}, ["x"]):
+        api.call("POST", "/v1/endpoints", expect=400, code="INVALID_REQUEST", json=body)
+    api.call("POST", "/v1/endpoints", expect=400, code="INVALID_JSON", content=b"{", headers={"Content-Type": "application/json"})
+    api.call("PATCH", "/v1/endpoints/{id}", {"id": EP_ACTIVE}, expect=409, code="DEFINED_IN_FILE", json={"burst": 1})
+    api.call("DELETE", "/v1/endpoints/{id}", {"id": EP_ACTIVE}, expect=409, code="DEFINED_IN_FILE")
+    api.call("PATCH", "/v1/endpoints/{id}", {"id": EP_UNKNOWN}, expect=404, code="ENDPOINT_NOT_FOUND", json={"burst": 1})
+    api.call("DELETE", "/v1/endpoints/{id}", {"id": "ep_123"}, expect=400, code="INVALID_REQUEST")
+    assert api.call("DELETE", "/v1/endpoints/{id}", ep, expect=200)["data"] == {"id": made["id"], "deleted": True}
+    api.call("DELETE", "/v1/endpoints/{id}", ep, expect=404, code="ENDPOINT_NOT_FOUND")
+
+
 def test_hookbridge_operations_answer_as_documented(api: Api) -> None:
     """HookBridge v1 endpoints over TCP: {"data", "meta"} bodies and HookBridge's error codes."""
     listed = api.call("GET", "/v1/endpoints", expect=200)
@@ -192,6 +271,22 @@ def test_every_seeds_operation_answers_200_over_tcp(d: Daemon) -> None:
             if (method, template) == ("DELETE", "/v2/queues/{queueName}"):
                 api.call("POST", "/v2/queues", expect=200, json={"queueName": "delete_me", "parallelism": 2})
                 api.call(method, template, {"queueName": "delete_me"}, expect=200)
+                continue
+            if (method, template) == ("DELETE", "/v2/schedules/{scheduleId}"):
+                api.call("POST", "/v2/schedules/{scheduleId}", {"scheduleId": "https://x.example/"}, expect=200,
+                         headers={"Upstash-Cron": "* * * * *", "Upstash-Schedule-Id": "delete-me"})
+                api.call(method, template, {"scheduleId": "delete-me"}, expect=200)
+                continue
+            if template in ("/v1/endpoints", "/v1/endpoints/{id}") and method in ("POST", "PATCH", "DELETE"):
+                if method == "POST":  # made, changed and deleted in one go
+                    made = api.call("POST", "/v1/endpoints", expect=201, **sample_body(method, template))
+                    ident = {"id": made["data"]["id"]}
+                    api.call("PATCH", "/v1/endpoints/{id}", ident, expect=200, json={"description": "d"})
+                    api.call("DELETE", "/v1/endpoints/{id}", ident, expect=200)
+                continue
+            if (method, template) == ("POST", "/v2/schedules/{scheduleId}"):
+                api.call(method, template, {"scheduleId": "https://x.example/"}, expect=200,
+                         **sample_body(method, template))
                 continue
             kwargs = sample_body(method, template)
             response = client.request(method, concrete(template), **kwargs)

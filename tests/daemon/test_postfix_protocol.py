@@ -12,7 +12,7 @@ import trio.testing
 
 from sluice.daemon.config import PostfixConfig
 from sluice.daemon.current import Current
-from sluice.daemon.serving import Drain, Service
+from sluice.daemon.serving import Drain, Service, Slot, Slots
 from sluice.daemon.postfix import (
     IDLE_TIMEOUT,
     MAX_REASON,
@@ -441,6 +441,24 @@ async def test_shutdown_still_answers_requests_already_read(serve):
     assert await client.closed()
 
 
+async def test_a_connection_pushed_out_as_its_request_arrives_still_answers_it(nursery):
+    """Eviction closes a connection waiting for smtpd; one that has just read a request answers it first."""
+    slot = Slot()
+    ours, theirs = trio.testing.memory_stream_pair()
+
+    async def served() -> None:
+        with slot.scope:  # as Service runs it
+            await serve_postfix_connection(theirs, current(), PostfixConfig(), lambda: NOW, slot=slot)
+
+    nursery.start_soon(served)
+    client = Client(ours)
+    assert await client.answer(request()) == b"action=DUNNO"
+    await client.send(request(recipient="u@blocked.example"))  # the server is woken, not yet run
+    slot.scope.cancel()
+    assert await client.answers(1) == [(DEFER + "Blocked for now").encode()]
+    assert await client.closed()
+
+
 async def test_client_disconnecting_mid_request_does_not_hurt_the_server(tmp_path, nursery):
     """A real unix socket: one client leaves halfway, the next is served as usual."""
     path = str(tmp_path / "policy.sock")
@@ -450,10 +468,11 @@ async def test_client_disconnecting_mid_request_does_not_hurt_the_server(tmp_pat
     drain = Drain()
     cur = current()
 
-    async def handle(stream):
-        await serve_postfix_connection(stream, cur, PostfixConfig(), lambda: NOW, drain)
+    async def handle(stream, slot):
+        await serve_postfix_connection(stream, cur, PostfixConfig(), lambda: NOW, drain, slot=slot)
 
-    service = Service(handle, refuse_postfix, max_connections=8, drain=drain)
+    slots = Slots("postfix", max_connections=8, max_unproven_per_peer=8)
+    service = Service(handle, refuse_postfix, slots, drain)
     await nursery.start(trio.serve_listeners, service, [trio.SocketListener(sock)])
 
     leaver = await trio.open_unix_socket(path)
@@ -467,7 +486,7 @@ async def test_client_disconnecting_mid_request_does_not_hurt_the_server(tmp_pat
     client = Client(await trio.open_unix_socket(path))
     assert await client.answer(request(recipient="u@blocked.example")) == (DEFER + "Blocked for now").encode()
     with trio.fail_after(5):
-        while drain.active > 1:  # the two that left are gone
+        while slots.open > 1:  # the two that left are gone
             await trio.sleep(0.01)
     await client.stream.aclose()
 

@@ -62,3 +62,11 @@ def test_new_files_get_the_mode_asked_for_under_the_umask(tmp_path):
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "a.toml").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "b.toml").stat().st_mode) == 0o644
+
+
+def test_a_short_write_is_continued_until_the_whole_content_is_written(tmp_path, monkeypatch):
+    """os.write may write less than it is given (a signal, a nearly full disk)."""
+    real = os.write
+    monkeypatch.setattr(atomic.os, "write", lambda fd, data: real(fd, bytes(data[:3])))
+    write_file(tmp_path / "a.toml", b"a longer content than one write takes")
+    assert (tmp_path / "a.toml").read_bytes() == b"a longer content than one write takes"

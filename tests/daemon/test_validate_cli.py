@@ -179,3 +179,14 @@ def test_validate_names_a_file_nested_too_deep_and_exits_1(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "a.toml: nested too deeply to read" in out.stdout + out.stderr
+
+
+def test_validate_reports_a_million_key_file_with_its_lines(tmp_path):
+    """Locating a million keys' lines is linear: the error comes, with file and line."""
+    (tmp_path / "10-big.toml").write_text(
+        '[[suspension]]\ndomain = "a.com"\nreason = "r"\n' + "".join(f"k{i} = {i}\n" for i in range(1_000_000))
+    )
+    out = sluicectl("validate", str(tmp_path))
+    assert out.returncode == 1
+    assert "10-big.toml:4: suspension[0].k0: unknown field" in out.stdout + out.stderr
+    assert "and 999990 more unknown fields" in out.stdout + out.stderr

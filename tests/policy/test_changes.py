@@ -10,7 +10,7 @@ from sluice.policy import changes
 from sluice.policy.errors import Conflict, NotFound, ValidationError
 from sluice.policy.fields import suspension_from
 from sluice.policy.files import combine, parse_policy
-from sluice.policy.model import Pause, Schedule, Suspension
+from sluice.policy.model import Endpoint, Pause, Schedule, Suspension
 from sluice.policy.snapshot import Runtime, Snapshot
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
@@ -62,7 +62,12 @@ def snapshot(runtime=None):
 
 
 def carried_out(snap, plan):
-    return snap.with_runtime(changes.apply(snap.runtime, plan), snap.generation + 1)
+    return snap.with_runtime(
+        changes.apply(snap.runtime, plan),
+        snap.generation + 1,
+        put=changes.suspensions_of(plan.put),
+        drop=changes.suspensions_of(plan.drop),
+    )
 
 
 # -- one path for every kind ---------------------------------------------------
@@ -230,16 +235,47 @@ def test_a_schedule_made_through_qstash_is_replaced_by_id_and_keeps_its_pause():
     assert changes.put_schedule(s, schedule(label="two"), now=later, actor="carol").empty
     s = carried_out(s, changes.resume(s, "schedule", "report", now=later, actor="bob"))
     assert not s.schedules["report"].paused and "report" in s.runtime.schedule_pauses  # kept, running
-    gone = changes.delete_schedule(s, "report", actor="dave")
+    gone = changes.delete_made(s, "schedule", "report", actor="dave")
     assert [e.name for e in gone.events] == ["schedule_deleted"]
     assert "report" not in carried_out(s, gone).schedules
     with pytest.raises(Conflict) as info:
         changes.put_schedule(s, schedule("digest"), now=NOW, actor="a")
     assert info.value.code == "DEFINED_IN_FILE"
     with pytest.raises(Conflict):
-        changes.delete_schedule(s, "digest", actor="a")
+        changes.delete_made(s, "schedule", "digest", actor="a")
     with pytest.raises(NotFound):
-        changes.delete_schedule(s, "nope", actor="a")
+        changes.delete_made(s, "schedule", "nope", actor="a")
+
+
+def test_an_endpoint_made_through_hookbridge_is_updated_paused_and_deleted_in_place():
+    ep = "ep_" + "a" * 32
+    made = changes.create_endpoint(snapshot(), Endpoint(id=ep, url="https://h.example/1"), now=NOW, actor="alice")
+    assert [e.name for e in made.events] == ["endpoint_created"]
+    s = carried_out(snapshot(), made)
+    assert s.decide_endpoint(ep).deliver and s.endpoints[ep].endpoint.created_by == "alice"
+    with pytest.raises(Conflict):
+        changes.create_endpoint(s, Endpoint(id=ep, url="https://h.example/2"), now=NOW, actor="a")
+    s = carried_out(s, changes.pause(s, "endpoint", ep, now=NOW, actor="bob", reason="deploy"))
+    assert not s.decide_endpoint(ep).deliver
+    later = NOW + timedelta(minutes=5)
+    updated = changes.update_endpoint(s, ep, {"url": "https://h.example/2"}, now=later, actor="carol")
+    assert [e.name for e in updated.events] == ["endpoint_updated"]
+    s = carried_out(s, updated)
+    view = s.endpoints[ep]
+    assert view.endpoint.url == "https://h.example/2" and view.paused and view.endpoint.created_at == NOW
+    assert changes.update_endpoint(s, ep, {"url": "https://h.example/2"}, now=later, actor="c").empty
+    s = carried_out(s, changes.resume(s, "endpoint", ep, now=later, actor="bob"))
+    assert s.decide_endpoint(ep).deliver and ep in s.runtime.endpoint_pauses  # kept, active
+    gone = changes.delete_made(s, "endpoint", ep, actor="dave")
+    assert [e.name for e in gone.events] == ["endpoint_deleted"]
+    assert ep not in carried_out(s, gone).endpoints
+    for change in (lambda: changes.update_endpoint(s, EP, {"description": "x"}, now=NOW, actor="a"),
+                   lambda: changes.delete_made(s, "endpoint", EP, actor="a")):
+        with pytest.raises(Conflict) as info:
+            change()
+        assert info.value.code == "DEFINED_IN_FILE"
+    with pytest.raises(NotFound):
+        changes.delete_made(s, "endpoint", "ep_" + "b" * 32, actor="a")
 
 
 def test_flow_control_pins_are_kept_by_a_resume_and_a_bare_key_is_forgotten():
@@ -307,7 +343,7 @@ def plan_for(s: Snapshot, request, now: datetime) -> changes.Plan:
     if what == "put_schedule":
         return changes.put_schedule(s, schedule(args[0], label=args[1]), now=now, actor="a")
     if what == "delete_schedule":
-        return changes.delete_schedule(s, args[0], actor="a")
+        return changes.delete_made(s, "schedule", args[0], actor="a")
     if what == "pin":
         key, parallelism, rate = args
         if parallelism is None and rate is None:
@@ -368,3 +404,21 @@ def test_what_a_plan_announces_matches_what_it_does(sequence):
             touched = any(changes.entry_key(e) == ("queue", name) for e in plan.put)
             if touched and was is not None and was.parallelism and view.runtime is not None:
                 assert view.parallelism is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(requests, max_size=25))
+def test_a_snapshot_evolved_change_by_change_equals_one_built_afresh(sequence):
+    """The indexes a change evolves (suspensions by id and criteria, the next
+    expiry, the lookup tables) never drift from what the runtime says."""
+    for _, _, after, now in run(sequence):
+        fresh = Snapshot.build(POLICY, after.runtime, after.generation)
+        at = now.timestamp()
+        assert after.next_runtime_expiry() == fresh.next_runtime_expiry()
+        assert dict(after.suspensions) == dict(fresh.suspensions)
+        assert after.active_suspensions(at) == fresh.active_suspensions(at)
+        assert after.active_count(at) == fresh.active_count(at) == len(fresh.active_suspensions(at))
+        for s in after.runtime.suspensions.values():
+            assert after.runtime_holder(s.criteria_key) == fresh.runtime_holder(s.criteria_key)
+        for queue in ("a.com", "t@b.com", "c.com", "q1.example", "held.example"):
+            assert after.decide(queue, at) == fresh.decide(queue, at)

@@ -312,6 +312,16 @@ def test_a_policy_file_over_the_size_limit_is_refused_before_parsing():
     ]
 
 
+@pytest.mark.parametrize("what, text", [
+    ("keys", "".join(f"k{i} = {i}\n" for i in range(2_000_001))),
+    ("tables", "[[queue]]\n" * 1_000_001),
+])
+def test_a_policy_file_with_too_many_keys_or_tables_is_refused_before_parsing(what, text):
+    parsed = parse_policy(text, "many.toml")
+    [problem] = parsed.problems  # the one problem, not what parsing would have found in each entry
+    assert str(problem).startswith("many.toml: file holds up to ") and f" {what}; a policy file holds at most" in str(problem)
+
+
 def test_problems_stop_at_a_hundred_per_file():
     text = "".join(f"bad{i} = 1\n" for i in range(500))
     parsed = parse_policy(text, "many.toml")

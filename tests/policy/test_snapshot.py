@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sluice.policy import diff as diff_module
 from sluice.policy.files import PolicySet, combine, parse_policy
 from sluice.policy.model import Pause, QueuePolicy, Schedule, Endpoint, Suspension
 from sluice.policy.queue_name import parse
@@ -272,3 +273,70 @@ def test_active_count_follows_time():
     )
     assert [s.active_count(NOW + dt) for dt in (0, 10, 15, 20, 0)] == [3, 2, 2, 1, 3]
     assert s.counts(NOW + 15)["suspensions"] == 2
+
+
+# -- reloads that index again only the files that changed ------------------------
+
+_RULES = [
+    'domain = "a.com"', 'domain = "b.com"', 'tenant = "t"\ndomain = "a.com"', 'tenant = "t"',
+    'campaign = "c"\ntenant = "t"', 'queue_names = ["t@b.com"]', 'domain = "c.com"',
+]
+_FILE = st.lists(st.tuples(st.sampled_from(range(len(_RULES))), st.sampled_from(["x", "y"])), max_size=4)
+
+
+def _text(rules):
+    seen = set()
+    tables = []
+    for rule, reason in rules:
+        if rule in seen:
+            continue  # one file may not hold the same criteria twice
+        seen.add(rule)
+        tables.append(f'[[suspension]]\n{_RULES[rule]}\nreason = "{reason}"\n')
+    return "\n".join(tables)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["10-a.toml", "20-b.toml", "30-c.toml"]), st.none() | _FILE), min_size=1, max_size=8))
+def test_a_reload_of_changed_files_equals_a_snapshot_built_afresh(edits):
+    """Each edit replaces (or, with None, removes) one file; unchanged files keep their parsed object."""
+    texts: dict[str, str] = {}
+    parsed: dict[str, object] = {}
+    live = Snapshot.build(combine([]))
+    policy = live.policy
+    for name, rules in edits:
+        if rules is None:
+            texts.pop(name, None)
+            parsed.pop(name, None)
+        else:
+            texts[name] = _text(rules)
+            parsed[name] = parse_policy(texts[name], name)
+        files = [parsed[n] for n in sorted(parsed)]
+        try:
+            policy = combine(files, policy)
+        except Exception:
+            continue  # the same id in two files (file ids hash file and criteria, so never here)
+        before = live
+        live = live.with_policy(policy, live.generation + 1)
+        fresh = Snapshot.build(combine(files), generation=live.generation)
+        assert dict(live.suspensions) == dict(fresh.suspensions)
+        assert live.active_suspensions(NOW) == fresh.active_suspensions(NOW)
+        assert live.active_count(NOW) == fresh.active_count(NOW)
+        for queue in ("a.com", "t@a.com", "c:t@a.com", "t@b.com", "b.com", "c.com", "u@c.com"):
+            assert live.decide(queue, NOW) == fresh.decide(queue, NOW)
+        full = diff_module._compare("suspension", before.suspensions, live.suspensions)
+        assert sorted(map(repr, diff_module._compare_suspensions(before, live))) == sorted(map(repr, full))
+
+
+def test_the_active_count_evolves_with_each_change_and_equals_a_fresh_count():
+    s = Snapshot.build(combine([parse_policy('[[suspension]]\ndomain = "f.com"\nreason = "r"\nexpires = 2027-01-15T09:00:00Z\n', "10-a.toml")]))
+    assert s.active_count(NOW) == 1  # made once ...
+    short = Suspension(id="00000000-0000-4000-8000-000000000001", reason="r", domain="a.com",
+                       expires=T0 + timedelta(minutes=5))
+    endless = Suspension(id="00000000-0000-4000-8000-000000000002", reason="r", domain="b.com")
+    s2 = s.with_runtime(Runtime(suspensions={short.id: short, endless.id: endless}), 2, put=[short, endless])
+    for at in (NOW, NOW + 600):
+        assert s2.active_count(at) == len(s2.active_suspensions(at))  # ... and evolved
+    s3 = s2.with_runtime(Runtime(suspensions={endless.id: endless}), 3, drop=[short])
+    assert s3.active_count(NOW) == len(s3.active_suspensions(NOW)) == 2
+    s4 = s3.with_policy(combine([parse_policy('[[suspension]]\ndomain = "g.com"\nreason = "r"\n', "10-a.toml")], s3.policy), 4)
+    assert s4.active_count(NOW + 10**8) == len(s4.active_suspensions(NOW + 10**8)) == 2

@@ -1,0 +1,68 @@
+"""Giving memory back to the system after a burst of connections ends.
+
+glibc's malloc keeps the chunks a program frees in its heap for reuse: after
+hundreds of connections close (a Postfix request may hold 64 KiB while it is
+read), the daemon's resident size stays where the burst took it. ``trim``
+watches how many connections the services have closed and, once a burst of
+them has ended, asks malloc to return its free memory (``malloc_trim(0)``),
+in a worker thread. Where the C library has no ``malloc_trim`` (musl), it
+does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Callable, Sequence
+
+import trio
+
+from .serving import Slots
+
+BURST = 50  # connections closed since the last trim that make one worth it
+PERIOD = 2.0  # seconds between looks
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def drop_and_trim(garbage: list) -> None:
+    """Drop the last references in ``garbage`` and hand the freed memory back.
+
+    Blocking (freeing 100,000 entries takes a while): run it in a worker thread.
+    """
+    garbage.clear()
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+class Trimmer:
+    def __init__(self, slots: Sequence[Slots], burst: int = BURST) -> None:
+        self.slots = slots
+        self.burst = burst
+        self.trims = 0  # for metrics
+        self._seen = self._closed()
+        self._trim = _TRIM
+
+    def _closed(self) -> int:
+        return sum(s.closed for s in self.slots)
+
+    def due(self) -> bool:
+        """Whether a burst of connections has closed since the last trim."""
+        return self._trim is not None and self._closed() - self._seen >= self.burst
+
+    async def run(self, period: float = PERIOD) -> None:
+        while True:
+            await trio.sleep(period)
+            if self.due():
+                self._seen = self._closed()
+                await trio.to_thread.run_sync(self._trim, 0)
+                self.trims += 1
