@@ -477,7 +477,12 @@ def http_load(address, reqs: list[bytes], conns: int, seconds: float, warmup: fl
         data = reqs[next_index % n]
         next_index += 1
         st[2] = clock()
-        st[0].sendall(data)  # small: fits the socket buffer
+        if len(data) > 65536:  # a large body (a batch of log records) may not fit the buffer at once
+            st[0].setblocking(True)
+            st[0].sendall(data)
+            st[0].setblocking(False)
+        else:
+            st[0].sendall(data)  # small: fits the socket buffer
         return True
 
     for s in socks:

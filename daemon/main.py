@@ -44,6 +44,7 @@ from sluice.policy.errors import PolicyLoadError
 from sluice.policy.snapshot import Snapshot
 
 from . import logs
+from .automation import Automation
 from .config import Config, ConfigError, ConnectionLimits, HttpConfig, load_config, socket_mode
 from .current import Current, ReloadResult
 from .events import Broadcaster
@@ -54,6 +55,7 @@ from .http.connection import Limits
 from .http.hookbridge import add_hookbridge_routes
 from .http.listener import tcp_service, unix_service
 from .http.peer import may_change
+from .http.publish import add_publish_routes
 from .http.qstash import add_qstash_routes
 from .http.routes import Router
 from .metrics import Metrics
@@ -237,6 +239,7 @@ class App:
     mutations: Mutations
     reloader: Reloader
     metrics: Metrics
+    automation: Automation
     router: Router
     token_file: TokenFile
     watcher: Watcher  # one for the policy and the runtime state
@@ -281,10 +284,12 @@ async def build_app(
     reloader = Reloader(reader, current, events, notifier, clock=clock, tokens=token_file)
     metrics = Metrics(current, clock)
     events.listeners.append(metrics.on_event)
-    router = _routes(config, reader, current, events, mutations, reloader, metrics, clock)
+    automation = Automation(current, mutations, config.state_path, metrics, clock)
+    await automation.open()
+    router = _routes(config, reader, current, events, mutations, reloader, metrics, automation, clock)
     return App(
         files=list(policy.files), store=store, current=current, events=events,
-        mutations=mutations, reloader=reloader, metrics=metrics, router=router,
+        mutations=mutations, reloader=reloader, metrics=metrics, automation=automation, router=router,
         token_file=token_file, watcher=watcher, tcp_auth=TcpAuth(trusted, lambda: token_file.current), tls=tls,
     )
 
@@ -342,6 +347,7 @@ def _routes(
     mutations: Mutations,
     reloader: Reloader,
     metrics: Metrics,
+    automation: Automation,
     clock,
 ) -> Router:
     """The route table: sluice's own routes and the seeds'."""
@@ -362,6 +368,7 @@ def _routes(
 
     add_qstash_routes(router, current=current, mutations=mutations, file_time=file_time, clock=clock)
     add_hookbridge_routes(router, current=current, mutations=mutations, file_time=file_time)
+    add_publish_routes(router, automation=automation)
     return router
 
 

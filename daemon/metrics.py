@@ -1,8 +1,8 @@
 """Prometheus metrics: one registry per daemon, no module-level state.
 
 Counters are bumped where things happen (requests in the router, decisions
-in the check routes and the Postfix server, reloads through the events
-listener); gauges of the policy in force are read from the snapshot at
+in the check routes and the Postfix server, automation's records, matches
+and holds in ``automation.py``, reloads through the events listener); gauges of the policy in force are read from the snapshot at
 scrape time, so they can never drift from it. The two counters bumped on
 every request are plain integers in the event loop's thread, turned into
 counter families at scrape time: a prometheus_client child takes a lock per
@@ -86,6 +86,39 @@ class _HotCounters(Collector):
         yield decisions
 
 
+class _AutomationCounters(Collector):
+    """Log records received and outcomes among them; per rule, outcomes matched and holds made."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.failures = 0
+        self.matched: dict[str, int] = {}
+        self.held: dict[tuple[str, str], int] = {}
+
+    def collect(self) -> Iterator[Any]:
+        received = CounterMetricFamily(
+            "sluice_automation_records",
+            "Delivery log records received for automation, and the failures among them",
+            labels=["kind"],
+        )
+        received.add_metric(["received"], self.records)
+        received.add_metric(["failure"], self.failures)
+        yield received
+        matched = CounterMetricFamily(
+            "sluice_automation_matched", "Failure records an automation rule matched, by rule", labels=["rule"]
+        )
+        for rule, count in sorted(self.matched.items()):
+            matched.add_metric([rule], count)
+        yield matched
+        held = CounterMetricFamily(
+            "sluice_automation_holds",
+            "Holds an automation rule made or extended, by rule",
+            labels=["rule", "change"],
+        )
+        for (rule, change), count in sorted(self.held.items()):
+            held.add_metric([rule, change], count)
+        yield held
+
 class _ConnectionCollector(Collector):
     """Open, evicted and refused connections of each service, read from its slots."""
 
@@ -127,6 +160,8 @@ class Metrics:
         self.registry.register(_PolicyCollector(current, clock))
         self._counts = _HotCounters()
         self.registry.register(self._counts)
+        self._automation = _AutomationCounters()
+        self.registry.register(self._automation)
         self._connections = _ConnectionCollector()
         self.registry.register(self._connections)
 
@@ -145,6 +180,20 @@ class Metrics:
 
     def decided(self, source: str, deliver: bool, count: int = 1) -> None:
         self._counts.decided[source, deliver] += count
+
+    def automation_received(self, records: int, failures: int) -> None:
+        self._automation.records += records
+        self._automation.failures += failures
+
+    def automation_matched(self, rule: str, count: int) -> None:
+        """``rule``: where it is written (``file:line``)."""
+        matched = self._automation.matched
+        matched[rule] = matched.get(rule, 0) + count
+
+    def automation_held(self, rule: str, change: str) -> None:
+        """A hold ``rule`` made (``change`` "added") or extended ("extended")."""
+        held = self._automation.held
+        held[rule, change] = held.get((rule, change), 0) + 1
 
     def on_event(self, message: dict[str, Any]) -> None:
         """Events listener: reloads and changes, counted as they are announced."""

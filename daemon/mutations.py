@@ -28,6 +28,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 import structlog
 import trio
 
@@ -126,6 +127,28 @@ class Mutations:
             plan = changes.suspended(snapshot.runtime, stored, replaced, actor=actor)
             self._swap(plan)
             return stored, plan.events[0].name == "suspension_added"
+
+    async def hold(self, wanted: Suspension, actor: str) -> tuple[Suspension, str | None]:
+        """Make or extend an automated hold: the runtime suspension with ``wanted``'s
+        criteria lasts at least until ``wanted`` expires (``changes.extended``).
+
+        Returns the suspension in force and the event announced:
+        ``suspension_added``, ``suspension_updated``, or None when a hold
+        already lasted as long (then nothing is stored or announced).
+        """
+        now = self._now()
+        build = functools.partial(changes.extended, wanted, now=now, actor=actor)
+        async with self.lock:
+            snapshot = self.current.snapshot
+            known = snapshot.runtime_holder(wanted.criteria_key)
+            if known is not None and build(known) is known:
+                return known, None
+            stored, replaced = await self.store.claim(wanted.criteria_key, known, build)
+            plan = changes.suspended(snapshot.runtime, stored, replaced, actor=actor)
+            if stored is replaced:  # another node lengthened it first: take it, say nothing
+                plan = msgspec.structs.replace(plan, events=())
+            self._swap(plan)
+            return stored, plan.events[0].name if plan.events else None
 
     async def cancel_suspension(self, ident: Any, actor: str) -> Suspension:
         """Remove a runtime suspension; 404 for unknown or expired, 409 for a file's."""

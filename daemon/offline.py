@@ -35,10 +35,11 @@ def plural(count: int, word: str) -> str:
 
 def _summary(f: ParsedFile) -> str:
     c = f.counts()
+    rules = f", {plural(c['automation'], 'automation rule')}" if c["automation"] else ""
     return (
         f"{f.name}: ok, {plural(c['suspensions'], 'suspension')}, "
         f"{plural(c['queues'], 'queue')}, {plural(c['schedules'], 'schedule')}, "
-        f"{plural(c['endpoints'], 'endpoint')}"
+        f"{plural(c['endpoints'], 'endpoint')}{rules}"
     )
 
 

@@ -22,7 +22,9 @@ Queues, schedules and endpoints are paused and resumed by one path, told
 apart by the ``KINDS`` table. Suspensions are upserted by criteria: posting
 the criteria of an active runtime suspension updates its reason and expiry
 and keeps its id (KumoMTA's behaviour); the shell asks the store who holds
-the criteria (across a fleet) and ``upserted``/``suspended`` say what follows.
+the criteria (across a fleet) and ``upserted``/``suspended`` say what
+follows; ``extended`` is the upsert of an automated hold, which lengthens a
+hold and never shortens one.
 """
 
 from __future__ import annotations
@@ -156,6 +158,22 @@ def upserted(new: Suspension, holder: Suspension | None, *, now: datetime, actor
     reason and expiry; otherwise ``new`` is stored as created now by ``actor``.
     """
     if holder is not None and holder.is_active(now.timestamp()):
+        return msgspec.structs.replace(holder, reason=new.reason, expires=new.expires)
+    return msgspec.structs.replace(new, created_at=now, created_by=actor)
+
+
+def extended(new: Suspension, holder: Suspension | None, *, now: datetime, actor: str) -> Suspension:
+    """What to store for an automated hold ``new``, given the suspension holding its criteria.
+
+    An active holder is lengthened to ``new``'s expiry and takes its reason,
+    keeping its id, creation and author; a holder that already lasts as long
+    (an operator's longer hold, a later firing) is returned unchanged: an
+    automated hold never shortens one. Otherwise ``new`` is stored as
+    created now by ``actor``.
+    """
+    if holder is not None and holder.is_active(now.timestamp()):
+        if holder.expires is None or (new.expires is not None and new.expires <= holder.expires):
+            return holder
         return msgspec.structs.replace(holder, reason=new.reason, expires=new.expires)
     return msgspec.structs.replace(new, created_at=now, created_by=actor)
 

@@ -1,7 +1,8 @@
 """What changed between two snapshots, for the reload log and the events stream.
 
 ``diff(old, new)`` compares entries by kind and key (suspension id, queue
-name, schedule id, endpoint id). An entry whose only difference is its
+name, schedule id, endpoint id, automation rule id: a digest of what the
+rule says, so an edited rule is one removed and one added). An entry whose only difference is its
 ``source`` (its lines moved by an edit above it) has not changed.
 """
 
@@ -65,9 +66,9 @@ def diff(old: Snapshot, new: Snapshot) -> list[Change]:
     """Every entry added, removed or changed from ``old`` to ``new``.
 
     Suspensions come as Suspension values, queues as QueueView, schedules and
-    endpoints as ScheduleView and EndpointView. Between two reloads of the
-    same runtime state only the suspensions of files that changed are
-    compared (the others are the same objects).
+    endpoints as ScheduleView and EndpointView, automation rules as Rule.
+    Between two reloads of the same runtime state only the suspensions of
+    files that changed are compared (the others are the same objects).
     """
     return (
         _compare_suspensions(old, new)
@@ -75,4 +76,9 @@ def diff(old: Snapshot, new: Snapshot) -> list[Change]:
         + _compare("schedule", old.schedules, new.schedules)
         + _compare("endpoint", old.endpoints, new.endpoints)
         + _compare("flow_control", old.flow_controls, new.flow_controls)
+        + _compare("automation", _rules(old), _rules(new))
     )
+
+
+def _rules(snapshot: Snapshot) -> dict[str, Any]:
+    return {rule.id: rule for rule in snapshot.policy.automation}

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from croniter import croniter
 
 from . import queue_name
+from .automation import ACTIONS, IMMEDIATE, KUMO_ONLY_ACTIONS, Rule, parse_threshold, rule_id
 from .duration import parse_duration
 from .errors import InvalidQueueName, PolicyError, ValidationError
 from .model import (
@@ -775,3 +776,115 @@ def pause_from(data: object, *, kind: Literal["schedule", "endpoint"]) -> Pause:
         created_by=r.text("created_by"),
     )
 
+
+
+_AUTOMATION_KEYS = ("domain", "regex", "action", "duration", "trigger", "match_internal")
+
+
+def automation_from(data: object, *, source: str = "") -> Rule:
+    """Build an automation Rule from a policy file table (KumoMTA's shaping.toml
+    ``automation`` entry, with the ``domain`` it watches); raises EntryInvalid
+    with every problem. Regexes are compiled here, once per read of the file."""
+    r = _Reader(data, _AUTOMATION_KEYS, "automation rule")
+    domain = r.domain("domain")
+    if not r.has("domain"):
+        r.fail("domain", "is required (the recipient domain the rule watches)")
+    regex = _one_or_list(r, "regex", "a regex")
+    patterns = []
+    for where, text in regex:
+        try:
+            patterns.append(re.compile(text))
+        except re.error as exc:
+            r.fail(where, f"is not a valid regex ({exc}): {text!r}")
+        except (RecursionError, OverflowError):
+            r.fail(where, f"is too large or nested too deeply to compile: {text[:40]!r}")
+    action = _one_or_list(r, "action", "an action")
+    for where, name in action:
+        if name in ACTIONS:
+            continue
+        if name in KUMO_ONLY_ACTIONS:
+            r.fail(where, f"{name!r} is a KumoMTA action sluice does not take; sluice holds with: {', '.join(ACTIONS)}")
+            continue
+        hint = difflib.get_close_matches(name, ACTIONS, n=1)
+        also = f" (did you mean {hint[0]!r}?)" if hint else ""
+        r.fail(where, f"unknown action {name!r}{also}; actions: {', '.join(ACTIONS)}")
+    actions = [name for _, name in action]
+    if len(set(actions)) != len(actions):
+        r.fail("action", "names an action twice")
+    duration = None
+    if not r.has("duration"):
+        r.fail("duration", 'is required (how long a hold lasts, such as "3 hours")')
+    else:
+        try:
+            duration = parse_duration(r.data["duration"])
+        except PolicyError as exc:
+            r.fail("duration", exc.message, exc.code)
+    trigger = _trigger(r)
+    match_internal = bool(r.boolean("match_internal"))
+    r.done()
+    regexes = tuple(text for _, text in regex)
+    return Rule(
+        id=rule_id(domain, regexes, actions, duration, trigger, match_internal),
+        domain=domain,
+        regex=regexes,
+        action=tuple(actions),
+        duration=duration,
+        trigger=trigger,
+        match_internal=match_internal,
+        source=source,
+        patterns=tuple(patterns),
+    )
+
+
+def _one_or_list(r: _Reader, key: str, what: str) -> list[tuple[str, str]]:
+    """A required string, or a non-empty array of strings (KumoMTA's one-or-many),
+    each with the key path it is at."""
+    if not r.has(key):
+        r.fail(key, "is required")
+        return []
+    value = r.data[key]
+    if not isinstance(value, list):
+        value, paths = [value], [key]
+    else:
+        paths = [f"{key}[{i}]" for i in range(len(value))]
+    if not value:
+        r.fail(key, f"must hold at least one; expected {what} or an array of them")
+    good = []
+    for where, item in zip(paths, value):
+        if not isinstance(item, str) or not item:
+            got = "an empty string" if item == "" else _type_name(item)
+            r.fail(where, f"expected {what} (a non-empty string), got {got}")
+        else:
+            good.append((where, item))
+    return good
+
+
+def _trigger(r: _Reader) -> Any:
+    """``"Immediate"`` (also when absent) -> None; ``{ Threshold = "N/period" }`` -> Threshold."""
+    if not r.has("trigger"):
+        return None
+    value = r.data["trigger"]
+    expected = 'expected "Immediate" or { Threshold = "N/period" } such as { Threshold = "10/hr" }'
+    if value == IMMEDIATE:
+        return None
+    if isinstance(value, str):
+        hint = f' (did you mean {{ Threshold = "{value}" }}?)' if "/" in value else ""
+        r.fail("trigger", f"{expected}, got {value!r}{hint}")
+        return None
+    if not isinstance(value, Mapping) or len(value) != 1:
+        r.fail("trigger", f"{expected}, got {_type_name(value)}")
+        return None
+    ((name, spec),) = value.items()
+    if name != "Threshold":
+        hint = difflib.get_close_matches(str(name), ["Threshold"], n=1)
+        also = " (did you mean 'Threshold'?)" if hint else ""
+        r.fail(f"trigger.{name}", f"unknown trigger{also}; {expected}")
+        return None
+    if not isinstance(spec, str):
+        r.fail("trigger.Threshold", f"expected a string such as \"10/hr\", got {_type_name(spec)}")
+        return None
+    try:
+        return parse_threshold(spec)
+    except ValidationError as exc:
+        r.fail("trigger.Threshold", exc.message)
+        return None

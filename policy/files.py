@@ -3,7 +3,8 @@
 How this works
 --------------
 A file is parsed with tomli, then every ``[[suspension]]``, ``[[queue]]``,
-``[[schedule]]`` and ``[[endpoint]]`` table is built by ``fields.py``. The
+``[[schedule]]``, ``[[endpoint]]``, ``[[flow_control]]`` and
+``[[automation]]`` table is built by ``fields.py``. The
 parser gives no positions, so lines are found in the source text: the n-th
 ``[[kind]]`` header is the n-th table of that kind, and a key's line is the
 first ``key =`` line below that header and above the next one. Where no
@@ -14,7 +15,8 @@ table of the file is checked, and ``combine`` adds the problems that span
 files (an id or a name given twice).
 
 Runtime state (the daemon's own files) has the same tables plus
-``created_at`` and ``created_by``; ``parse_runtime`` reads it.
+``created_at`` and ``created_by``, but no ``[[automation]]`` (rules live in
+policy files only); ``parse_runtime`` reads it.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ import tomli
 
 from .bulk import collector_paused
 from .errors import FileProblem, PolicyLoadError
+from .automation import Rule
 from .fields import (
     EntryInvalid,
     Mode,
+    automation_from,
     endpoint_from,
     flow_control_from,
     pause_from,
@@ -42,7 +46,7 @@ from .fields import (
 )
 from .model import Endpoint, FlowControl, Pause, QueuePolicy, Schedule, Suspension
 
-KINDS = ("suspension", "queue", "schedule", "endpoint", "flow_control")
+KINDS = ("suspension", "queue", "schedule", "endpoint", "flow_control", "automation")
 # A line opening a table; group 1 is the name of an array-of-tables header.
 _HEADERS = re.compile(r"^[ \t]*\[(?:\[[ \t]*\"?([A-Za-z0-9_-]+)\"?[ \t]*\]\])?", re.MULTILINE)
 
@@ -57,6 +61,7 @@ class ParsedFile(msgspec.Struct, frozen=True):
     endpoints: tuple[Endpoint, ...] = ()
     flow_controls: tuple[FlowControl, ...] = ()
     pauses: tuple[Pause, ...] = ()
+    automation: tuple[Rule, ...] = ()
     problems: tuple[FileProblem, ...] = ()
 
     @property
@@ -78,6 +83,7 @@ class ParsedFile(msgspec.Struct, frozen=True):
             "endpoints": len(self.endpoints),
             "flow_controls": len(self.flow_controls),
             "pauses": len(self.pauses),
+            "automation": len(self.automation),
         }
 
 
@@ -90,6 +96,7 @@ class PolicySet(msgspec.Struct, frozen=True):
     endpoints: tuple[Endpoint, ...] = ()
     flow_controls: tuple[FlowControl, ...] = ()
     pauses: tuple[Pause, ...] = ()
+    automation: tuple[Rule, ...] = ()
     files: tuple[str, ...] = ()
     # the files combined, and every (kind, key) they hold -> its source: what
     # the next combine starts from, so that it checks only the files that changed
@@ -181,6 +188,9 @@ _NAMES = re.compile(
     re.MULTILINE,
 )
 
+
+# A problem's key path up to its first index or subkey: the key whose line it is on.
+_KEY_HEAD = re.compile(r"[\[.]")
 
 CHUNK_TABLES = 500
 _ARRAY_HEADER = re.compile(r"^\[\[", re.MULTILINE)
@@ -278,6 +288,11 @@ def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
                 )
             )
             continue
+        if key == "automation" and mode == "runtime":
+            problems.append(
+                FileProblem(name, lines.top(key), key, "automation rules live in policy files, not in runtime state")
+            )
+            continue
         for index, table in enumerate(value):
             if len(problems) >= MAX_PROBLEMS:
                 break
@@ -290,7 +305,7 @@ def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
                 built[key].append(_BUILDERS[key](table, mode, name, source))
             except EntryInvalid as exc:
                 for p in exc.problems:
-                    base = p.key.split("[", 1)[0]
+                    base = _KEY_HEAD.split(p.key, 1)[0]
                     at = lines.key(key, index, base) if base else line
                     path = f"{key}[{index}]" + (f".{p.key}" if p.key else "")
                     problems.append(FileProblem(name, at, path, p.message))
@@ -313,6 +328,7 @@ def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
         endpoints=tuple(built["endpoint"]),
         flow_controls=tuple(built["flow_control"]),
         pauses=tuple(pauses),
+        automation=tuple(built["automation"]),
         problems=tuple(problems),
     )
 
@@ -325,6 +341,7 @@ _BUILDERS: dict[str, Callable[[Any, Mode, str, str], Any]] = {
     "schedule": lambda t, mode, name, source: schedule_from(t, source=source, mode=mode),
     "endpoint": lambda t, mode, name, source: endpoint_from(t, source=source, mode=mode),
     "flow_control": lambda t, mode, name, source: flow_control_from(t, mode=mode, source=source),
+    "automation": lambda t, mode, name, source: automation_from(t, source=source),
 }
 
 
@@ -364,6 +381,8 @@ def _keys_of(f: ParsedFile) -> Iterator[tuple[str, str, str, str]]:
         yield "endpoint", e.id, e.source, "endpoint id"
     for fc in f.flow_controls:
         yield "flow_control", fc.key, fc.source, "flow-control key"
+    for rule in f.automation:  # keyed by what the rule says, named by it too
+        yield "automation", rule.id, rule.source, f"the same automation rule (for {rule.domain}, {rule.regex_text()})"
 
 
 def combine(files: Sequence[ParsedFile], previous: PolicySet | None = None) -> PolicySet:
@@ -391,9 +410,8 @@ def combine(files: Sequence[ParsedFile], previous: PolicySet | None = None) -> P
             first = seen.setdefault((kind, key), source)
             if first is not source:
                 path, line = _where(source)
-                problems.append(
-                    FileProblem(path, line, kind, f"{what} {key!r} is also defined at {first}")
-                )
+                said = what if kind == "automation" else f"{what} {key!r}"
+                problems.append(FileProblem(path, line, kind, f"{said} is also defined at {first}"))
     if problems:
         raise PolicyLoadError(problems)
     return PolicySet(
@@ -403,6 +421,7 @@ def combine(files: Sequence[ParsedFile], previous: PolicySet | None = None) -> P
         endpoints=tuple(e for f in files for e in f.endpoints),
         flow_controls=tuple(c for f in files for c in f.flow_controls),
         pauses=tuple(p for f in files for p in f.pauses),
+        automation=tuple(r for f in files for r in f.automation),
         files=tuple(f.name for f in files),
         parsed=tuple(files),
         seen=seen,

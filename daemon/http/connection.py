@@ -63,8 +63,12 @@ Dispatch = Callable[[Request], Awaitable[Response]]
 class Limits:
     max_header: int = 16 * 1024
     max_body: int = 64 * 1024
-    # Batch checks carry up to 10,000 names, more than 64 KiB of them.
-    large_bodies: tuple[tuple[str, int], ...] = (("/api/check/v1", 2 * 1024 * 1024),)
+    # Batch checks carry up to 10,000 names, more than 64 KiB of them; kumod's
+    # log records are a kilobyte or more each, and a batching hook sends many.
+    large_bodies: tuple[tuple[str, int], ...] = (
+        ("/api/check/v1", 2 * 1024 * 1024),
+        ("/publish_log_v1", 16 * 1024 * 1024),
+    )
 
     request_timeout: float = 10.0
     idle_timeout: float = 60.0

@@ -98,6 +98,12 @@ class Request:
             if optional:
                 return None
             raise HttpError(400, "INVALID_REQUEST", "a JSON body is required")
+        return self.decode_json(json.loads, (ValueError, UnicodeDecodeError))
+
+    def decode_json(self, decode: Callable[[bytes], Any], broken: type[Exception] | tuple[type[Exception], ...]) -> Any:
+        """``decode(body)`` for a body that must be JSON, its errors answered as ``json`` answers
+        them: 415 for another content type, 400 INVALID_JSON when ``decode`` raises ``broken``
+        or the body is nested too deeply. A body that is not empty is assumed."""
         ctype = self.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         # curl -d labels a JSON body as a form; that body is still taken if it is JSON.
         lenient = ctype == "application/x-www-form-urlencoded"
@@ -106,8 +112,8 @@ class Request:
                 415, "UNSUPPORTED_MEDIA_TYPE", f"expected application/json, got {ctype!r}"
             )
         try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            return decode(self.body)
+        except broken as exc:
             if lenient:
                 raise HttpError(
                     415, "UNSUPPORTED_MEDIA_TYPE", "expected a JSON body (application/json)"

@@ -70,6 +70,12 @@ FILES = {
         name = "my_queue"
         paused = false
         parallelism = 4
+
+        [[automation]]
+        domain = "automation.example"
+        regex = "4[.]7[.]28"
+        action = ["SuspendTenant", "Suspend"]
+        duration = "1h"
         """,
     "20-objects.toml": f"""
         [[schedule]]

@@ -35,6 +35,7 @@ import pytest
 import trio
 from jsonschema import Draft202012Validator
 
+import kumod_log
 from harness import Daemon
 from openapi_support import (
     DOC,
@@ -294,6 +295,14 @@ def test_every_operation_answers_as_documented(api: Api, d: Daemon) -> None:
         "queues": ["held.example", "my_queue", "newsletter:acme@example.com", "bad name", "yahoo.com"]
     })
     assert [r.get("error", {}).get("code") for r in batch["results"]] == [None, None, None, "INVALID_QUEUE_NAME", None]
+
+    # automation: kumod's log records in
+    record = kumod_log.record(queue="news:acme@automation.example", recipient="x@automation.example")
+    published = api.call("POST", "/publish_log_v1", expect=200, json=record)
+    assert [(h["tenant"], h["change"]) for h in published["holds"]] == [("acme", "added"), (None, "added")]
+    again = api.call("POST", "/publish_log_v1", expect=200,
+                     json=[record, kumod_log.record(kind="Delivery", code=250, enhanced=(2, 0, 0), content="OK")])
+    assert again["records"] == 2 and {h["change"] for h in again["holds"]} <= {"extended", "unchanged"}
 
     # the events stream: its head here; its lines in test_events_stream_lines_match_the_event_schema
     with api.client.stream("GET", "/api/events/v1") as stream:

@@ -60,6 +60,13 @@ TEXT = {"Content-Type": "text/plain"}
 
 ERRORS = [
     # (method, template, fill, request kwargs, status, code)
+    ("POST", "/publish_log_v1", {}, {"json": {"type": "Bounce"}}, 400, "INVALID_REQUEST"),
+    ("POST", "/publish_log_v1", {}, {"json": [{"type": "Bounce", "recipient": "nobody", "queue": "q.example",
+                                               "timestamp": 1800000000, "response": {"code": 550, "content": "x"}}]},
+     400, "INVALID_REQUEST"),
+    ("POST", "/publish_log_v1", {}, {"content": b'{"type": ', "headers": JSON}, 400, "INVALID_JSON"),
+    ("POST", "/publish_log_v1", {}, {}, 400, "INVALID_REQUEST"),
+    ("POST", "/publish_log_v1", {}, {"content": b"type=Bounce", "headers": TEXT}, 415, "UNSUPPORTED_MEDIA_TYPE"),
     ("POST", "/api/admin/suspend/v1", {}, {"json": {"domian": "x.example", "reason": "typo"}}, 400, "INVALID_REQUEST"),
     ("POST", "/api/admin/suspend/v1", {}, {"json": {"reason": "no criterion"}}, 400, "INVALID_REQUEST"),
     ("POST", "/api/admin/suspend/v1", {}, {"json": {"domain": "x.example", "reason": "r", "duration": "5m",

@@ -27,6 +27,48 @@ def test_example_policy_is_valid():
     assert "40-endpoints.toml: ok, 0 suspensions, 0 queues, 0 schedules, 1 endpoint" in out.stdout
 
 
+def test_the_example_automation_rule_is_valid():
+    out = sluicectl("validate", str(ROOT / "etc" / "policy.d"))
+    assert "50-automation.toml: ok, 0 suspensions, 0 queues, 0 schedules, 0 endpoints, 1 automation rule" in out.stdout
+
+
+def test_broken_automation_rules_report_file_line_and_key(tmp_path):
+    write(
+        tmp_path,
+        "50-auto.toml",
+        r"""
+        [[automation]]
+        domain = "gmail.com"
+        regex = "4\\.7\\.28("
+        action = "SuspendTenent"
+        duration = "3 hours"
+        trigger = { Threshold = "10/fortnight" }
+
+        [[automation]]
+        domain = "yahoo.com"
+        regex = ["\\[TS04\\]"]
+        action = ["Suspend", "SetConfig"]
+        duration = "2h"
+        trigger = "Later"
+        """,
+    )
+    out = sluicectl("validate", str(tmp_path))
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        "50-auto.toml:3: automation[0].regex: is not a valid regex (missing ), unterminated subpattern "
+        "at position 8): '4\\\\.7\\\\.28('",
+        "50-auto.toml:4: automation[0].action: unknown action 'SuspendTenent' (did you mean 'SuspendTenant'?); "
+        "actions: Suspend, SuspendTenant, SuspendCampaign",
+        "50-auto.toml:6: automation[0].trigger.Threshold: unknown period in '10/fortnight'; periods are s, sec, "
+        "second, m, min, minute, h, hr, hour, d, day, optionally after a number (5min)",
+        "50-auto.toml:11: automation[1].action[1]: 'SetConfig' is a KumoMTA action sluice does not take; "
+        "sluice holds with: Suspend, SuspendTenant, SuspendCampaign",
+        '50-auto.toml:13: automation[1].trigger: expected "Immediate" or { Threshold = "N/period" } such as '
+        "{ Threshold = \"10/hr\" }, got 'Later'",
+        f"{tmp_path}: invalid: 5 problems",
+    ]
+
+
 def test_default_directory_comes_from_the_config():
     out = sluicectl("--config", str(ROOT / "etc" / "sluiced.toml"), "validate")
     assert out.returncode == 0, out.stderr
