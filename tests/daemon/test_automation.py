@@ -291,8 +291,10 @@ def test_other_content_types_are_415(d):
 
 
 def test_rules_hot_reload_and_a_bad_rule_is_refused_naming_file_line_and_key(d):
+    assert d.status()["counts"]["automation_rules"] == 2
     d.write("60-more.toml", '[[automation]]\ndomain = "aol.com"\nregex = "421"\naction = "Suspend"\nduration = "1h"\n')
     d.notify.wait_for("READY=1")
+    assert d.status()["counts"]["automation_rules"] == 3
     aol = record(recipient="x@aol.com", queue="acme@aol.com")
     assert len(publish(d, aol).json()["holds"]) == 1
     d.write("60-more.toml", '[[automation]]\ndomain = "aol.com"\nregex = "("\naction = "Suspnd"\nduration = "1h"\n')
