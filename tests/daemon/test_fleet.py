@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 import kumod_log
-from harness import TIMEOUT, Daemon
+from harness import TIMEOUT, Daemon, policy_request
 from openapi_support import assert_valid
 from test_openapi import EventReader
 from test_store_etcd import EtcdCluster
@@ -120,17 +120,7 @@ class Node:
 
     def postfix(self, domain: str) -> str:
         """The Postfix policy server's action for a recipient at ``domain``."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(TIMEOUT)
-            sock.connect(str(self.d.dir / "run" / "policy.sock"))
-            sock.sendall(POSTFIX_REQUEST.format(domain=domain).encode())
-            answer = b""
-            while not answer.endswith(b"\n\n"):
-                data = sock.recv(4096)
-                if not data:
-                    break
-                answer += data
-        return answer.decode().strip()
+        return policy_request(self.d.dir / "run" / "policy.sock", POSTFIX_REQUEST.format(domain=domain)).decode().strip()
 
     def suspend(self, **body) -> httpx.Response:
         return self.d.post("/api/admin/suspend/v1", json={"reason": "fleet test", **body})
