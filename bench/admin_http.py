@@ -59,8 +59,12 @@ BARE_BODY = b'{"queue":"bench.example","deliver":true,"holds":[],"retry_after":n
 # -- the reference servers (run as their own processes) ----------------------
 
 
-def serve_bare(address: str) -> None:
-    """A bare trio + h11 server: every request answered 200 with BARE_BODY, keep-alive."""
+def serve_bare(address: str, answer=None) -> None:
+    """A bare trio + h11 server: every request answered 200 with BARE_BODY, keep-alive.
+
+    With ``answer`` (a function of the request body), its bytes are the answer
+    instead: bench/automation.py's bare JSON server.
+    """
     import h11
     import trio
 
@@ -68,14 +72,22 @@ def serve_bare(address: str) -> None:
 
     async def handle(stream) -> None:
         conn = h11.Connection(h11.SERVER)
+        chunks: list[bytes] = []
         try:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
                     conn.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, h11.Data):
+                    chunks.append(event.data)
                 elif isinstance(event, h11.EndOfMessage):
-                    out = (conn.send(h11.Response(status_code=200, headers=headers))
-                           + conn.send(h11.Data(data=BARE_BODY)) + conn.send(h11.EndOfMessage()))
+                    body, sent = BARE_BODY, headers
+                    if answer is not None:
+                        body = answer(b"".join(chunks))
+                        sent = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+                        chunks.clear()
+                    out = (conn.send(h11.Response(status_code=200, headers=sent))
+                           + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
                     await stream.send_all(out)
                     conn.start_next_cycle()
                 elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:

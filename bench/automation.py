@@ -47,7 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-from admin_http import _listeners, measure
+from admin_http import measure, serve_bare
 from benchlib import (
     Best, ClientPool, CpuShare, Http, Scratch, Sluiced, header, ms, percentile, print_profile,
     request_bytes, spawn_server, stop_servers, table, verdict, wrap,
@@ -112,40 +112,15 @@ def make_records(rng: random.Random, count: int, ahead: float) -> list[dict]:
 
 
 def serve_json(address: str) -> None:
-    """The bare JSON server: trio + h11, each body decoded with msgspec, its record count answered."""
-    import h11
+    """The bare JSON server: admin_http.py's bare trio + h11 server, each body decoded
+    with msgspec and its record count answered."""
     import msgspec
-    import trio
 
-    async def handle(stream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        chunks: list[bytes] = []
-        try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                elif isinstance(event, h11.Data):
-                    chunks.append(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    value = msgspec.json.decode(b"".join(chunks))
-                    chunks.clear()
-                    answer = b'{"records":%d}\n' % (len(value) if isinstance(value, list) else 1)
-                    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(answer)))]
-                    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers))
-                                          + conn.send(h11.Data(data=answer)) + conn.send(h11.EndOfMessage()))
-                    conn.start_next_cycle()
-                elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                    return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-            return
-        finally:
-            await stream.aclose()
+    def count(body: bytes) -> bytes:
+        value = msgspec.json.decode(body)
+        return b'{"records":%d}\n' % (len(value) if isinstance(value, list) else 1)
 
-    async def main() -> None:
-        await trio.serve_listeners(handle, await _listeners(address))
-
-    trio.run(main)
+    serve_bare(address, answer=count)
 
 
 def visible_after_answer(daemon: Sluiced, probes: int) -> tuple[list[float], list[float]]:

@@ -790,4 +790,5 @@ class Snapshot:
             "endpoints": len(self.endpoints),
             "paused_endpoints": sum(1 for e in self.endpoints.values() if e.paused),
             "paused_flow_controls": sum(1 for c in self.flow_controls.values() if c.paused),
+            "automation_rules": len(self.policy.automation),
         }

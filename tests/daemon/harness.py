@@ -38,6 +38,23 @@ def write_atomic(path: Path, text: str) -> Path:
     return path
 
 
+def policy_request(address: str | Path | tuple[str, int], request: str) -> bytes:
+    """One Postfix policy request over a fresh connection (a unix socket path, or
+    (host, port)); the answer as received, up to its empty line."""
+    family = socket.AF_INET if isinstance(address, tuple) else socket.AF_UNIX
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(address if isinstance(address, tuple) else str(address))
+        sock.sendall(request.encode())
+        answer = b""
+        while not answer.endswith(b"\n\n"):
+            data = sock.recv(4096)
+            if not data:
+                break
+            answer += data
+    return answer
+
+
 class Notifications:
     """A datagram socket that receives sd_notify messages."""
 

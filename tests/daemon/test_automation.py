@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import time
 import httpx
 import pytest
 
-from harness import ROOT, TIMEOUT, Daemon
+from harness import ROOT, TIMEOUT, Daemon, policy_request
 from kumod_log import body, record
 from test_fleet import Events
 from test_kcli import suspend_v1_list
@@ -71,17 +70,8 @@ def decision(d: Daemon, queue: str) -> dict:
 
 
 def postfix(d: Daemon, tenant: str, domain: str) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(TIMEOUT)
-        sock.connect(str(d.dir / "run" / "policy.sock"))
-        sock.sendall(POSTFIX.format(tenant=tenant, domain=domain).encode())
-        answer = b""
-        while not answer.endswith(b"\n\n"):
-            data = sock.recv(4096)
-            if not data:
-                break
-            answer += data
-    return answer.decode().strip()
+    """The Postfix policy server's action for ``tenant``'s mail to a recipient at ``domain``."""
+    return policy_request(d.dir / "run" / "policy.sock", POSTFIX.format(tenant=tenant, domain=domain)).decode().strip()
 
 
 def sluicectl(d: Daemon, *args: str):
@@ -291,8 +281,10 @@ def test_other_content_types_are_415(d):
 
 
 def test_rules_hot_reload_and_a_bad_rule_is_refused_naming_file_line_and_key(d):
+    assert d.status()["counts"]["automation_rules"] == 2
     d.write("60-more.toml", '[[automation]]\ndomain = "aol.com"\nregex = "421"\naction = "Suspend"\nduration = "1h"\n')
     d.notify.wait_for("READY=1")
+    assert d.status()["counts"]["automation_rules"] == 3
     aol = record(recipient="x@aol.com", queue="acme@aol.com")
     assert len(publish(d, aol).json()["holds"]) == 1
     d.write("60-more.toml", '[[automation]]\ndomain = "aol.com"\nregex = "("\naction = "Suspnd"\nduration = "1h"\n')

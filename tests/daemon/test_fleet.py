@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import TIMEOUT, Daemon
+import kumod_log
+from harness import TIMEOUT, Daemon, policy_request
 from openapi_support import assert_valid
 from test_openapi import EventReader
 from test_store_etcd import EtcdCluster
@@ -119,17 +120,7 @@ class Node:
 
     def postfix(self, domain: str) -> str:
         """The Postfix policy server's action for a recipient at ``domain``."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(TIMEOUT)
-            sock.connect(str(self.d.dir / "run" / "policy.sock"))
-            sock.sendall(POSTFIX_REQUEST.format(domain=domain).encode())
-            answer = b""
-            while not answer.endswith(b"\n\n"):
-                data = sock.recv(4096)
-                if not data:
-                    break
-                answer += data
-        return answer.decode().strip()
+        return policy_request(self.d.dir / "run" / "policy.sock", POSTFIX_REQUEST.format(domain=domain)).decode().strip()
 
     def suspend(self, **body) -> httpx.Response:
         return self.d.post("/api/admin/suspend/v1", json={"reason": "fleet test", **body})
@@ -242,6 +233,52 @@ def test_qstash_schedules_and_flow_control_keys_are_shared(fleet):
         node.events.until("schedule_deleted", id="fleet-report")
         node.events.until("flow_control_resumed", key="Fleet-Key")
         assert node.d.get("/v2/schedules/fleet-report").status_code == 404
+
+
+def _load_rules(node: Node, text: str | None) -> None:
+    """Write (or, with None, remove) the node's automation rule file and wait until it is in force."""
+    node.drain_notifications()
+    if text is None:
+        (node.d.policy / "50-auto.toml").unlink()
+    else:
+        node.d.write("50-auto.toml", text)
+    wanted = 0 if text is None else 1
+    while node.d.status()["counts"]["automation_rules"] != wanted:
+        node.d.notify.wait_for("READY=1")
+
+
+def test_a_hold_an_automation_rule_makes_on_a_is_enforced_on_b_and_c_and_extended_from_b(fleet):
+    """kumod's records posted to one node hold at every node's front doors; a match posted
+    to another node lengthens the same hold; cancelling it anywhere lifts it everywhere."""
+    _, (a, b, c) = fleet
+    rule = '[[automation]]\ndomain = "auto.example"\nregex = "4\\\\.7\\\\.28"\naction = "Suspend"\nduration = "1h"\n'
+    for node in (a, b):
+        _load_rules(node, rule)
+    now = time.time()
+    sent = kumod_log.body(kumod_log.record(recipient="x@auto.example", queue="acme@auto.example", at=now - 10))
+    response = a.d.post("/publish_log_v1", content=sent, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    (held,) = response.json()["holds"]
+    for node in (a, b, c):
+        added = node.events.until("suspension_added", id=held["id"])
+        assert added["domain"] == "auto.example" and added["by"] == "automation 50-auto.toml:1"
+        assert node.held("beta@auto.example")
+        assert node.postfix("auto.example").startswith("action=DEFER_IF_PERMIT 4.7.1 automation rule")
+    later = kumod_log.body(kumod_log.record(recipient="y@auto.example", queue="beta@auto.example", at=now))
+    response = b.d.post("/publish_log_v1", content=later, headers={"content-type": "application/json"})
+    (extended,) = response.json()["holds"]
+    assert extended["id"] == held["id"] and extended["change"] == "extended"
+    for node in (a, b, c):
+        node.events.until("suspension_updated", id=held["id"])
+        (hold,) = node.decision("auto.example")["holds"]
+        assert hold["expires"].startswith(extended["expires"][:19])
+    with c.d.client() as client:
+        assert client.request("DELETE", "/api/admin/suspend/v1", json={"id": held["id"]}).status_code == 200
+    for node in (a, b, c):
+        node.events.until("suspension_removed", id=held["id"])
+        assert not node.held("auto.example")
+    for node in (a, b):
+        _load_rules(node, None)
 
 
 def test_the_same_criteria_posted_on_every_node_at_once_get_one_id(fleet):

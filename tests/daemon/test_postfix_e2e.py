@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import throwaway_postfix
 
-from harness import Daemon, unavailable
+from harness import Daemon, policy_request, unavailable
 
 HOLDS = """
 [[suspension]]
@@ -49,18 +49,7 @@ def policy_daemon(tmp_path: Path, socket_path: Path | str, listen: str = "") -> 
 
 def ask(address, domain: str) -> bytes:
     """One policy request over a fresh connection; the answer without its empty line."""
-    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(address)
-        sock.sendall(REQUEST.format(domain=domain).encode())
-        answer = b""
-        while not answer.endswith(b"\n\n"):
-            data = sock.recv(4096)
-            if not data:
-                break
-            answer += data
-    return answer.rstrip(b"\n")
+    return policy_request(address, REQUEST.format(domain=domain)).rstrip(b"\n")
 
 
 @pytest.fixture

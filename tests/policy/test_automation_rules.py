@@ -374,3 +374,33 @@ def test_a_threshold_fires_exactly_when_a_plain_count_says(limit, period, steps)
         assert bool(result.holds) == expected
         for times in windows.values():
             assert len(times) <= limit and list(times) == sorted(times)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    written=st.lists(
+        st.tuples(st.sampled_from(["a.example", "b.example", "c.example"]),
+                  st.sampled_from(["4\\\\.7\\\\.28", "TS0[1-4]", "^421", "quota"]),
+                  st.sampled_from(["3 hours", "10s"]), st.booleans()),
+        max_size=12, unique=True,
+    ),
+    domains=st.lists(st.sampled_from(["a.example", "b.example", "c.example", "d.example"]), min_size=1, max_size=3, unique=True),
+    response=st.sampled_from(["421 4.7.28 slow down", "421 4.7.0 [TS03] deferred", "452 4.2.2 over quota", "250 ok"]),
+    internal=st.booleans(),
+    age=st.integers(0, 60),
+)
+def test_the_rules_that_match_are_those_a_linear_scan_finds(written, domains, response, internal, age):
+    """The domain index finds exactly the rules a scan of every rule finds."""
+    text = "".join(
+        f'[[automation]]\ndomain = "{d}"\nregex = "{rx}"\naction = "Suspend"\nduration = "{dur}"\n'
+        f"match_internal = {str(mi).lower()}\n\n"
+        for d, rx, dur, mi in written
+    )
+    book = rules(text) if written else Rulebook(())
+    o = outcome(queue=f"acme@{domains[0]}", response=response, at=NOW - age, domains=tuple(domains), internal=internal)
+    scanned = {
+        r.id for r in book.rules
+        if r.domain in domains and r.matches(response) and (r.match_internal or not internal)
+        and NOW - age + r.duration > NOW
+    }
+    assert set(evaluate(book, [o], {}, NOW).matched) == scanned
