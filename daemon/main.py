@@ -55,6 +55,7 @@ from .http.listener import tcp_service, unix_service
 from .http.peer import may_change
 from .http.qstash import add_qstash_routes
 from .http.routes import Router
+from .http.subscribe import Subscribers, add_subscription_routes
 from .metrics import Metrics
 from .mutations import Mutations
 from .policy_dir import PolicyReader
@@ -348,11 +349,13 @@ def _routes(
         may_change=lambda peer: may_change(peer, gid),
         on_response=metrics.answered,
     )
+    subscribers = Subscribers()
     add_admin_routes(
         router, current=current, mutations=mutations, reload=reloader.reload, metrics=metrics,
-        clock=clock,
+        clock=clock, sections={"subscription": lambda now: subscribers.status(current, now)},
     )
     add_check_routes(router, current=current, events=events, metrics=metrics, clock=clock)
+    add_subscription_routes(router, current=current, events=events, subscribers=subscribers, clock=clock)
 
     def file_time(source: str) -> float:
         """When the policy file behind ``source`` ("name:line") last changed."""
