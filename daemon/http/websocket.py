@@ -111,8 +111,8 @@ class WebSocket:
                 nursery.start_soon(self._read)
                 await produce(self)
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer went, or stopped reading
 
     async def send(self, text: str) -> None:
         """Send one text frame; trio.BrokenResourceError if the peer cannot take it in time."""
@@ -142,6 +142,7 @@ class WebSocket:
 
     async def _read(self) -> None:
         try:
+            await self._answer()  # what came with the request
             while not self._closed.is_set():
                 data = await self.stream.receive_some(RECEIVE_SIZE)
                 self.heard = trio.current_time()
