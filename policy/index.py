@@ -193,9 +193,15 @@ class SuspensionIndex:
         return found
 
     def exactly(
-        self, campaign: str | None, tenant: str | None, domain: str | None, now: float
+        self,
+        campaign: str | None,
+        tenant: str | None,
+        domain: str | None,
+        now: float,
+        hidden: frozenset[str] = frozenset(),
     ) -> list[Suspension]:
-        """Active suspensions whose criteria are exactly (campaign, tenant, domain), in listing order."""
+        """Active suspensions whose criteria are exactly (campaign, tenant, domain), in listing
+        order, but those whose id is ``hidden``."""
         mask = (
             (CAMPAIGN if campaign is not None else 0)
             | (TENANT if tenant is not None else 0)
@@ -205,7 +211,10 @@ class SuspensionIndex:
             return []
         values = tuple(v for v in (campaign, tenant, domain) if v is not None)
         key = values[0] if len(values) == 1 else values
-        hits = [e for e in self._tables.get(mask, {}).get(key, ()) if e[0] > now]
+        hits = [
+            e for e in self._tables.get(mask, {}).get(key, ())
+            if e[0] > now and not (hidden and e[2].id in hidden)
+        ]
         hits.sort(key=lambda e: e[1])
         return [e[2] for e in hits]
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import signal
 import textwrap
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -19,6 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect, unix_connect
 
 from harness import TIMEOUT, Daemon
+from kumod_log import body, record
 from openapi_support import free_port
 
 TOKEN = "sl_subscribe-read-token"
@@ -218,5 +220,48 @@ def test_over_tcp_a_token_is_needed_elsewhere(tmp_path):
         with connect(url, open_timeout=TIMEOUT, proxy=None,
                      additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
             assert recv(ws)["tenant"] == "acme"
+    finally:
+        d.close()
+
+
+RULES = """
+[[automation]]
+domain = "gmail.com"
+regex = "4\\\\.7\\\\.28"
+action = "SuspendTenant"
+duration = "3 hours"
+
+[[automation]]
+domain = "yahoo.com"
+regex = "\\\\[TS04\\\\]"
+action = "Suspend"
+duration = "2 hours"
+"""
+
+
+def test_an_automation_hold_reaches_kumod_as_its_tsa_daemons_would(tmp_path):
+    """kumod's log records in through /publish_log_v1; the tenant hold out as a frame, the domain hold counted."""
+    d = Daemon(tmp_path, files={"50-auto.toml": RULES}).start()
+    try:
+        with unix(d) as ws:
+            at = time.time() - 60
+            published = d.post("/publish_log_v1", content=body(record(queue="acme@gmail.com", at=at)),
+                               headers={"content-type": "application/json"})
+            assert published.status_code == 200, published.text
+            (held,) = published.json()["holds"]
+            # Yahoo's [TS04] holds the whole domain: no SchedQSuspension form, so nothing is sent
+            yahoo = record(queue="acme@yahoo.com", recipient="someone@yahoo.com", code=421,
+                           enhanced=None, content="[TS04] Messages from 192.0.2.1 temporarily deferred")
+            assert d.post("/publish_log_v1", content=body(yahoo),
+                          headers={"content-type": "application/json"}).json()["holds"]
+            later = d.post("/publish_log_v1", content=body(record(queue="acme@gmail.com", at=at + 60)),
+                           headers={"content-type": "application/json"})
+            first, extended = recv(ws), recv(ws)
+            assert first["rule_hash"] == held["id"] == extended["rule_hash"] == later.json()["holds"][0]["id"]
+            assert (first["tenant"], first["domain"], first["campaign"]) == ("acme", "gmail.com", None)
+            assert first["reason"].startswith("automation rule: 4\\.7\\.28 tenant=acme domain=gmail.com")
+            assert abs(expires(first) - (int(at) + 3 * 3600)) < 1.5
+            assert expires(extended) - expires(first) == 60
+        assert d.status()["subscription"] == {"subscribers": 0, "streamed": 1, "left_out": 1}
     finally:
         d.close()
