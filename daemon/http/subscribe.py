@@ -13,7 +13,9 @@ current set, then the frames each change of a suspension calls for. After
 ``heartbeat`` seconds without one it is pinged. A subscriber that falls
 ``Broadcaster``'s buffer behind (it stopped reading) is closed with 1013,
 "try again later": kumod reconnects and is sent the whole set again. At
-shutdown every subscriber is closed with 1001, "going away".
+shutdown every subscriber is closed with 1001, "going away". A failure of
+sluice's own while serving one is logged and closes it with 1011; the
+daemon and the other subscribers go on.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from .websocket import WebSocket, handshake
 log = structlog.get_logger("sluice.subscribe")
 
 GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 
 
@@ -103,13 +106,20 @@ def add_subscription_routes(
                 # subscribed before the 101: nothing published once the client knows it is in is missed
                 sub = events.subscribe()
                 subscribers.open += 1
+                socket = WebSocket(stream, ws)
                 try:
-                    socket = WebSocket(stream, ws)
                     await socket.accept(trailing, request.request_id)
                     log.info("subscriber_joined", path=request.path, peer=str(request.peer))
                     await socket.run(lambda socket: run(socket, tag, sub))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
+                except Exception:  # noqa: BLE001 - a bug here must not end the daemon with it
+                    log.exception("subscriber_failed", path=request.path, peer=str(request.peer))
+                    with trio.move_on_after(1):
+                        try:
+                            await socket.close(INTERNAL_ERROR, "internal error; see the daemon's log")
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            pass
                 finally:
                     subscribers.open -= 1
                     events.unsubscribe(sub)

@@ -34,6 +34,7 @@ from sluice.daemon.http.subscribe import Subscribers, add_subscription_routes
 from sluice.policy.files import PolicySet
 from sluice.policy.model import Suspension
 from sluice.policy.snapshot import Snapshot
+from sluice.policy.subscription import Follower
 
 HOLD = Suspension(
     id="00000000-0000-4000-8000-000000000001", tenant="acme", domain="gmail.com", reason="r",
@@ -182,3 +183,20 @@ async def test_a_bad_handshake_is_refused_with_what_is_wrong(server, autojump_cl
     data = await peer.stream.receive_some(65536)
     assert data.startswith(b"HTTP/1.1 426 ") and b"Sec-WebSocket-Version: 13" in data
     assert b"BAD_WEBSOCKET_HANDSHAKE" in data
+
+
+async def test_a_failure_of_sluices_own_closes_that_subscriber_with_1011_only(server, autojump_clock, monkeypatch):
+    start, events, subscribers = server
+    peer = start()
+    await peer.open()
+    await peer.frame()
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Follower, "follow", broken)
+    events.publish("suspension_added", 2, id=HOLD.id)
+    event = await peer.event()
+    assert isinstance(event, CloseConnection) and event.code == 1011, event
+    await start.done.wait()  # the connection ended; nothing was raised into the server
+    assert subscribers.open == 0 and len(events) == 0
