@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import aclosing
 
 import structlog
 import trio
@@ -38,7 +39,7 @@ from sluice.policy.subscription import (
 )
 
 from ..current import Current
-from ..events import Broadcaster
+from ..events import Broadcaster, follow
 from .message import Request, Response
 from .routes import Router
 from .websocket import WebSocket, handshake
@@ -74,25 +75,21 @@ def add_subscription_routes(
         follower = Follower()
         for item in follower.resync(current.snapshot, clock()):
             await ws.send(frame(item, tag))
-        while True:
-            with trio.move_on_after(heartbeat) as quiet:
-                try:
-                    event = await sub.receive.receive()
-                except trio.EndOfChannel:
-                    break
-            if quiet.cancelled_caught:
-                if not await ws.ping():
-                    return
-                continue
-            ids = suspension_ids(event)
-            if ids is None:
-                items = follower.resync(current.snapshot, clock())
-            elif ids:
-                items = follower.follow(current.snapshot, ids, clock())
-            else:
-                continue
-            for item in items:
-                await ws.send(frame(item, tag))
+        async with aclosing(follow(sub, heartbeat)) as changes:
+            async for event in changes:
+                if event is None:
+                    if not await ws.ping():
+                        return
+                    continue
+                ids = suspension_ids(event)
+                if ids is None:
+                    items = follower.resync(current.snapshot, clock())
+                elif ids:
+                    items = follower.follow(current.snapshot, ids, clock())
+                else:
+                    continue
+                for item in items:
+                    await ws.send(frame(item, tag))
         if sub.overflowed:
             await ws.close(TRY_AGAIN_LATER, "fell behind; reconnect to be sent the whole set")
         else:

@@ -20,8 +20,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect, unix_connect
 
 from harness import TIMEOUT, Daemon
-from kumod_log import body, record
+from kumod_log import record
 from openapi_support import free_port
+from test_automation import RULES, publish
 
 TOKEN = "sl_subscribe-read-token"
 
@@ -224,38 +225,20 @@ def test_over_tcp_a_token_is_needed_elsewhere(tmp_path):
         d.close()
 
 
-RULES = """
-[[automation]]
-domain = "gmail.com"
-regex = "4\\\\.7\\\\.28"
-action = "SuspendTenant"
-duration = "3 hours"
-
-[[automation]]
-domain = "yahoo.com"
-regex = "\\\\[TS04\\\\]"
-action = "Suspend"
-duration = "2 hours"
-"""
-
-
 def test_an_automation_hold_reaches_kumod_as_its_tsa_daemons_would(tmp_path):
     """kumod's log records in through /publish_log_v1; the tenant hold out as a frame, the domain hold counted."""
     d = Daemon(tmp_path, files={"50-auto.toml": RULES}).start()
     try:
         with unix(d) as ws:
             at = time.time() - 60
-            published = d.post("/publish_log_v1", content=body(record(queue="acme@gmail.com", at=at)),
-                               headers={"content-type": "application/json"})
+            published = publish(d, record(queue="acme@gmail.com", at=at))
             assert published.status_code == 200, published.text
             (held,) = published.json()["holds"]
-            # Yahoo's [TS04] holds the whole domain: no SchedQSuspension form, so nothing is sent
+            # Yahoo's [TS04] (three an hour) holds the whole domain: no SchedQSuspension form, nothing sent
             yahoo = record(queue="acme@yahoo.com", recipient="someone@yahoo.com", code=421,
                            enhanced=None, content="[TS04] Messages from 192.0.2.1 temporarily deferred")
-            assert d.post("/publish_log_v1", content=body(yahoo),
-                          headers={"content-type": "application/json"}).json()["holds"]
-            later = d.post("/publish_log_v1", content=body(record(queue="acme@gmail.com", at=at + 60)),
-                           headers={"content-type": "application/json"})
+            assert publish(d, yahoo, yahoo, yahoo, array=True).json()["holds"]
+            later = publish(d, record(queue="acme@gmail.com", at=at + 60))
             first, extended = recv(ws), recv(ws)
             assert first["rule_hash"] == held["id"] == extended["rule_hash"] == later.json()["holds"][0]["id"]
             assert (first["tenant"], first["domain"], first["campaign"]) == ("acme", "gmail.com", None)
