@@ -20,14 +20,19 @@ class Notifier:
         self._address = "\0" + address[1:] if address.startswith("@") else address
         self._sock: socket.socket | None = None
         if self._address:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # non-blocking: when the receiver's queue is full (10 datagrams by
+            # default on Linux) the message is dropped, not the event loop stopped
+            self._sock = socket.socket(
+                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+            )
 
     @property
     def enabled(self) -> bool:
         return self._sock is not None
 
     def notify(self, *lines: str) -> None:
-        """Send ``lines`` as one message; failures are ignored (systemd may be gone)."""
+        """Send ``lines`` as one message; failures are ignored (systemd may be gone,
+        or not reading now)."""
         if self._sock is None:
             return
         try:

@@ -179,6 +179,21 @@ def test_notify_sequence(tmp_path):
         d.close()
 
 
+def test_a_notify_socket_nobody_reads_does_not_stop_the_daemon(tmp_path):
+    """Notifications the receiver does not take (its queue holds 10 datagrams)
+    are dropped: the daemon goes on serving through reloads. It used to block
+    its event loop in sd_notify after the fifth reload."""
+    d = Daemon(tmp_path)
+    try:
+        d.start()
+        with d.client() as client:
+            for _ in range(30):  # RELOADING=1 and READY=1 each, never read
+                assert client.post("/api/admin/reload/v1").status_code == 200
+        assert d.generation() == 1
+    finally:
+        d.close()
+
+
 def test_socket_activation_serves_passed_sockets(tmp_path):
     d = Daemon(tmp_path)
     path = tmp_path / "activated.sock"
