@@ -25,6 +25,7 @@ import bisect
 import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 import immutables
 import msgspec
@@ -57,16 +58,14 @@ class Runtime(msgspec.Struct, frozen=True):
     flow_controls: Mapping[str, FlowControl] = msgspec.field(default_factory=immutables.Map)
 
 
-class QueueView(msgspec.Struct, frozen=True):
-    """A queue as both sources describe it."""
-
-    name: str
-    file: QueuePolicy | None = None
-    runtime: QueuePolicy | None = None
+class _BothSources(msgspec.Struct, frozen=True):
+    """What a queue and a flow-control key share: a policy file's entry and the
+    runtime's (``file`` and ``runtime``, in the subclass), either of which may
+    pause it; the file's pause is the one listed, and lifting it is the file's."""
 
     @property
-    def holder(self) -> QueuePolicy | None:
-        """The entry that pauses this queue (the file's first), or None if running."""
+    def holder(self) -> Any:
+        """The entry that pauses it (the file's first), or None if it runs."""
         if self.file is not None and self.file.paused:
             return self.file
         if self.runtime is not None and self.runtime.paused:
@@ -79,13 +78,21 @@ class QueueView(msgspec.Struct, frozen=True):
 
     @property
     def file_pause(self) -> str | None:
-        """Where a policy file pauses this queue, or None."""
+        """Where a policy file pauses it, or None."""
         return self.file.source if self.file is not None and self.file.paused else None
 
     @property
-    def own(self) -> QueuePolicy | None:
-        """The runtime's entry for this queue, if any."""
+    def own(self) -> Any:
+        """The runtime's entry, if any."""
         return self.runtime
+
+
+class QueueView(_BothSources, frozen=True):
+    """A queue as both sources describe it."""
+
+    name: str
+    file: QueuePolicy | None = None
+    runtime: QueuePolicy | None = None
 
     @property
     def parallelism(self) -> int | None:
@@ -166,33 +173,12 @@ class EndpointView(msgspec.Struct, frozen=True):
         return None if self.pause is None else self.pause.source
 
 
-class FlowControlView(msgspec.Struct, frozen=True):
+class FlowControlView(_BothSources, frozen=True):
     """A flow-control key as both sources describe it; the runtime's pins win."""
 
     key: str
     file: FlowControl | None = None
     runtime: FlowControl | None = None
-
-    @property
-    def holder(self) -> FlowControl | None:
-        """The entry that pauses this key (the file's first), or None."""
-        if self.file is not None and self.file.paused:
-            return self.file
-        if self.runtime is not None and self.runtime.paused:
-            return self.runtime
-        return None
-
-    @property
-    def paused(self) -> bool:
-        return self.holder is not None
-
-    @property
-    def file_pause(self) -> str | None:
-        return self.file.source if self.file is not None and self.file.paused else None
-
-    @property
-    def own(self) -> FlowControl | None:
-        return self.runtime
 
     def _pinned(self, field: str) -> int | None:
         for entry in (self.runtime, self.file):
@@ -399,6 +385,27 @@ def _merge_queues(policy: PolicySet, runtime: Runtime) -> dict[str, QueueView]:
     }
 
 
+# Each kind's merged views: the snapshot's attribute, the runtime's map, how to merge.
+_VIEWS = (
+    ("queues", "queues", _merge_queues),
+    ("schedules", "schedule_pauses", _merge_schedules),
+    ("endpoints", "endpoint_pauses", _merge_endpoints),
+    ("flow_controls", "flow_controls", _merge_flow_controls),
+)
+
+
+def _views(policy: PolicySet, runtime: Runtime, before: Snapshot | None = None) -> dict[str, Mapping]:
+    """Each kind's views of ``policy`` and ``runtime``; those ``before`` made
+    from the same runtime map are kept, so a change of one kind merges only it."""
+    views: dict[str, Mapping] = {}
+    for attr, field, merge in _VIEWS:
+        if before is not None and getattr(before.runtime, field) is getattr(runtime, field):
+            views[attr] = getattr(before, attr)
+        else:
+            views[attr] = merge(policy, runtime)
+    return views
+
+
 class Snapshot:
     """One immutable effective policy with its generation number."""
 
@@ -429,15 +436,21 @@ class Snapshot:
         policy: PolicySet,
         runtime: Runtime,
         suspensions: Suspensions,
-        queues: Mapping[str, QueueView],
         files_index: SuspensionIndex,
         runtime_index: SuspensionIndex,
+        queues: Mapping[str, QueueView],
+        schedules: Mapping[str, ScheduleView],
+        endpoints: Mapping[str, EndpointView],
+        flow_controls: Mapping[str, FlowControlView],
     ) -> None:
         self.generation = generation
         self.policy = policy
         self.runtime = runtime
         self.suspensions = suspensions
         self.queues = queues
+        self.schedules = schedules
+        self.endpoints = endpoints
+        self.flow_controls = flow_controls
         self._files_index = files_index
         self._runtime_index = runtime_index
         self._lasting: dict[str, Decision] = {}
@@ -448,9 +461,6 @@ class Snapshot:
         self._runtime_ends: Ends | None = None
         self._holders: immutables.Map | None = None  # for runtime_holder
         self._next_expiry: float | None | bool = False  # False: not yet computed
-        self.schedules = _merge_schedules(policy, runtime)
-        self.flow_controls = _merge_flow_controls(policy, runtime)
-        self.endpoints = _merge_endpoints(policy, runtime)
 
     @classmethod
     def build(
@@ -465,17 +475,27 @@ class Snapshot:
 
     @classmethod
     def _with_files(
-        cls, policy: PolicySet, runtime: Runtime, runtime_index: SuspensionIndex, generation: int
+        cls,
+        policy: PolicySet,
+        runtime: Runtime,
+        runtime_index: SuspensionIndex,
+        generation: int,
+        files: dict[str, Suspension] | None = None,
+        files_index: SuspensionIndex | None = None,
     ) -> Snapshot:
-        files = {s.id: s for s in policy.suspensions}
+        """A snapshot of ``policy`` over the runtime's layer; the files' layer
+        built afresh unless given (evolved by ``with_policy``)."""
+        if files is None:
+            files = {s.id: s for s in policy.suspensions}
+            files_index = SuspensionIndex.build(policy.suspensions)
         return cls(
             generation=generation,
             policy=policy,
             runtime=runtime,
             suspensions=Suspensions(files, runtime.suspensions, _hidden(files, runtime.suspensions)),
-            queues=_merge_queues(policy, runtime),
-            files_index=SuspensionIndex.build(policy.suspensions),
+            files_index=files_index,
             runtime_index=runtime_index,
+            **_views(policy, runtime),
         )
 
     def with_policy(self, policy: PolicySet, generation: int) -> Snapshot:
@@ -500,14 +520,13 @@ class Snapshot:
                 files.pop(s.id, None)
             for s in added:
                 files[s.id] = s
-            after = Snapshot(
-                generation=generation,
-                policy=policy,
-                runtime=self.runtime,
-                suspensions=Suspensions(files, self.runtime.suspensions, _hidden(files, self.runtime.suspensions)),
-                queues=_merge_queues(policy, self.runtime),
+            after = Snapshot._with_files(
+                policy,
+                self.runtime,
+                self._runtime_index,
+                generation,
+                files=files,
                 files_index=self._files_index.evolve(add=added, remove=removed),
-                runtime_index=self._runtime_index,
             )
         after._holders = self._holders
         after._next_expiry = self._next_expiry
@@ -540,19 +559,14 @@ class Snapshot:
         hidden = self.suspensions.hidden
         if any(s.id in files for s in (*put, *drop)):
             hidden = _hidden(files, suspensions)
-        queues = (
-            self.queues
-            if runtime.queues is self.runtime.queues
-            else _merge_queues(self.policy, runtime)
-        )
         after = Snapshot(
             generation=generation,
             policy=self.policy,
             runtime=runtime,
             suspensions=Suspensions(files, suspensions, hidden),
-            queues=queues,
             files_index=self._files_index,
             runtime_index=self._runtime_index.evolve(add=put, remove=drop),
+            **_views(self.policy, runtime, self),
         )
         after._holders = self._evolved_holders(put, drop)
         after._file_ends = self._file_ends
