@@ -190,91 +190,59 @@ def _pause_or_resume(kind: str, pause: bool) -> Callable[..., int]:
     return run
 
 
-def cmd_list_queues(args, client: AdminClient, out: TextIO) -> int:
-    reply = client.listing("queues")
-    if args.json:
-        _print_json(reply, out)
-    elif not reply.data:
-        print("no paused queues", file=out)
-    else:
-        rows = [
-            (q["name"], _when(q.get("updated_at")), q.get("parallelism"), q.get("source"), q.get("reason"))
-            for q in reply.data
-        ]
-        table(("QUEUE", "SINCE", "PARALLELISM", "SOURCE", "REASON"), rows, out)
-    return EXIT_OK
+def _state(item: dict[str, Any]) -> str:
+    return "paused" if item["paused"] else "active"
 
 
-def cmd_list_schedules(args, client: AdminClient, out: TextIO) -> int:
-    reply = client.listing("schedules")
-    if args.json:
-        _print_json(reply, out)
-    elif not reply.data:
-        print("no schedules", file=out)
-    else:
-        rows = [
-            (
-                s["id"],
-                "paused" if s["paused"] else "active",
-                s.get("cron"),
-                _when(s.get("next_fire")),
-                s.get("paused_by"),
-                s.get("source"),
-                s.get("reason"),
-            )
-            for s in reply.data
-        ]
-        table(("ID", "STATE", "CRON", "NEXT", "PAUSED-BY", "SOURCE", "REASON"), rows, out)
-    return EXIT_OK
+def _lister(
+    path: str,
+    empty: str,
+    headers: tuple[str, ...],
+    row: Callable[[dict[str, Any]], tuple],
+    items: Callable[[Any], list] = lambda data: data,
+) -> Callable[..., int]:
+    """A list command: the admin API's listing at ``path``, as a table (or its JSON)."""
+
+    def run(args, client: AdminClient, out: TextIO) -> int:
+        reply = client.listing(path)
+        listed = items(reply.data)
+        if args.json:
+            _print_json(reply, out)
+        elif not listed:
+            print(empty, file=out)
+        else:
+            table(headers, [row(item) for item in listed], out)
+        return EXIT_OK
+
+    return run
 
 
-def cmd_list_endpoints(args, client: AdminClient, out: TextIO) -> int:
-    reply = client.listing("endpoints")
-    endpoints = reply.data["data"]
-    if args.json:
-        _print_json(reply, out)
-    elif not endpoints:
-        print("no endpoints", file=out)
-    else:
-        rows = [
-            (
-                e["id"],
-                "paused" if e["paused"] else "active",
-                e.get("url"),
-                e.get("paused_by"),
-                e.get("source"),
-                e.get("reason"),
-            )
-            for e in endpoints
-        ]
-        table(("ID", "STATE", "URL", "PAUSED-BY", "SOURCE", "REASON"), rows, out)
-    return EXIT_OK
+cmd_list_queues = _lister(
+    "queues", "no paused queues", ("QUEUE", "SINCE", "PARALLELISM", "SOURCE", "REASON"),
+    lambda q: (q["name"], _when(q.get("updated_at")), q.get("parallelism"), q.get("source"), q.get("reason")),
+)
+cmd_list_schedules = _lister(
+    "schedules", "no schedules", ("ID", "STATE", "CRON", "NEXT", "PAUSED-BY", "SOURCE", "REASON"),
+    lambda s: (s["id"], _state(s), s.get("cron"), _when(s.get("next_fire")), s.get("paused_by"),
+               s.get("source"), s.get("reason")),
+)
+cmd_list_endpoints = _lister(
+    "endpoints", "no endpoints", ("ID", "STATE", "URL", "PAUSED-BY", "SOURCE", "REASON"),
+    lambda e: (e["id"], _state(e), e.get("url"), e.get("paused_by"), e.get("source"), e.get("reason")),
+    items=lambda data: data["data"],
+)
+cmd_list_flow_controls = _lister(
+    "flow-controls", "no flow-control keys held", ("KEY", "STATE", "PARALLELISM", "RATE", "SOURCE", "REASON"),
+    lambda c: (c["key"], _state(c), c.get("parallelism"),
+               f"{c['rate']}/{c['period']}s" if c.get("rate") else None, c.get("source"), c.get("reason")),
+)
 
-
-def cmd_list_flow_controls(args, client: AdminClient, out: TextIO) -> int:
-    reply = client.listing("flow-controls")
-    if args.json:
-        _print_json(reply, out)
-    elif not reply.data:
-        print("no flow-control keys held", file=out)
-    else:
-        rows = [
-            (
-                c["key"],
-                "paused" if c["paused"] else "active",
-                c.get("parallelism"),
-                f"{c['rate']}/{c['period']}s" if c.get("rate") else None,
-                c.get("source"),
-                c.get("reason"),
-            )
-            for c in reply.data
-        ]
-        table(("KEY", "STATE", "PARALLELISM", "RATE", "SOURCE", "REASON"), rows, out)
-    return EXIT_OK
+# What ``check`` may be asked about, each its own option (a queue is the positional one).
+CHECK_KINDS = ("queue", "schedule", "endpoint", "flow_control")
 
 
 def cmd_check(args, client: AdminClient, out: TextIO) -> int:
-    (kind,) = [k for k in ("queue", "schedule", "endpoint", "flow_control") if getattr(args, k) is not None]
+    (kind,) = [k for k in CHECK_KINDS if getattr(args, k) is not None]
     reply = client.check(**{kind: getattr(args, kind)})
     if args.json:
         _print_json(reply, out)
@@ -561,7 +529,7 @@ def _policy_dir(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    asked = [getattr(args, k, None) for k in ("queue", "schedule", "endpoint", "flow_control")]
+    asked = [getattr(args, k, None) for k in CHECK_KINDS]
     if args.command == "check" and sum(v is not None for v in asked) != 1:
         args.usage.error("give exactly one of QUEUE, --schedule ID, --endpoint ID or --flow-control KEY")
     try:

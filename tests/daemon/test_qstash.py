@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -299,6 +300,13 @@ def test_flow_control_holds_are_durable_and_listed(client, d):
     out = {c["key"]: c for c in ctl(d, "list-flow-controls")}
     assert out["Orders-EU"]["paused"] and out["pinned.key"]["rate"] == 5
     assert ctl(d, "check", "--flow-control", "Orders-EU")["deliver"] is False
+    lines = subprocess.run(
+        [sys.executable, "-m", "sluice.daemon.ctl", "--socket", str(d.admin), "list-flow-controls"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    assert lines[0].split() == ["KEY", "STATE", "PARALLELISM", "RATE", "SOURCE", "REASON"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["Orders-EU"][1] == "paused" and rows["pinned.key"][1:4] == ["active", "-", "5/1s"]
     ctl(d, "resume-flow-control", "Orders-EU")
     assert client.flow_control.get("Orders-EU").is_paused is False
     ctl(d, "pause-flow-control", "pinned.key", "--reason", "provider throttling")
