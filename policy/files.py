@@ -104,14 +104,21 @@ class PolicySet(msgspec.Struct, frozen=True):
     seen: dict[tuple[str, str], str] = msgspec.field(default_factory=dict)
 
     def changed_since(self, previous: PolicySet) -> tuple[list[ParsedFile], list[ParsedFile]]:
-        """The files of ``previous`` that are gone or changed, and the files that
-        came or changed, by name and parsed object (a file read again from
-        unchanged bytes is the same object)."""
-        before = {f.name: f for f in previous.parsed}
-        after = {f.name: f for f in self.parsed}
-        gone = [f for name, f in before.items() if after.get(name) is not f]
-        came = [f for name, f in after.items() if before.get(name) is not f]
-        return gone, came
+        """``changed_files`` from ``previous``'s files to these."""
+        return changed_files(previous.parsed, self.parsed)
+
+
+def changed_files(
+    before: Sequence[ParsedFile], after: Sequence[ParsedFile]
+) -> tuple[list[ParsedFile], list[ParsedFile]]:
+    """The files of ``before`` that are gone or changed, and the files of
+    ``after`` that came or changed, by name and parsed object (a file read
+    again from unchanged bytes is the same object)."""
+    old = {f.name: f for f in before}
+    new = {f.name: f for f in after}
+    gone = [f for name, f in old.items() if new.get(name) is not f]
+    came = [f for name, f in new.items() if old.get(name) is not f]
+    return gone, came
 
 
 # What one policy file may hold: 100,000 suspensions take about 8 MiB, 400,000
@@ -398,8 +405,7 @@ def combine(files: Sequence[ParsedFile], previous: PolicySet | None = None) -> P
     check: Sequence[ParsedFile] = files
     seen: dict[tuple[str, str], str] = {}
     if previous is not None and previous.parsed:
-        current = PolicySet(parsed=tuple(files))
-        gone, came = current.changed_since(previous)
+        gone, came = changed_files(previous.parsed, files)
         seen = dict(previous.seen)
         for f in gone:
             for kind, key, _source, _what in _keys_of(f):
