@@ -64,6 +64,17 @@ class Notifications:
         self.sock.bind(str(path))
         self.seen: list[str] = []
 
+    def drain(self) -> None:
+        """Drop the messages waiting (a stopped or killed process's)."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.sock.recv(65536)
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+
     def next(self, timeout: float = TIMEOUT) -> str:
         self.sock.settimeout(timeout)
         message = self.sock.recv(65536).decode()
@@ -124,6 +135,8 @@ class Daemon:
     def start(self, env: dict[str, str] | None = None, wait: bool = True, **popen) -> Daemon:
         if self.notify is None:
             self.notify = Notifications(self.dir / "notify.sock")
+        # a READY=1 the previous process sent and nobody read must not pass for this one's
+        self.notify.drain()
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "WATCHDOG_"))}
         environ["NOTIFY_SOCKET"] = str(self.notify.path)
         environ.update(env or {})

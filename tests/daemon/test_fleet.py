@@ -126,15 +126,7 @@ class Node:
         return self.d.post("/api/admin/suspend/v1", json={"reason": "fleet test", **body})
 
     def drain_notifications(self) -> None:
-        sock = self.d.notify.sock
-        sock.setblocking(False)
-        try:
-            while True:
-                sock.recv(65536)
-        except BlockingIOError:
-            pass
-        finally:
-            sock.setblocking(True)
+        self.d.notify.drain()
 
     def wait_status(self, degraded: bool, timeout: float = 10.0) -> str:
         """The next STATUS= line that says (or stops saying) ``degraded``."""
