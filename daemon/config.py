@@ -41,6 +41,9 @@ class ConnectionLimits(_Section):
 
 
 class AdminConfig(ConnectionLimits):
+    # one uid may fill the socket: its peers are the operators and their tools,
+    # a hundred of whose requests at once (a script, a fleet) are routine
+    max_unproven_per_peer: Count = 256
     socket: str = "/run/sluice/admin.sock"
     mode: str = "0660"
     group: str = ""
