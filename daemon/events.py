@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from sluice.policy.times import rfc3339
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
@@ -61,3 +61,17 @@ class Broadcaster:
 
     def __len__(self) -> int:
         return len(self._subscribers)
+
+
+async def follow(sub: Subscription, heartbeat: float) -> AsyncIterator[dict[str, Any] | None]:
+    """Each event of ``sub`` as it comes, and None after each ``heartbeat`` seconds without one.
+
+    Ends when the subscription does (``sub.closed`` or ``sub.overflowed`` say why).
+    """
+    while True:
+        with trio.move_on_after(heartbeat) as quiet:
+            try:
+                message = await sub.receive.receive()
+            except trio.EndOfChannel:
+                return
+        yield None if quiet.cancelled_caught else message

@@ -58,6 +58,7 @@ from .http.peer import may_change
 from .http.publish import add_publish_routes
 from .http.qstash import add_qstash_routes
 from .http.routes import Router
+from .http.subscribe import Subscribers, add_subscription_routes
 from .metrics import Metrics
 from .mutations import Mutations
 from .policy_dir import PolicyReader
@@ -356,11 +357,13 @@ def _routes(
         may_change=lambda peer: may_change(peer, gid),
         on_response=metrics.answered,
     )
+    subscribers = Subscribers()
     add_admin_routes(
         router, current=current, mutations=mutations, reload=reloader.reload, metrics=metrics,
-        clock=clock,
+        clock=clock, sections={"subscription": lambda now: subscribers.status(current, now)},
     )
     add_check_routes(router, current=current, events=events, metrics=metrics, clock=clock)
+    add_subscription_routes(router, current=current, events=events, subscribers=subscribers, clock=clock)
 
     def file_time(source: str) -> float:
         """When the policy file behind ``source`` ("name:line") last changed."""

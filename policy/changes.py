@@ -670,7 +670,7 @@ def _remote_event(
     if isinstance(old, (Schedule, Endpoint)) or isinstance(new, (Schedule, Endpoint)):
         if new is None:
             return Event(f"{kind}_deleted", {"id": key, "by": by})
-        if old is None or old.paused == new.paused:
+        if old is None or _made_paused(old) == _made_paused(new):
             name = f"{kind}_created" if old is None else f"{kind}_updated"
             return Event(name, _made_fields(new, by))
     if kind == "flow_control":
@@ -686,6 +686,12 @@ def _remote_event(
     if new is None or not getattr(new, "paused", True):
         return Event(f"{kind}_resumed", {"id": key, "by": by})
     return Event(f"{kind}_paused", {"id": key, "reason": new.reason, "by": by})
+
+
+def _made_paused(entry: Pause | Schedule | Endpoint) -> bool:
+    """Whether a schedule's or endpoint's runtime entry pauses it: a Pause always
+    does. (Nodes whose files differ may write a Pause and an object under one id.)"""
+    return entry.paused if isinstance(entry, (Schedule, Endpoint)) else True
 
 
 # -- how changes are described ------------------------------------------------

@@ -31,6 +31,7 @@ from .automation import ACTIONS, IMMEDIATE, KUMO_ONLY_ACTIONS, Rule, parse_thres
 from .duration import parse_duration
 from .errors import InvalidQueueName, PolicyError, ValidationError
 from .model import (
+    PIN_LIMITS,
     RUNTIME,
     Endpoint,
     FlowControl,
@@ -712,9 +713,7 @@ def flow_control_from(data: object, *, mode: Mode = "file", source: str = RUNTIM
         key=key,
         paused=r.boolean("paused"),
         reason=r.text("reason", limit=MAX_REASON),
-        parallelism=r.integer("parallelism", 1, 1_000_000),
-        rate=r.integer("rate", 1, 1_000_000),
-        period=r.integer("period", 1, WEEK),
+        **{field: r.integer(field, low, high) for field, (low, high) in PIN_LIMITS.items()},
         created_at=r.moment("created_at"),
         created_by=r.text("created_by"),
         updated_at=r.moment("updated_at"),

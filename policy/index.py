@@ -192,6 +192,32 @@ class SuspensionIndex:
             found.sort(key=lambda e: e[1])
         return found
 
+    def exactly(
+        self,
+        campaign: str | None,
+        tenant: str | None,
+        domain: str | None,
+        now: float,
+        hidden: frozenset[str] = frozenset(),
+    ) -> list[Suspension]:
+        """Active suspensions whose criteria are exactly (campaign, tenant, domain), in listing
+        order, but those whose id is ``hidden``."""
+        mask = (
+            (CAMPAIGN if campaign is not None else 0)
+            | (TENANT if tenant is not None else 0)
+            | (DOMAIN if domain is not None else 0)
+        )
+        if not mask:
+            return []
+        values = tuple(v for v in (campaign, tenant, domain) if v is not None)
+        key = values[0] if len(values) == 1 else values
+        hits = [
+            e for e in self._tables.get(mask, {}).get(key, ())
+            if e[0] > now and not (hidden and e[2].id in hidden)
+        ]
+        hits.sort(key=lambda e: e[1])
+        return [e[2] for e in hits]
+
 
 def _expiry(s: Suspension) -> float:
     return math.inf if s.expires is None else s.expires.timestamp()

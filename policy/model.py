@@ -200,6 +200,10 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     source: str = RUNTIME
 
 
+# What a flow-control key's pins may be: parallelism, rate (per period), period in seconds.
+PIN_LIMITS = {"parallelism": (1, 1_000_000), "rate": (1, 1_000_000), "period": (1, 7 * 24 * 3600)}
+
+
 class FlowControl(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A QStash flow-control key's pause and pinned settings.
 
@@ -217,6 +221,14 @@ class FlowControl(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     created_by: str | None = None
     updated_at: datetime | None = None
     source: str = RUNTIME
+
+    def __post_init__(self) -> None:
+        # a pin out of these bounds would be stored, then refused when the
+        # runtime state is read back: the daemon could not start again
+        for field, (low, high) in PIN_LIMITS.items():
+            value = getattr(self, field)
+            if value is not None and not low <= value <= high:
+                raise ValidationError(f"{field} must be from {low} to {high}, got {value}", field=field)
 
 
 class Pause(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

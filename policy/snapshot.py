@@ -758,6 +758,14 @@ class Snapshot:
             )
         return self._next_expiry
 
+    def suspensions_with(
+        self, campaign: str | None, tenant: str | None, domain: str | None, now: float
+    ) -> list[Suspension]:
+        """Suspensions in force at ``now`` whose criteria are exactly these, files' first; hash lookups."""
+        return self._files_index.exactly(campaign, tenant, domain, now) + self._runtime_index.exactly(
+            campaign, tenant, domain, now, self.suspensions.hidden
+        )
+
     def active_suspensions(self, now: float) -> list[Suspension]:
         """Suspensions in force at ``now``, files first as written, then runtime by creation."""
         listed = [s for s in self.policy.suspensions if s.is_active(now)]

@@ -7,7 +7,7 @@ return data; errors are raised and mapped to the envelope by the server.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -147,10 +147,12 @@ def add_admin_routes(
     reload: Reload,
     metrics: Metrics,
     clock: Callable[[], float] = time.time,
+    sections: Mapping[str, Callable[[float], dict[str, Any]]] | None = None,
 ) -> None:
+    """``sections``: more of status, by name, each made at the moment asked."""
     _add_suspension_routes(router, current, mutations, clock)
     _add_pause_routes(router, current, mutations, clock)
-    _add_status_routes(router, current, reload, metrics, clock)
+    _add_status_routes(router, current, reload, metrics, clock, sections or {})
 
 
 def actor(request: Request) -> str:
@@ -277,6 +279,7 @@ def _add_status_routes(
     reload: Reload,
     metrics: Metrics,
     clock: Callable[[], float],
+    sections: Mapping[str, Callable[[float], dict[str, Any]]],
 ) -> None:
     async def status(request: Request) -> Response:
         now = clock()
@@ -292,6 +295,7 @@ def _add_status_routes(
                 "degraded": current.degraded,
                 "degraded_reason": current.degraded_reason or None,
                 "runtime_problems": sorted(current.runtime_problems.values()),
+                **{name: section(now) for name, section in sections.items()},
             }
         )
 

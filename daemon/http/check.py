@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 import msgspec
-import trio
 
 from sluice.policy.errors import InvalidQueueName, NotFound, ValidationError
 from sluice.policy.fields import check_endpoint_id, check_flow_control_key
 from sluice.policy.times import rfc3339
 
 from ..current import Current
-from ..events import Broadcaster
+from ..events import Broadcaster, follow
 from ..metrics import Metrics
 from .routes import Router
 from .message import HttpError, Request, Response
@@ -115,17 +115,13 @@ def add_check_routes(
                 yield _encoder.encode(
                     {"event": "hello", "generation": current.snapshot.generation, "at": rfc3339(clock())}
                 ) + b"\n"
-                while True:
-                    with trio.move_on_after(heartbeat) as quiet:
-                        try:
-                            message = await sub.receive.receive()
-                        except trio.EndOfChannel:
-                            break
-                    if quiet.cancelled_caught:
-                        # a blank line keeps proxies and dead-peer detection honest
-                        yield b"\n"
-                        continue
-                    yield _encoder.encode(message) + b"\n"
+                async with aclosing(follow(sub, heartbeat)) as messages:
+                    async for message in messages:
+                        if message is None:
+                            # a blank line keeps proxies and dead-peer detection honest
+                            yield b"\n"
+                            continue
+                        yield _encoder.encode(message) + b"\n"
                 if sub.closed:
                     yield _encoder.encode(
                         {"event": "shutdown", "generation": current.snapshot.generation, "at": rfc3339(clock())}

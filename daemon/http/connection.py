@@ -10,6 +10,8 @@ calls the route dispatcher with each whole ``Request`` and sends its
     a request not complete in time         408
     no first request head in time          408 (closed quietly if nothing came)
     a keep-alive connection idle too long  closed quietly
+A response with an ``upgrade`` (a websocket's 101) takes the connection
+over: h11 hands it what it read past the request and is done with it.
 The whole connection runs in one cancel scope (a scope per request costs
 more than a small request); ``Deadlines`` owns its deadline, which follows
 where the current request is: first, idle, reading, answering or
@@ -319,6 +321,12 @@ class _Connection:
         if not self.slot.proven and request.peer.known:
             self.slot.prove()
         head_only = request.method == "HEAD"
+        if response.upgrade is not None:
+            # a websocket: h11 is done with this connection, and the deadline with it
+            self.deadlines.streaming()
+            self._log(request, response.status, started)
+            await response.upgrade(self.stream, self.conn.trailing_data[0])
+            return False
         if response.stream is not None:
             if not head_only:
                 # a long-lived stream ends when its source ends (events.close()
@@ -328,16 +336,19 @@ class _Connection:
                 return False
             await response.stream.aclose()  # HEAD: headers only, nothing subscribed
         await self.stream.send_all(_whole(self.conn, response, request.request_id, head_only))
+        self._log(request, response.status, started)
+        return True
+
+    def _log(self, request: Request, status: int, started: float) -> None:
         log.info(
             "request",
             method=request.method,
             path=request.path,
-            status=response.status,
+            status=status,
             duration_ms=round((trio.current_time() - started) * 1000, 3),
             peer=str(request.peer),  # a TCP request's token may name another than the connection's
             request_id=request.request_id,
         )
-        return True
 
     async def _fail(self, status: int, code: str, message: str) -> None:
         """Answer a broken request with the error envelope, then the connection closes."""

@@ -125,6 +125,9 @@ class Request:
             ) from None
 
 
+Upgrade = Callable[[Any, bytes], Awaitable[None]]
+
+
 @dataclass(slots=True)
 class Response:
     status: int = 200
@@ -132,6 +135,8 @@ class Response:
     content_type: str = "application/json"  # a constant of the route's, never request data
     headers: list[tuple[str, str]] = field(default_factory=list)
     stream: AsyncIterator[bytes] | None = None
+    # takes the connection over once this (a 101) is chosen: (stream, bytes read past the request)
+    upgrade: Upgrade | None = None
 
     @classmethod
     def json(cls, value: Any, status: int = 200) -> Response:

@@ -174,6 +174,25 @@ def is_seeds(template: str) -> bool:
     return template.startswith(SEEDS_PREFIXES)
 
 
+def is_websocket(method: str, template: str) -> bool:
+    """Whether the operation is a websocket (``x-sluice-websocket``): a plain request is 426."""
+    return "x-sluice-websocket" in operations().get((method, template), {})
+
+
+def websocket_frames(client: Any, template: str, count: int) -> list[Any]:
+    """Open the websocket ``template`` with ``client`` (``websockets``' connect, a URL path in, a
+    connection out); check its 101 and ``count`` frames against the document; return the frames."""
+    op_ptr = pointer("paths", template, "get")
+    with client(template) as ws:
+        response = httpx.Response(ws.response.status_code, headers=list(ws.response.headers.raw_items()))
+        check_operation(response, "GET", template)
+        frames = [json.loads(ws.recv(timeout=15)) for _ in range(count)]
+    frame_ptr = resolve(op_ptr + pointer("x-sluice-websocket", "frame"))[0]
+    for frame in frames:
+        assert_valid(frame_ptr, frame, f"a frame of {template}")
+    return frames
+
+
 def is_qstash(template: str) -> bool:
     return template.startswith("/v2/")
 

@@ -207,8 +207,8 @@ def test_a_queue_pause_on_b_reaches_a_and_c(fleet):
         assert not node.held("news:acme@example.com")
 
 
-def test_qstash_schedules_and_flow_control_keys_are_shared(fleet):
-    """Made through QStash's routes on one node, held and answered on every node."""
+def test_qstash_schedules_flow_control_keys_and_hookbridge_endpoints_are_shared(fleet):
+    """Made through QStash's and HookBridge's routes on one node, held and answered on every node."""
     _, (a, b, c) = fleet
     headers = {"Upstash-Cron": "*/5 * * * *", "Upstash-Schedule-Id": "fleet-report", "Upstash-Label": "fleet"}
     with a.d.client() as client:
@@ -233,6 +233,21 @@ def test_qstash_schedules_and_flow_control_keys_are_shared(fleet):
         node.events.until("schedule_deleted", id="fleet-report")
         node.events.until("flow_control_resumed", key="Fleet-Key")
         assert node.d.get("/v2/schedules/fleet-report").status_code == 404
+
+    made = b.d.post("/v1/endpoints", json={"url": "https://hooks.example.com/fleet"})
+    assert made.status_code == 201, made.text
+    ident = made.json()["data"]["id"]
+    for node in (a, b, c):
+        node.events.until("endpoint_created", id=ident)
+        assert node.d.get(f"/v1/endpoints/{ident}").json()["data"]["url"] == "https://hooks.example.com/fleet"
+    assert c.d.post(f"/v1/endpoints/{ident}/pause").status_code == 200
+    for node in (a, b, c):
+        node.events.until("endpoint_paused", id=ident)
+        assert node.d.get("/api/check/v1", params={"endpoint": ident}).json()["deliver"] is False
+    with a.d.client() as client:
+        assert client.delete(f"/v1/endpoints/{ident}").status_code == 200
+    for node in (a, b, c):
+        node.events.until("endpoint_deleted", id=ident)
 
 
 def _load_rules(node: Node, text: str | None) -> None:

@@ -34,6 +34,7 @@ import httpx
 import pytest
 import trio
 from jsonschema import Draft202012Validator
+from websockets.sync.client import unix_connect
 
 import kumod_log
 from harness import Daemon
@@ -49,6 +50,7 @@ from openapi_support import (
     check_operation,
     concrete,
     is_seeds,
+    is_websocket,
     operations,
     pointer,
     raw_exchange,
@@ -57,6 +59,7 @@ from openapi_support import (
     schema_errors,
     shape,
     validator,
+    websocket_frames,
 )
 
 
@@ -304,6 +307,19 @@ def test_every_operation_answers_as_documented(api: Api, d: Daemon) -> None:
                      json=[record, kumod_log.record(kind="Delivery", code=250, enhanced=(2, 0, 0), content="OK")])
     assert again["records"] == 2 and {h["change"] for h in again["holds"]} <= {"extended", "unchanged"}
 
+    # kumod's TSA subscription: the set (the automation hold of acme just made), its 101 and frames
+    def unix_ws(path: str):
+        return unix_connect(str(d.admin), f"ws://sluice{path}", open_timeout=15, proxy=None)
+
+    listed = api.call("GET", "/get_suspension_v1", expect=200)
+    assert [s["tenant"] for s in listed["sched_q"]] == ["acme"] and listed["ready_q"] == []
+    assert api.call("GET", "/get_suspension_v1/suspended.json", expect=200) == listed
+    for template, tag in (("/subscribe_event_v1", "SchedQSuspension"), ("/subscribe_suspension_v1", "SchedQ")):
+        frames = websocket_frames(unix_ws, template, len(listed["sched_q"]))
+        assert [f[tag] for f in frames] == listed["sched_q"]
+        api.exercised.add(("GET", template))
+        api.call("GET", template, expect=426, code="UPGRADE_REQUIRED")
+
     # the events stream: its head here; its lines in test_events_stream_lines_match_the_event_schema
     with api.client.stream("GET", "/api/events/v1") as stream:
         check_operation(stream, "GET", "/api/events/v1", read_body=False)
@@ -355,6 +371,10 @@ def test_head_answers_every_get_with_its_headers_and_no_body(d: Daemon) -> None:
                 check_operation(head, "GET", template, read_body=False)
                 continue  # a stream has no length
             head = client.head(path)
+            if is_websocket("GET", template):  # HEAD asks no websocket: the GET's 426, no body
+                assert head.status_code == 426 and head.content == b"", template
+                check_operation(head, "GET", template, read_body=False)
+                continue
             assert head.status_code == 200, (template, head.status_code)
             assert head.content == b""
             check_operation(head, "GET", template, read_body=False)

@@ -308,6 +308,34 @@ def test_flow_control_holds_are_durable_and_listed(client, d):
         client.flow_control.pause("bad key!")
 
 
+def test_a_pin_out_of_bounds_is_400_and_the_daemon_starts_again(d):
+    """A pin the stored state could not be read back with is refused (it was
+    stored, and the daemon then refused to start on its own state)."""
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for query in ("parallelism=0", "rate=99999999999", "period=0s", "period=30d"):
+        r = d.post(f"/v2/flowControl/bounded/pin?{query}", headers=auth)
+        assert r.status_code == 400 and "must be from 1 to" in r.json()["error"], (query, r.text)
+    assert d.post("/v2/flowControl/bounded/pin?rate=5&period=1m", headers=auth).status_code == 200
+    d.stop()
+    d.start()
+    assert check_key(d, "bounded")["period"] == 60
+
+
+def test_a_flow_control_key_edited_into_a_policy_file_holds_after_reload(client, d):
+    """Editing an existing file to pause a key is a change a reload applies
+    (one that changed only a flow-control table used to be dropped as no change)."""
+    text = (d.policy / "10-a.toml").read_text()
+    d.write("10-a.toml", text + '\n[[flow_control]]\nkey = "Orders-EU"\npaused = true\nreason = "file hold"\n')
+    result = d.post("/api/admin/reload/v1").json()
+    assert result["ok"]
+    held = check_key(d, "Orders-EU")
+    assert held["deliver"] is False and held["holds"][0]["source"].startswith("10-a.toml:")
+    assert client.flow_control.get("Orders-EU").is_paused is True
+    d.write("10-a.toml", text)
+    d.post("/api/admin/reload/v1")
+    assert check_key(d, "Orders-EU")["deliver"] is True
+
+
 def check_key(d, key):
     return d.get("/api/check/v1", params={"flow_control": key}).json()
 

@@ -184,6 +184,23 @@ def test_cancelling_needs_an_active_runtime_suspension():
         changes.cancel(s, 42, now=NOW.timestamp(), actor="a")
 
 
+@pytest.mark.parametrize(
+    ("pins", "field"),
+    [
+        ({"parallelism": 0}, "parallelism"),
+        ({"rate": 1_000_001}, "rate"),
+        ({"period": 0}, "period"),
+        ({"rate": 5, "period": 8 * 24 * 3600}, "period"),
+    ],
+)
+def test_a_pin_out_of_bounds_is_refused(pins, field):
+    """A pin the runtime state could not be read back with (the daemon would
+    not start again) is refused when asked, naming the field."""
+    with pytest.raises(ValidationError) as info:
+        changes.pin(snapshot(), "Orders-EU", now=NOW, actor="a", **pins)
+    assert info.value.field == field and "must be from 1 to" in info.value.message
+
+
 def test_the_sweep_takes_exactly_the_suspensions_that_are_over():
     def held(domain, minutes):
         body = {"domain": domain, "reason": "r", "duration": f"{minutes}m"}
@@ -422,3 +439,17 @@ def test_a_snapshot_evolved_change_by_change_equals_one_built_afresh(sequence):
             assert after.runtime_holder(s.criteria_key) == fresh.runtime_holder(s.criteria_key)
         for queue in ("a.com", "t@b.com", "c.com", "q1.example", "held.example"):
             assert after.decide(queue, at) == fresh.decide(queue, at)
+
+
+def test_a_schedule_made_elsewhere_under_a_paused_file_schedule_id_is_announced():
+    """Policy files differ between nodes: one may make a schedule at runtime under
+    an id another node's file declares and pauses. The store's change from that
+    pause to the schedule (and back) is announced; reading it used to raise."""
+    pause = Pause(kind="schedule", id="digest", reason="r")
+    made = Schedule(id="digest", cron="* * * * *", destination="https://app.example.com/")
+    paused = snapshot(Runtime(schedule_pauses={"digest": pause}))
+    plan = changes.from_store(paused, {("schedule", "digest"): made}, now=NOW.timestamp())
+    assert [(e.name, e.fields["id"]) for e in plan.events] == [("schedule_resumed", "digest")]
+    holding = snapshot(Runtime(schedule_pauses={"digest": made}))
+    plan = changes.from_store(holding, {("schedule", "digest"): pause}, now=NOW.timestamp())
+    assert [(e.name, e.fields["reason"]) for e in plan.events] == [("schedule_paused", "r")]
