@@ -61,7 +61,7 @@ class Held(msgspec.Struct):
     domain: str
     tenant: str | None
     campaign: str | None
-    expires: str
+    expires: str | None  # None: the hold found lasting has no end (a hand-edited runtime entry)
     rule: str  # the rule's file and line
     change: str  # "added", "extended" or "unchanged"
 
@@ -185,7 +185,7 @@ class Automation:
                     domain=hold.domain,
                     tenant=hold.tenant,
                     campaign=hold.campaign,
-                    expires=rfc3339(stored.expires, "seconds"),
+                    expires=None if stored.expires is None else rfc3339(stored.expires, "seconds"),
                     rule=hold.rule.source,
                     change=change,
                 )

@@ -22,7 +22,7 @@ from websockets.sync.client import ClientConnection, connect, unix_connect
 from harness import TIMEOUT, Daemon
 from kumod_log import record
 from openapi_support import free_port
-from test_automation import RULES, publish
+from test_automated_holds import RULES, publish
 
 TOKEN = "sl_subscribe-read-token"
 

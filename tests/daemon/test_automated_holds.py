@@ -336,3 +336,21 @@ def test_a_windows_file_that_cannot_be_read_is_logged_and_counting_starts_afresh
         assert d.status()["generation"] == 1
     finally:
         d.close()
+
+
+def test_a_hand_written_endless_hold_is_kept_as_it_is(tmp_path):
+    """A runtime suspension without an end (only a hand edit makes one) already lasts longer."""
+    ident = "0b9a7c1e-6f43-4d2a-9a51-0c3d5e7f9a11"
+    runtime = tmp_path / "state" / "runtime"
+    runtime.mkdir(parents=True)
+    (runtime / f"suspension-{ident}.toml").write_text(
+        f'[[suspension]]\nid = "{ident}"\ntenant = "acme"\ndomain = "gmail.com"\nreason = "by hand"\n'
+    )
+    d = daemon_with(tmp_path)
+    try:
+        response = publish(d, record())
+        assert response.status_code == 200, response.text
+        (held,) = response.json()["holds"]
+        assert (held["id"], held["change"], held["expires"]) == (ident, "unchanged", None)
+    finally:
+        d.close()
