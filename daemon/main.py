@@ -363,9 +363,7 @@ def services(
     """Each listening socket with the service that handles its connections."""
     admin = unix_service(app.router.dispatch, Limits())
     tcp = tcp_service(functools.partial(app.router.dispatch, authenticate=app.tcp_auth), Limits(), app.tls)
-    postfix = postfix_service(
-        app.current, config.postfix, clock, functools.partial(app.metrics.decided, "postfix")
-    )
+    postfix = postfix_service(app.current, config.postfix, clock, app.metrics.decisions("postfix"))
     served = [
         (sockets.admin, admin),
         (sockets.http, tcp),
