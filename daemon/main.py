@@ -384,7 +384,7 @@ def services(
         functools.partial(app.router.dispatch, authenticate=app.tcp_auth), *_limits("http", config.http), app.tls
     )
     postfix = postfix_service(
-        app.current, config.postfix, clock, functools.partial(app.metrics.decided, "postfix")
+        app.current, config.postfix, clock, app.metrics.decisions("postfix")
     )
     for service in (admin, tcp, postfix):
         app.metrics.count_connections(service.slots)

@@ -6,7 +6,8 @@ and holds in ``automation.py``, reloads through the events listener); gauges of 
 scrape time, so they can never drift from it. The two counters bumped on
 every request are plain integers in the event loop's thread, turned into
 counter families at scrape time: a prometheus_client child takes a lock per
-bump, which a request can do without.
+bump, which a request can do without. The Postfix server bumps its
+``DecisionCounts`` itself, an attribute per request rather than a call.
 """
 
 from __future__ import annotations
@@ -58,14 +59,22 @@ class _PolicyCollector(Collector):
         )
 
 
+class DecisionCounts:
+    """The decisions made in one place: two plain integers, read at scrape time."""
+
+    __slots__ = ("deliver", "hold")
+
+    def __init__(self) -> None:
+        self.deliver = 0
+        self.hold = 0
+
+
 class _HotCounters(Collector):
     """Requests by route, method and status; decisions by source and outcome."""
 
     def __init__(self) -> None:
         self.answered: dict[tuple[str, str, int], int] = {}
-        self.decided = {
-            (source, deliver): 0 for source in ("http", "batch", "postfix") for deliver in (True, False)
-        }
+        self.decided = {source: DecisionCounts() for source in ("http", "batch", "postfix")}
 
     def collect(self) -> Iterator[Any]:
         requests = CounterMetricFamily(
@@ -81,8 +90,9 @@ class _HotCounters(Collector):
             "Delivery decisions, by where they were asked and their outcome",
             labels=["source", "outcome"],
         )
-        for (source, deliver), count in self.decided.items():
-            decisions.add_metric([source, "deliver" if deliver else "hold"], count)
+        for source, counts in self.decided.items():
+            decisions.add_metric([source, "deliver"], counts.deliver)
+            decisions.add_metric([source, "hold"], counts.hold)
         yield decisions
 
 
@@ -179,7 +189,15 @@ class Metrics:
         counts[key] = counts.get(key, 0) + 1
 
     def decided(self, source: str, deliver: bool, count: int = 1) -> None:
-        self._counts.decided[source, deliver] += count
+        counts = self._counts.decided[source]
+        if deliver:
+            counts.deliver += count
+        else:
+            counts.hold += count
+
+    def decisions(self, source: str) -> DecisionCounts:
+        """The counts of ``source``, for a server that bumps them itself."""
+        return self._counts.decided[source]
 
     def automation_received(self, records: int, failures: int) -> None:
         self._automation.records += records

@@ -69,6 +69,7 @@ from sluice.policy.snapshot import Hold, Snapshot
 
 from .config import PostfixConfig
 from .current import Current
+from .metrics import DecisionCounts
 from .serving import Drain, Service, Slot, Slots
 from .tcp import bind_tcp, parse_listen
 
@@ -87,11 +88,12 @@ RECEIVE_SIZE = 65536
 # does not wrap: it puts "450 4.7.1 <recipient>: Recipient address rejected: "
 # (up to 298 octets with the CRLF) around the text.
 MAX_REASON = 200
-MAX_REMEMBERED = 10_000  # DUNNO answers remembered per connection
+MAX_REMEMBERED = 65_536  # DUNNO answers remembered, for all connections
 
 DUNNO = b"action=DUNNO\n\n"
 INTERNAL_ERROR = b"action=DEFER_IF_PERMIT 4.3.0 sluice: internal error\n\n"
 _REQUEST_KIND = b"smtpd_access_policy"
+EMPTY_REQUEST = "empty request: no request= attribute"
 
 
 class MalformedRequest(Exception):
@@ -122,7 +124,7 @@ class RequestReader:
         self._buffer = bytearray()
         self._searched = 0  # the buffer holds no request end before this offset
         self._pending_cr = False
-        self._tenant = tenant_attribute.encode() if tenant_attribute else None
+        self._tenant = b"\n" + tenant_attribute.encode() + b"=" if tenant_attribute else None
 
     @property
     def pending(self) -> bool:
@@ -143,11 +145,9 @@ class RequestReader:
                 self._pending_cr = True
             data = data.replace(b"\r\n", b"\n")
         buffer = self._buffer
-        searched = 0
         if buffer:
-            searched = self._searched
             buffer += data
-            if buffer.find(b"\n\n", max(0, searched - 1)) < 0:
+            if buffer.find(b"\n\n", max(0, self._searched - 1)) < 0:
                 self._searched = len(buffer)
                 try:
                     self._check_partial()
@@ -157,20 +157,16 @@ class RequestReader:
                 return [], None
             data = bytes(buffer)
             buffer.clear()
-        # The usual case: ``data`` holds whole requests and the buffer was empty.
+        # The usual case: ``data`` holds whole requests, the last one ending it.
+        *blocks, rest = data.split(b"\n\n")
         requests: list[PolicyRequest] = []
-        start = 0
         try:
-            while True:
-                if data.startswith(b"\n", start):
-                    raise MalformedRequest("empty request: no request= attribute")
-                end = data.find(b"\n\n", max(start, searched - 1))
-                if end < 0:
-                    break
-                requests.append(self._request(data[start:end]))
-                start = end + 2
-            if start < len(data):
-                buffer += memoryview(data)[start:]
+            for block in blocks:
+                requests.append(self._request(block))
+            if rest:
+                if rest.startswith(b"\n"):
+                    raise MalformedRequest(EMPTY_REQUEST)
+                buffer += rest
                 self._searched = len(buffer)
                 self._check_partial()
         except MalformedRequest as exc:
@@ -190,33 +186,58 @@ class RequestReader:
             raise MalformedRequest(f"over {MAX_ATTRIBUTES} attributes")
 
     def _request(self, block: bytes) -> PolicyRequest:
+        # A request is a few dozen lines, of which three matter: those are
+        # looked up, and the rest is checked whole, never line by line.
+        # Between two line ends, each attribute is found as "\nname=" and
+        # ends at the next "\n".
+        text = b"\n" + block + b"\n"
+        # The line ends and "=" signs alone, in order: a line without "="
+        # shows as two adjacent line ends.
+        marks = text.translate(None, _ALL_BUT_LINE_ENDS_AND_EQUALS)
         if len(block) > MAX_REQUEST:
             raise MalformedRequest(f"a request over {MAX_REQUEST} bytes")
-        lines = block.split(b"\n")
-        if len(lines) > MAX_ATTRIBUTES:
+        if marks.count(b"\n") - 1 > MAX_ATTRIBUTES:
             raise MalformedRequest(f"over {MAX_ATTRIBUTES} attributes")
-        if len(block) > MAX_LINE and max(map(len, lines)) > MAX_LINE:
+        if len(block) > MAX_LINE and max(map(len, block.split(b"\n"))) > MAX_LINE:
             raise MalformedRequest(f"a line over {MAX_LINE} bytes")
-        kind = None
-        recipient = tenant = b""
-        tenant_name = self._tenant
-        for line in lines:
-            name, eq, value = line.partition(b"=")
-            if not eq or not name:
-                shown = line[:40].decode("utf-8", "replace")
-                raise MalformedRequest(f"not a name=value line: {shown!r}")
-            if name == b"recipient":
-                recipient = value
-            elif name == tenant_name:
-                tenant = value
-            elif name == b"request":
-                kind = value
+        if b"\n\n" in marks or b"\n=" in text:
+            raise _not_an_attribute(block)
+        kind = _last_value(text, b"\nrequest=")
         if kind != _REQUEST_KIND:
             if kind is None:
                 raise MalformedRequest("no request= attribute")
             shown = kind[:40].decode("utf-8", "replace")
             raise MalformedRequest(f"request={shown} is not smtpd_access_policy")
-        return PolicyRequest(recipient.rpartition(b"@")[2], tenant)
+        recipient = _last_value(text, b"\nrecipient=") or b""
+        tenant = _last_value(text, self._tenant) if self._tenant else None
+        return PolicyRequest(recipient.rpartition(b"@")[2], tenant or b"")
+
+
+_ALL_BUT_LINE_ENDS_AND_EQUALS = bytes(c for c in range(256) if c not in b"\n=")
+
+
+def _last_value(text: bytes, start: bytes) -> bytes | None:
+    """The value of the last line of ``text`` beginning ``start`` ("\\nname="), None if none does.
+
+    The last, as a dict of the lines would keep; ``text`` ends with a line end.
+    """
+    at = text.rfind(start)
+    if at < 0:
+        return None
+    at += len(start)
+    return text[at : text.index(b"\n", at)]
+
+
+def _not_an_attribute(block: bytes) -> MalformedRequest:
+    """The error naming the first line of ``block`` that is not ``name=value``."""
+    if not block or block.startswith(b"\n"):
+        return MalformedRequest(EMPTY_REQUEST)
+    for line in block.split(b"\n"):
+        name, eq, _ = line.partition(b"=")
+        if not eq or not name:
+            shown = line[:40].decode("utf-8", "replace")
+            return MalformedRequest(f"not a name=value line: {shown!r}")
+    raise AssertionError("every line is name=value")
 
 
 def queue_for(request: PolicyRequest, strip_realm: bool = True) -> tuple[QueueName | None, str | None]:
@@ -296,33 +317,55 @@ def _ascii(text: str) -> str:
     )
 
 
+class Remembered:
+    """The requests answered ``DUNNO`` under the snapshot in force, shared by a service's connections.
+
+    Within one snapshot a queue's holds can only end (they expire), never
+    begin, so "deliver" stays true until another snapshot is swapped in.
+    Shared, a recipient domain one smtpd asked about is answered from memory
+    for every other smtpd too. At most ``MAX_REMEMBERED``: then it starts over.
+    """
+
+    def __init__(self) -> None:
+        self.snapshot: Snapshot | None = None
+        self.requests: set[PolicyRequest] = set()
+
+    def forget_all(self, snapshot: Snapshot) -> None:
+        """Start over under ``snapshot``."""
+        self.snapshot = snapshot
+        self.requests = set()
+
+
 class Answerer:
     """Turns requests into answers under one configuration, for one connection.
 
-    It remembers the requests answered ``DUNNO`` under the snapshot in force:
-    within one snapshot a queue's holds can only end (they expire), never
-    begin, so "deliver" stays true until another snapshot is swapped in.
-    Held answers are worked out every time, since their holds may expire.
-    Every decision, remembered or not, is counted by ``decided(deliver)``;
-    a request that names no queue asks for none.
+    Delivery answers come from ``remembered`` when they can; held answers
+    are worked out every time (through the snapshot's own memory of its
+    decisions), since their holds may expire. Every decision, remembered or
+    not, is counted in ``counts``; a request that names no queue asks for
+    none.
     """
 
-    def __init__(self, config: PostfixConfig, decided: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: PostfixConfig,
+        remembered: Remembered | None = None,
+        counts: DecisionCounts | None = None,
+    ) -> None:
         self._prefix = "action=HOLD " if config.on_hold == "hold" else "action=DEFER_IF_PERMIT 4.7.1 "
-        self._decided = decided if decided is not None else _uncounted
-        self._snapshot: Snapshot | None = None
-        self._deliver: set[PolicyRequest] = set()
+        self._remembered = remembered if remembered is not None else Remembered()
+        self._counts = counts if counts is not None else DecisionCounts()
         self._strip_realm = config.strip_realm
         self._attribute = config.tenant_attribute
         self._warned = False
 
     def answer(self, snapshot: Snapshot, request: PolicyRequest, now: float) -> bytes:
         """The ``action=...`` answer, with its ending empty line."""
-        if snapshot is not self._snapshot or len(self._deliver) >= MAX_REMEMBERED:
-            self._snapshot = snapshot
-            self._deliver = set()
-        elif request in self._deliver:
-            self._decided(True)
+        remembered = self._remembered
+        if snapshot is not remembered.snapshot or len(remembered.requests) >= MAX_REMEMBERED:
+            remembered.forget_all(snapshot)
+        elif request in remembered.requests:
+            self._counts.deliver += 1
             return DUNNO
         queue, unusable = queue_for(request, self._strip_realm)
         if unusable is not None and not self._warned:
@@ -333,16 +376,14 @@ class Answerer:
             if request.domain:
                 log.debug("postfix_no_queue", domain=request.domain.decode("utf-8", "replace"))
             return DUNNO
-        decision = snapshot.decide(queue, now)
-        self._decided(decision.deliver)
+        decision = snapshot.decide(queue.name, now)
         if not decision.deliver:
+            self._counts.hold += 1
             return (self._prefix + reason_text(decision.holds[0]) + "\n\n").encode()
-        self._deliver.add(request)
+        self._counts.deliver += 1
+        if unusable is None:  # else each connection that sends it is to say so, once
+            remembered.requests.add(request)
         return DUNNO
-
-
-def _uncounted(deliver: bool) -> None:
-    pass
 
 
 def malformed_answer(what: str) -> bytes:
@@ -356,30 +397,32 @@ async def serve_postfix_connection(
     config: PostfixConfig,
     clock: Callable[[], float] = time.time,
     drain: Drain | None = None,
-    decided: Callable[[bool], None] | None = None,
+    remembered: Remembered | None = None,
+    counts: DecisionCounts | None = None,
     slot: Slot | None = None,
 ) -> None:
     """Answer policy requests on ``stream`` until the client closes or misbehaves.
 
     Never raises for anything the client does; the stream is closed on return.
-    ``decided(deliver)`` counts each decision made; ``slot`` is the
-    connection's place in its service.
+    ``remembered`` is shared by the service's connections; ``counts`` counts
+    each decision made; ``slot`` is the connection's place in its service.
     """
     drain = drain if drain is not None else Drain()
     slot = slot if slot is not None else Slot()
     reader = RequestReader(config.tenant_attribute)
-    answerer = Answerer(config, decided)
+    answerer = Answerer(config, remembered, counts)
     last_words = b""  # sent after the loop: answers not yet sent, or a refusal
     try:
         # One cancel scope for the connection's whole life: a scope per
         # request costs more than answering it. Its deadline is the idle or
         # the request timeout, and shutdown cancels it.
+        trio_clock = trio.lowlevel.current_clock()  # what trio.current_time() asks, asked directly
         with drain.idle() as scope:
-            scope.deadline = trio.current_time() + IDLE_TIMEOUT
+            scope.deadline = trio_clock.current_time() + IDLE_TIMEOUT
             request_deadline: float | None = None
             while True:
                 if request_deadline is None:
-                    slot.since = trio.current_time()  # idle from now
+                    slot.since = trio_clock.current_time()  # idle from now
                     idle_deadline = slot.since + IDLE_TIMEOUT
                     if idle_deadline - scope.deadline > 1.0:  # moved at most once a second
                         scope.deadline = idle_deadline
@@ -414,7 +457,7 @@ async def serve_postfix_connection(
                 if not reader.pending:
                     request_deadline = None
                 elif request_deadline is None or requests:
-                    request_deadline = trio.current_time() + REQUEST_TIMEOUT
+                    request_deadline = trio_clock.current_time() + REQUEST_TIMEOUT
                     scope.deadline = request_deadline
         if scope.cancelled_caught and reader.pending and not drain.draining:
             what = f"request not complete within {REQUEST_TIMEOUT:g} s"
@@ -449,19 +492,21 @@ def postfix_service(
     current: Current,
     config: PostfixConfig,
     clock: Callable[[], float],
-    decided: Callable[[bool], None] | None = None,
+    counts: DecisionCounts | None = None,
 ) -> Service:
     """The policy sockets' connections, as ``trio.serve_listeners``' handler.
 
     They have their own slots (``[postfix] max_connections``, apart from the
     admin API's), and a connection never proves itself: the protocol knows
-    no client, so the per-peer cap counts all of a peer's connections.
+    no client, so the per-peer cap counts all of a peer's connections. They
+    share one memory of the requests answered ``DUNNO``.
     """
     drain = Drain()
+    remembered = Remembered()
     slots = Slots("postfix", config.max_connections, config.max_connections_per_peer)
 
     async def handle(stream: trio.abc.Stream, slot: Slot) -> None:
-        await serve_postfix_connection(stream, current, config, clock, drain, decided, slot)
+        await serve_postfix_connection(stream, current, config, clock, drain, remembered, counts, slot)
 
     return Service(handle, refuse_postfix, slots, drain)
 

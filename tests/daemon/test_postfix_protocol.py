@@ -6,17 +6,21 @@ import socket
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import structlog
 import trio
 import trio.testing
 
 from sluice.daemon.config import PostfixConfig
 from sluice.daemon.current import Current
+from sluice.daemon.metrics import DecisionCounts
 from sluice.daemon.serving import Drain, Service, Slot, Slots
 from sluice.daemon.postfix import (
     IDLE_TIMEOUT,
     MAX_REASON,
     REQUEST_TIMEOUT,
+    Remembered,
     RequestReader,
     bind_loopback,
     reason_text,
@@ -407,17 +411,38 @@ async def test_a_slow_request_keeps_its_deadline_from_its_first_byte(serve, auto
 
 async def test_every_decision_is_counted_remembered_or_not(nursery):
     """Deliveries answered from memory count as decisions; a request naming no queue asks for none."""
-    counted: list[bool] = []
+    counts = DecisionCounts()
     ours, theirs = trio.testing.memory_stream_pair()
     nursery.start_soon(
-        serve_postfix_connection, theirs, current(), PostfixConfig(), lambda: NOW, None, counted.append
+        serve_postfix_connection, theirs, current(), PostfixConfig(), lambda: NOW, None, None, counts
     )
     client = Client(ours)
     assert await client.answer(request()) == b"action=DUNNO"
     assert await client.answer(request()) == b"action=DUNNO"  # remembered
     assert await client.answer(request(recipient="u@blocked.example")) == (DEFER + "Blocked for now").encode()
     assert await client.answer(request(recipient="")) == b"action=DUNNO"
-    assert counted == [True, True, False]
+    assert (counts.deliver, counts.hold) == (2, 1)
+
+
+async def test_connections_share_what_they_remember_and_a_new_hold_reaches_them_all(nursery):
+    """One smtpd's DUNNO is remembered for the others, and forgotten by all when a hold comes."""
+    cur = current()
+    remembered = Remembered()
+    counts = DecisionCounts()
+    clients = []
+    for _ in range(2):
+        ours, theirs = trio.testing.memory_stream_pair()
+        nursery.start_soon(
+            serve_postfix_connection, theirs, cur, PostfixConfig(), lambda: NOW, None, remembered, counts
+        )
+        clients.append(Client(ours))
+    first, second = clients
+    assert await first.answer(request(recipient="a@example.com")) == b"action=DUNNO"
+    assert await second.answer(request(recipient="b@example.com")) == b"action=DUNNO"
+    assert len(remembered.requests) == 1 and counts.deliver == 2
+    cur.swap(current('[[suspension]]\ndomain = "example.com"\nreason = "now held"\n').snapshot)
+    for client in clients:
+        assert await client.answer(request(recipient="c@example.com")) == (DEFER + "now held").encode()
 
 
 async def test_shutdown_closes_idle_connections_at_once(serve, autojump_clock):
@@ -580,3 +605,43 @@ async def test_a_login_that_cannot_be_a_tenant_is_logged_once_per_connection(ser
     warned = [e for e in logs if e["event"] == "postfix_tenant_unusable"]
     assert len(warned) == 1 and warned[0]["value"] == "has space"
     assert warned[0]["attribute"] == "sasl_username" and warned[0]["log_level"] == "warning"
+
+
+def naive_read(block: bytes, tenant_attribute: bytes = b"sasl_username") -> tuple[bytes, bytes] | str:
+    """What a request says, read line by line: (domain, tenant), or what is wrong with it."""
+    if not block or block.startswith(b"\n"):
+        return "empty request: no request= attribute"
+    values = {}
+    for line in block.split(b"\n"):
+        name, eq, value = line.partition(b"=")
+        if not eq or not name:
+            return f"not a name=value line: {line[:40].decode('utf-8', 'replace')!r}"
+        values[name] = value  # the last of a name counts
+    if b"request" not in values:
+        return "no request= attribute"
+    if values[b"request"] != b"smtpd_access_policy":
+        return f"request={values[b'request'][:40].decode('utf-8', 'replace')} is not smtpd_access_policy"
+    return values.get(b"recipient", b"").rpartition(b"@")[2], values.get(tenant_attribute, b"")
+
+
+_names = st.sampled_from([b"request", b"recipient", b"sasl_username", b"size", b"x", b""])
+_values = st.sampled_from([b"smtpd_access_policy", b"u@example.com", b"a@b@c", b"acme", b"", b"=", b"a=b", b"junk"])
+_lines = st.one_of(
+    st.tuples(_names, _values).map(lambda nv: nv[0] + b"=" + nv[1]),
+    st.sampled_from([b"garbage", b"", b"recipient", b"=x"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_lines, min_size=1, max_size=8))
+def test_a_request_reads_as_its_lines_say(lines):
+    """Looking up three attributes and checking the rest whole agrees with reading every line."""
+    block = b"\n".join(lines)
+    if b"\n\n" in block or block.endswith(b"\n"):
+        return  # an empty line ends the request there: not one request
+    requests, error = RequestReader().feed(block + b"\n\n")
+    expected = naive_read(block)
+    if isinstance(expected, str):
+        assert requests == [] and error is not None and error.what == expected
+    else:
+        assert error is None and [tuple(r) for r in requests] == [expected]

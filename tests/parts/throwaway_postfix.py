@@ -5,9 +5,11 @@
     throwaway_postfix.py stop BASE
 
 POLICY is where the policy service listens, as Postfix writes it:
-``unix:/abs/path.sock`` or ``inet:127.0.0.1:PORT``. The instance lives in BASE
-(its main.cf, queue, data and ``maillog``); it relays nothing: every transport
-is ``discard``, so a message it accepts is dropped. ``--then`` is what follows
+``unix:/abs/path.sock`` or ``inet:127.0.0.1:PORT`` (empty: no policy service
+is asked). The instance lives in BASE (its main.cf, queue, data and
+``maillog``); it relays nothing: every transport is ``discard``, so a message
+it accepts is dropped (``Instance(settings=...)`` may say otherwise: each
+replaces or adds one ``main.cf`` parameter). ``--then`` is what follows
 ``check_policy_service`` in ``smtpd_recipient_restrictions``.
 
 Needs root and Debian's postfix package (``apt-get install postfix``, "No
@@ -50,7 +52,7 @@ mynetworks = 127.0.0.0/8
 maillog_file = {base}/maillog
 maillog_file_prefixes = {base}
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-smtpd_recipient_restrictions = check_policy_service {policy}, {then}
+smtpd_recipient_restrictions = {restrictions}
 smtpd_policy_service_timeout = 10s
 smtpd_policy_service_max_idle = 60s
 smtpd_delay_reject = yes
@@ -103,11 +105,19 @@ def missing() -> list[str]:
 class Instance:
     """One instance in ``base``: ``start()`` returns once its smtpd greets."""
 
-    def __init__(self, base: Path, policy: str, listen: str = "127.0.0.1:2626", then: str = "permit"):
+    def __init__(
+        self,
+        base: Path,
+        policy: str,
+        listen: str = "127.0.0.1:2626",
+        then: str = "permit",
+        settings: dict[str, str] | None = None,
+    ):
         self.base = Path(base)
         self.policy = policy
         self.listen = listen
         self.then = then
+        self.settings = settings or {}
         self.config = self.base / "etc"
         self.maillog = self.base / "maillog"
 
@@ -116,8 +126,14 @@ class Instance:
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         shutil.chown(self.base / "data", user="postfix")
         self.base.chmod(0o755)
+        restrictions = f"check_policy_service {self.policy}, {self.then}" if self.policy else self.then
+        parameters = {}
+        for line in MAIN_CF.format(base=self.base, restrictions=restrictions).splitlines():
+            name, _, value = line.partition("=")
+            parameters[name.strip()] = value.strip()
+        parameters.update(self.settings)
         (self.config / "main.cf").write_text(
-            MAIN_CF.format(base=self.base, policy=self.policy, then=self.then)
+            "".join(f"{name} = {value}\n" for name, value in parameters.items())
         )
         master = "".join(
             " ".join(fields).format(listen=self.listen) + "\n" for fields in SERVICES
