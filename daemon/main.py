@@ -61,6 +61,7 @@ from .http.routes import Router
 from .http.subscribe import Subscribers, add_subscription_routes
 from .metrics import Metrics
 from .mutations import Mutations
+from .parsing import Parser, load
 from .policy_dir import PolicyReader
 from .postfix import bind_loopback, postfix_service
 from .reload import Reloader, Watcher, debounced, follow
@@ -257,8 +258,9 @@ async def build_app(
     for anything that stops a start.
     """
     reader = PolicyReader(config.policy_path)
+    parser = Parser()
     try:
-        policy = await trio.to_thread.run_sync(reader.load)
+        policy = await load(reader, parser)
     except PolicyLoadError as exc:
         raise StartupError("invalid policy:\n" + "\n".join(str(p) for p in exc.problems)) from None
     watcher = Watcher(stop)
@@ -282,7 +284,7 @@ async def build_app(
     current.last_reload = ReloadResult(ok=True, at=clock(), generation=1, files=policy.files)
     events = Broadcaster()
     mutations = Mutations(current, store, events, clock=clock)
-    reloader = Reloader(reader, current, events, notifier, clock=clock, tokens=token_file)
+    reloader = Reloader(reader, current, events, notifier, clock=clock, tokens=token_file, parser=parser)
     metrics = Metrics(current, clock)
     events.listeners.append(metrics.on_event)
     automation = Automation(current, mutations, config.state_path, metrics, clock)

@@ -7,12 +7,18 @@ watches how many connections the services have closed and, once a burst of
 them has ended, asks malloc to return its free memory (``malloc_trim(0)``),
 in a worker thread. Where the C library has no ``malloc_trim`` (musl), it
 does nothing.
+
+And freeing a large value without holding the event loop: ``release``
+drops the references to an old policy's parts a few at a time between
+passes of the loop (one deallocation cascade through 100,000 entries held
+it for 50-100 ms), then trims the heap.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import time
 from collections.abc import Callable, Sequence
 
 import trio
@@ -32,16 +38,6 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _TRIM = _malloc_trim()
-
-
-def drop_and_trim(garbage: list) -> None:
-    """Drop the last references in ``garbage`` and hand the freed memory back.
-
-    Blocking (freeing 100,000 entries takes a while): run it in a worker thread.
-    """
-    garbage.clear()
-    if _TRIM is not None:
-        _TRIM(0)
 
 
 class Trimmer:
@@ -66,3 +62,32 @@ class Trimmer:
                 self._seen = self._closed()
                 await trio.to_thread.run_sync(self._trim, 0)
                 self.trims += 1
+
+
+SLICE = 500  # references dropped between two looks at the clock
+SLICE_TIME = 0.002  # seconds of freeing before the event loop runs again
+
+
+async def release(values: list, containers: list) -> None:
+    """Drop the references in ``containers`` one at a time, in order, then those
+    in ``values`` a slice at a time from the end; then trim the heap.
+
+    Whoever built the lists (see ``Snapshot.parts``) dropped every other
+    reference to what they hold, and put in ``values`` what the containers
+    hold: each container then frees only its own table, and each slice what
+    only it held. After ``SLICE_TIME`` of that the event loop runs its other
+    tasks before the next.
+    """
+    clock = time.perf_counter
+    deadline = clock() + SLICE_TIME
+    containers.reverse()
+    while containers or values:
+        if containers:
+            containers.pop()
+        else:
+            del values[-SLICE:]
+        if clock() >= deadline:
+            await trio.sleep(0)
+            deadline = clock() + SLICE_TIME
+    if _TRIM is not None:
+        await trio.to_thread.run_sync(_TRIM, 0)

@@ -8,6 +8,13 @@ to a 100,000-entry file reads the small file. (Within a few seconds of a
 write the time may not tell two writes apart, so such a file is read and
 its digest compared, as git does with "racily clean" files.) Reading is
 plain blocking I/O; the daemon calls it in a worker thread.
+
+``read`` parses what changed in the calling thread (``sluiced --check``,
+``sluicectl validate``). The daemon instead takes the two halves apart:
+``scan`` says which files are as last parsed and hands over the bytes of the
+others, which the daemon parses where it sees fit (a large file in a child
+process, see ``parsing.py``), and ``take`` puts the results in order and
+remembers them.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ def parse_bytes(data: bytes, name: str) -> ParsedFile:
     return parse_policy(text, name)
 
 
-def _parse_safely(data: bytes, name: str) -> ParsedFile:
+def parse_file(data: bytes, name: str) -> ParsedFile:
     """``parse_bytes``, with whatever it raises turned into the file's problem.
 
     Any failure to read a file is a failed reload that names the file, never
@@ -48,6 +55,16 @@ def _parse_safely(data: bytes, name: str) -> ParsedFile:
 
 
 RACY = 3.0  # seconds after a write within which its modification time is not trusted
+
+
+class Scan:
+    """One look at the policy directory: each file, in name order, as
+    (name, (stat stamp, digest, parsed file or None: to parse)); the bytes to parse by name."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[str, tuple[tuple[int, ...] | None, bytes, ParsedFile | None]]] = []
+        self.to_parse: dict[str, bytes] = {}
+        self.mtimes: dict[str, float] = {}
 
 
 class PolicyReader:
@@ -79,47 +96,66 @@ class PolicyReader:
             e.name for e in entries if is_policy_file(e.name) and e.is_file(follow_symlinks=True)
         )
 
-    def read(self) -> list[ParsedFile]:
-        """Parse every policy file (from cache where unchanged); problems stay inside."""
-        files: list[ParsedFile] = []
-        cache: dict[str, tuple[tuple[int, ...], bytes, ParsedFile]] = {}
-        mtimes: dict[str, float] = {}
-        parsed = 0
+    def scan(self) -> Scan:
+        """Look at every policy file: which are as last parsed, and the bytes of the others."""
+        scan = Scan()
         now = time.time()
         for name in self.names():
             path = self.directory / name
             try:
                 st = path.stat()
-                mtimes[name] = st.st_mtime
+                scan.mtimes[name] = st.st_mtime
                 stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
                 hit = self._cache.get(name)
                 if hit is not None and hit[0] == stamp and now - st.st_mtime > RACY:
-                    cache[name] = hit  # unchanged, and not written too recently to tell: not read
-                    files.append(hit[2])
+                    scan.found.append((name, hit))  # unchanged, and not written too recently to tell: not read
                     continue
                 data = path.read_bytes()
             except FileNotFoundError:
                 continue  # removed between listing and reading: it is gone
             except OSError as exc:
-                files.append(ParsedFile(name=name, problems=(FileProblem(name, None, "", f"cannot read: {exc.strerror}"),)))
+                problem = FileProblem(name, None, "", f"cannot read: {exc.strerror}")
+                scan.found.append((name, (None, b"", ParsedFile(name=name, problems=(problem,)))))
                 continue
             digest = hashlib.blake2b(data, digest_size=16).digest()
             if hit is not None and hit[1] == digest:
-                result = hit[2]
+                scan.found.append((name, (stamp, digest, hit[2])))
             else:
-                result = _parse_safely(data, name)
-                parsed += 1
-            cache[name] = (stamp, digest, result)
+                scan.found.append((name, (stamp, digest, None)))
+                scan.to_parse[name] = data
+        return scan
+
+    def take(self, scan: Scan, parsed: dict[str, ParsedFile], again: frozenset[str] = frozenset()) -> list[ParsedFile]:
+        """The files of ``scan``, with ``parsed`` the results of its files to parse,
+        remembered for the next scan but for the names in ``again`` (a failure
+        that says nothing of the bytes, such as a parser process that died:
+        they are parsed again next time)."""
+        files: list[ParsedFile] = []
+        cache: dict[str, tuple[tuple[int, ...], bytes, ParsedFile]] = {}
+        for name, (stamp, digest, result) in scan.found:
+            if result is None:
+                result = parsed[name]
+            if stamp is not None and name not in again:
+                cache[name] = (stamp, digest, result)
             files.append(result)
         self._cache = cache
-        self.mtimes = mtimes
-        self.parsed_last = parsed
+        self.mtimes = scan.mtimes
+        self.parsed_last = len(scan.to_parse)
         return files
 
-    def load(self) -> PolicySet:
-        """The combined policy; raises PolicyLoadError listing every problem.
+    def read(self) -> list[ParsedFile]:
+        """Parse every policy file (from cache where unchanged), in this thread; problems stay inside."""
+        scan = self.scan()
+        return self.take(scan, {name: parse_file(data, name) for name, data in scan.to_parse.items()})
+
+    def combine(self, files: list[ParsedFile]) -> PolicySet:
+        """``files`` combined; raises PolicyLoadError listing every problem.
 
         Checked against the last policy loaded, so only changed files are checked again.
         """
-        self.last = combine(self.read(), self.last)
+        self.last = combine(files, self.last)
         return self.last
+
+    def load(self) -> PolicySet:
+        """The combined policy, every file parsed in this thread; raises PolicyLoadError."""
+        return self.combine(self.read())

@@ -37,7 +37,8 @@ from sluice.policy.snapshot import Snapshot
 from .current import Current, ReloadResult
 from .events import Broadcaster
 from .http.auth import TokenFile
-from .memory import drop_and_trim
+from .memory import release
+from .parsing import Parser, load
 from .policy_dir import PolicyReader
 from .systemd import Notifier
 
@@ -58,17 +59,21 @@ class Reloader:
         notifier: Notifier,
         clock: Callable[[], float] = time.time,
         tokens: TokenFile | None = None,
+        parser: Parser | None = None,
     ) -> None:
         self.tokens = tokens
         self.reader = reader
+        self.parser = parser if parser is not None else Parser()
         self.current = current
         self.events = events
         self.notifier = notifier
         self.clock = clock
         self.lock = trio.Lock()
 
-    async def _rebuild(self, policy: PolicySet) -> tuple[Snapshot, Snapshot, list[Change]]:
-        """The snapshot in force, the one ``policy`` makes of it, and what differs.
+    async def _rebuild(
+        self, policy: PolicySet
+    ) -> tuple[Snapshot, Snapshot, list[Change], dict[str, object]]:
+        """The snapshot in force, the one ``policy`` makes of it, what differs, and its summary.
 
         Building and diffing 100,000 entries takes long enough to matter, so
         it happens in a worker thread. A runtime change swapped in meanwhile
@@ -77,11 +82,11 @@ class Reloader:
         """
         old = self.current.snapshot
         if self.reader.parsed_last == 0 and policy.files == old.policy.files:
-            return old, old, []  # no file changed: nothing to build
+            return old, old, [], _summary([])  # no file changed: nothing to build
         for _ in range(3):
-            new, changes = await trio.to_thread.run_sync(_build_and_diff, old, policy)
+            new, changes, summary = await trio.to_thread.run_sync(_build_and_diff, old, policy)
             if self.current.snapshot is old:
-                return old, new, changes
+                return old, new, changes, summary
             old = self.current.snapshot
         return (old, *_build_and_diff(old, policy))
 
@@ -92,7 +97,7 @@ class Reloader:
             started = time.perf_counter()
             problems = []
             try:
-                policy = await trio.to_thread.run_sync(self.reader.load)
+                policy = await load(self.reader, self.parser)
             except PolicyLoadError as exc:
                 problems.extend(exc.problems)
             if self.tokens is not None:
@@ -115,7 +120,7 @@ class Reloader:
                     "reload_failed", result.generation, errors=list(errors), trigger=trigger
                 )
             else:
-                old, new, changes = await self._rebuild(policy)
+                old, new, changes, summary = await self._rebuild(policy)
                 if changes or policy.files != old.policy.files:
                     self.current.swap(new)
                 else:
@@ -137,7 +142,7 @@ class Reloader:
                     parsed=self.reader.parsed_last,
                     files=len(policy.files),
                     duration_ms=round((time.perf_counter() - started) * 1000, 1),
-                    **_summary(changes),
+                    **summary,
                 )
                 self.events.publish(
                     "reload_applied",
@@ -149,33 +154,39 @@ class Reloader:
                     ],
                     **({"more_changes": len(changes) - MAX_LISTED} if len(changes) > MAX_LISTED else {}),
                 )
-                # Freeing 100,000 entries takes a while: let a worker thread
-                # drop the last references to the old policy, not the loop,
-                # and hand the memory back.
-                garbage = [old, changes]
-                del old, changes
-                await trio.to_thread.run_sync(drop_and_trim, garbage)
+                # Freeing 100,000 entries in one go would hold the loop: the
+                # old policy is freed a part at a time, and the memory handed back.
+                values, containers = old.parts() if new is not old else ([], [])
+                values += changes
+                del old, new, changes
+                await release(values, containers)
             self.notifier.ready(self.current.status_line(self.clock()))
             return result
 
 
-def _build_and_diff(old: Snapshot, policy: PolicySet) -> tuple[Snapshot, list[Change]]:
+def _build_and_diff(old: Snapshot, policy: PolicySet) -> tuple[Snapshot, list[Change], dict[str, object]]:
     # the policy lives until the next reload and holds no cycles: out of the
     # collector's sight (see collector_paused)
     with collector_paused():
         new = old.with_policy(policy, old.generation + 1)
         changes = diff(old, new)
-    return new, changes
+    return new, changes, _summary(changes)
 
 
 def _summary(changes: list[Change]) -> dict[str, object]:
     """What a reload changed, for its log line: counts, and the first keys of each kind."""
+    listed: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
+    counts = dict.fromkeys(listed, 0)
+    for c in changes:
+        counts[c.action] += 1
+        keys = listed[c.action]
+        if len(keys) < MAX_LISTED:
+            keys.append(f"{c.kind} {c.key}")
     summary: dict[str, object] = {}
-    for action in ("added", "removed", "changed"):
-        keys = [f"{c.kind} {c.key}" for c in changes if c.action == action]
-        summary[action] = keys[:MAX_LISTED]
-        if len(keys) > MAX_LISTED:
-            summary[f"{action}_more"] = len(keys) - MAX_LISTED
+    for action, keys in listed.items():
+        summary[action] = keys
+        if counts[action] > MAX_LISTED:
+            summary[f"{action}_more"] = counts[action] - MAX_LISTED
     return summary
 
 

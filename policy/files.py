@@ -134,14 +134,22 @@ MAX_PROBLEMS = 100
 
 
 class SourceLines:
-    """Finds the line of a table or key in TOML source text."""
+    """Finds the line of a table or key in TOML source text.
 
-    def __init__(self, text: str) -> None:
+    The text may be a piece of a file (see ``parse_policy_part``): then
+    ``first_line`` is the file's line the piece starts on, ``before`` how
+    many tables of each kind the file has above it, and the lines and table
+    indexes asked and answered are the file's.
+    """
+
+    def __init__(self, text: str, first_line: int = 1, before: dict[str, int] | None = None) -> None:
         self.text = text
+        self.first_line = first_line
+        self.before = before or {}
         self.headers: dict[str, list[int]] = {}
         # One pass over the text for header lines; line numbers by counting
         # newlines between them (a regex per line is slow on 100,000 tables).
-        number, pos = 1, 0
+        number, pos = first_line, 0
         for match in _HEADERS.finditer(text):
             number += text.count("\n", pos, match.start())
             pos = match.start()
@@ -159,7 +167,7 @@ class SourceLines:
         """
         in_table: dict[tuple[int, str], int] = {}
         top: dict[str, int] = {}
-        table, number, pos = 0, 1, 0
+        table, number, pos = 0, self.first_line, 0
         for match in _NAMES.finditer(self.text):
             number += self.text.count("\n", pos, match.start())
             pos = match.start()
@@ -176,7 +184,8 @@ class SourceLines:
 
     def table(self, kind: str, index: int) -> int | None:
         found = self.headers.get(kind, ())
-        return found[index] if index < len(found) else None
+        index -= self.before.get(kind, 0)
+        return found[index] if 0 <= index < len(found) else None
 
     def key(self, kind: str, index: int, key: str) -> int | None:
         start = self.table(kind, index)
@@ -249,22 +258,29 @@ def _decode(text: str, name: str) -> tuple[dict[str, Any] | None, FileProblem | 
 
 def _parse(text: str, name: str, mode: Mode) -> ParsedFile:
     with collector_paused():
-        return _parse_all(text, name, mode)
+        problem = _too_large(text, name)
+        if problem is not None:
+            return ParsedFile(name=name, problems=(problem,))
+        doc, problem = _decode(text, name)
+        if doc is None:
+            return ParsedFile(name=name, problems=(problem,))
+        return _build(doc, SourceLines(text), name, mode)
 
 
-def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
+def _too_large(text: str, name: str) -> FileProblem | None:
     if len(text) > MAX_FILE_CHARS:
         size = f"{len(text) / 2**20:.1f} MiB"
         limit = f"at most {MAX_FILE_CHARS // 2**20} MiB (split it into several files)"
-        return ParsedFile(name=name, problems=(FileProblem(name, None, "", f"file is {size}; a policy file holds {limit}"),))
+        return FileProblem(name, None, "", f"file is {size}; a policy file holds {limit}")
     for what, count, limit in (("keys", text.count("="), MAX_KEYS), ("tables", text.count("[["), MAX_TABLES)):
         if count > limit:
             message = f"file holds up to {count:,} {what}; a policy file holds at most {limit:,} (split it into several files)"
-            return ParsedFile(name=name, problems=(FileProblem(name, None, "", message),))
-    doc, problem = _decode(text, name)
-    if doc is None:
-        return ParsedFile(name=name, problems=(problem,))
-    lines = SourceLines(text)
+            return FileProblem(name, None, "", message)
+    return None
+
+
+def _build(doc: dict[str, Any], lines: SourceLines, name: str, mode: Mode) -> ParsedFile:
+    """The entries of a decoded file (or piece of one, see SourceLines), every problem located."""
     problems: list[FileProblem] = []
     built: dict[str, list[Any]] = {kind: [] for kind in KINDS}
     pauses: list[Pause] = []
@@ -300,7 +316,7 @@ def _parse_all(text: str, name: str, mode: Mode) -> ParsedFile:
                 FileProblem(name, lines.top(key), key, "automation rules live in policy files, not in runtime state")
             )
             continue
-        for index, table in enumerate(value):
+        for index, table in enumerate(value, lines.before.get(key, 0)):
             if len(problems) >= MAX_PROBLEMS:
                 break
             line = lines.table(key, index)
@@ -362,6 +378,48 @@ def _is_pause(kind: str, table: Any) -> bool:
 def parse_policy(text: str, name: str) -> ParsedFile:
     """Parse one policy file's text. ``name`` is the file's name (ids derive from it)."""
     return _parse(text, name, "file")
+
+
+def parse_policy_part(text: str, name: str, part: int, parts: int) -> ParsedFile | None:
+    """The entries of the ``part``-th of ``parts`` pieces of a policy file, or None.
+
+    A large file of ``[[kind]]`` tables is cut at table headers into
+    ``parts`` pieces of about as many tables, so that several processes can
+    parse one file: ``join_parts`` of every part's result is what
+    ``parse_policy`` gives for the whole text, lines, indexes and ids
+    included. None when the file is not one to read in pieces (too few
+    tables, anything above the first table, a piece that does not parse
+    alone or one with a problem): ``parse_policy`` then reads it whole and
+    reports its problems as always.
+    """
+    if _too_large(text, name) is not None:
+        return None
+    starts = [m.start() for m in _ARRAY_HEADER.finditer(text)]
+    if len(starts) < parts * CHUNK_TABLES or _MEANINGFUL.search(text, 0, starts[0]):
+        return None
+    cuts = [0, *(starts[len(starts) * k // parts] for k in range(1, parts)), len(text)]
+    begin, end = cuts[part], cuts[part + 1]
+    above = SourceLines(text[:begin]) if begin else None
+    lines = SourceLines(
+        text[begin:end],
+        first_line=text.count("\n", 0, begin) + 1,
+        before={kind: len(found) for kind, found in above.headers.items()} if above else None,
+    )
+    with collector_paused():
+        doc, problem = _decode(lines.text, name)
+        if doc is None or any(not isinstance(v, list) for v in doc.values()):
+            return None
+        parsed = _build(doc, lines, name, "file")
+    return None if parsed.problems else parsed
+
+
+def join_parts(parts: Sequence[ParsedFile]) -> ParsedFile:
+    """One file's entries from its parts' (see ``parse_policy_part``), in order."""
+    fields = ("suspensions", "queues", "schedules", "endpoints", "flow_controls", "pauses", "automation")
+    return ParsedFile(
+        name=parts[0].name,
+        **{f: tuple(e for p in parts for e in getattr(p, f)) for f in fields},
+    )
 
 
 def parse_runtime(text: str, name: str) -> ParsedFile:

@@ -146,6 +146,12 @@ class SuspensionIndex:
         done = {m: t.finish() if persistent else t for m, t in changing.items()}
         return SuspensionIndex({**self._tables, **done}, persistent)
 
+    def parts(self) -> tuple[list[object], list[object]]:
+        """Every bucket of every table, and the tables: what freeing the index
+        frees, for freeing it a few at a time (see ``Snapshot.parts``)."""
+        tables = list(self._tables.values())
+        return [bucket for table in tables for bucket in table.values()], tables
+
     def lookup(self, q: QueueName, now: float, hidden: frozenset[str] = frozenset()) -> list[Entry]:
         """Every active suspension matching ``q`` at ``now``, in listing order,
         but those whose id is ``hidden``."""

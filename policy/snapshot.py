@@ -575,6 +575,31 @@ class Snapshot:
         after._next_expiry = self._evolved_next_expiry(put, drop)
         return after
 
+    def parts(self) -> tuple[list[object], list[object]]:
+        """What freeing this snapshot frees: its many small values, and the
+        containers that hold them, outermost first.
+
+        Freeing a snapshot of 100,000 suspensions in one go is one long
+        cascade of deallocations. With these lists held, dropping the
+        snapshot itself frees little; freeing the containers one at a time
+        then frees no more than each one's own table, and the small values
+        can go a slice at a time (see daemon/memory.py).
+        """
+        policy = self.policy
+        memo = [self._lasting, self._timed]
+        index_values, index_tables = self._files_index.parts()
+        values = [
+            *policy.suspensions,
+            *policy.seen,
+            *(decision for table in memo for decision in table.values()),
+            *index_values,
+        ]
+        containers = [
+            policy, *policy.parsed, policy.seen, policy.suspensions, self.suspensions.files,
+            self._file_ends, *memo, *index_tables,
+        ]
+        return values, containers
+
     def _evolved_holders(self, put: list[Suspension], drop: list[Suspension]) -> immutables.Map | None:
         """``runtime_holder``'s map after ``put`` and ``drop``, if this snapshot made one."""
         if self._holders is None:
