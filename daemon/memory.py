@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import time
 from collections.abc import Callable, Sequence
 
@@ -89,5 +90,8 @@ async def release(values: list, containers: list) -> None:
         if clock() >= deadline:
             await trio.sleep(0)
             deadline = clock() + SLICE_TIME
+    # The interpreter keeps freed small objects for reuse (free lists); a
+    # full collection empties them, so that the arenas they alone kept can go.
+    gc.collect()
     if _TRIM is not None:
         await trio.to_thread.run_sync(_TRIM, 0)

@@ -53,13 +53,23 @@ def _compare(kind: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
 def _compare_suspensions(old: Snapshot, new: Snapshot) -> list[Change]:
     if old.runtime is not new.runtime or not (old.policy.parsed and new.policy.parsed):
         return _compare("suspension", old.suspensions, new.suspensions)
+    # Only the changed files' ids can differ. An id is unique among the files
+    # (combine), and a snapshot finds an id in the files first, then in the
+    # runtime state: so an id of a file that went is the old snapshot's entry,
+    # one of a file that came the new one's, and either side's other ids are
+    # the runtime's, if it has them.
     gone, came = new.policy.changed_since(old.policy)
-    ids = dict.fromkeys(s.id for f in (*gone, *came) for s in f.suspensions)
-    return _compare(
-        "suspension",
-        {i: s for i in ids if (s := old.suspensions.get(i)) is not None},
-        {i: s for i in ids if (s := new.suspensions.get(i)) is not None},
-    )
+    before = {s.id: s for f in gone for s in f.suspensions}
+    after = {s.id: s for f in came for s in f.suspensions}
+    runtime = new.runtime.suspensions
+    if runtime:
+        for ident in after.keys() - before.keys():
+            if (held := runtime.get(ident)) is not None:
+                before[ident] = held
+        for ident in before.keys() - after.keys():
+            if (held := runtime.get(ident)) is not None:
+                after[ident] = held
+    return _compare("suspension", before, after)
 
 
 def diff(old: Snapshot, new: Snapshot) -> list[Change]:
