@@ -64,13 +64,20 @@ class Parser:
         parts = min(self.children.total_tokens, len(data) // self.large)
         if parts > 1:
             pieces: list[ParsedFile | None] = [None] * parts
+            died: list[ParserDied] = []
 
             async def one(part: int) -> None:
-                pieces[part] = await self._in_child(data, name, str(part), str(parts))
+                try:
+                    pieces[part] = await self._in_child(data, name, str(part), str(parts))
+                except ParserDied as exc:
+                    died.append(exc)
+                    nursery.cancel_scope.cancel()  # the file fails whatever the others say
 
             async with trio.open_nursery() as nursery:
                 for part in range(parts):
                     nursery.start_soon(one, part)
+            if died:
+                raise died[0]
             if all(p is not None for p in pieces):
                 return await trio.to_thread.run_sync(join_parts, pieces)
         parsed = await self._in_child(data, name)
@@ -81,13 +88,17 @@ class Parser:
         """The child's result (None: the file is not one to read in pieces)."""
         async with self.children:
             self.started += 1
-            done = await trio.run_process(
-                [sys.executable, "-m", "sluice.daemon.parse_child", name, *part],
-                stdin=data,
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-            )
+            try:
+                done = await trio.run_process(
+                    [sys.executable, "-m", "sluice.daemon.parse_child", name, *part],
+                    stdin=data,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+            except OSError as exc:  # no process to be had (EAGAIN, ENOMEM): the reload fails, not the daemon
+                message = f"could not be parsed: no parser process could be started: {exc.strerror or exc}"
+                raise ParserDied(FileProblem(name, None, "", message)) from None
         if done.returncode != 0:
             raise ParserDied(FileProblem(name, None, "", _how_it_ended(done.returncode, done.stderr)))
         if not done.stdout:
