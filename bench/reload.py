@@ -21,7 +21,9 @@ The suspensions are decide.py's mixed shapes (``make_rules``/``to_toml``).
                new to parse);
       SIGHUP   sent right after the rename: time until the daemon's READY=1.
     and a no-op reload (POST with nothing changed). Beside each, the reload
-    time the daemon logs itself (``reload_applied`` duration_ms).
+    time the daemon logs itself (``reload_applied`` duration_ms, and of it
+    read_ms, reading and parsing the files, and build_ms, indexing and
+    diffing). Target: at most 1.5 s.
 (b) The worst event-loop stall during each episode, measured two ways:
       outside  a client process hammers ``GET /api/check/v1?queue=`` over one
                keep-alive connection (one request at a time) throughout; the
@@ -31,7 +33,7 @@ The suspensions are decide.py's mixed shapes (``make_rules``/``to_toml``).
                watchdog task (a trio task on the event loop) sends WATCHDOG=1
                every 5 ms; the longest gap between two pings, less 5 ms, is
                how long the loop could not run a timer.
-    Target: the loop never blocked over 50 ms.
+    Target: the loop never blocked over 20 ms.
 (c) Save-to-effect of a small edit: a one-suspension file written atomically,
     then ``GET /api/check/v1?queue=`` polled in a tight loop over keep-alive
     until the queue is held; with the example policy, and with the 100,000
@@ -47,6 +49,9 @@ The suspensions are decide.py's mixed shapes (``make_rules``/``to_toml``).
     slow to start, once). Reference: the
     interpreter importing ``sluice.daemon.main`` and exiting. Targets: READY under
     1 s for the example config; RSS under 200 MB at 100,000.
+(f) Memory after ten full reloads: the daemon of (a)-(c) reloads by POST ten
+    more times, ``50-bulk.toml`` replaced by the other file each time; its
+    VmRSS then, and the reloads' round trips. Target: RSS under 200 MB.
 
 ``--profile`` runs the reload daemon under cProfile and prints where the
 event loop's time went.
@@ -177,8 +182,9 @@ def example_policy(daemon: Sluiced) -> None:
         shutil.copy(f, daemon.policy / f.name)
 
 
-def logged_reloads(log: Path, since: int) -> tuple[list[float], int]:
-    """duration_ms of reload_applied lines after byte offset ``since``; and the new offset."""
+def logged_reloads(log: Path, since: int, trigger: str = "") -> tuple[list[tuple[float, float, float]], int]:
+    """(duration_ms, read_ms, build_ms) of reload_applied lines after byte offset
+    ``since`` (whose trigger starts with ``trigger``); and the new offset."""
     with open(log, "rb") as f:
         f.seek(since)
         data = f.read()
@@ -186,7 +192,10 @@ def logged_reloads(log: Path, since: int) -> tuple[list[float], int]:
     for line in data.splitlines():
         if b'"reload_applied"' in line:
             try:
-                out.append(json.loads(line)["duration_ms"])
+                fields = json.loads(line)
+                if not fields["trigger"].startswith(trigger):
+                    continue
+                out.append((fields["duration_ms"], fields.get("read_ms", 0.0), fields.get("build_ms", 0.0)))
             except (ValueError, KeyError):
                 pass
     return out, since + len(data)
@@ -276,6 +285,23 @@ def part_reload(daemon: Sluiced, texts: list[str], kinds: list[str], n: int) -> 
     return {"episodes": rows, "probe_requests": len(sent)}
 
 
+def part_full_reloads(daemon: Sluiced, texts: list[str], count: int) -> dict:
+    """(f): ``count`` POST reloads in a row, each with the other 100,000-suspension file."""
+    client = Http(daemon.admin)
+    rounds, offset = [], daemon.log.stat().st_size
+    for k in range(count):
+        quiet(daemon, settle=0.3)
+        daemon.write_policy("50-bulk.toml", texts[k % len(texts)])
+        t0 = time.monotonic()
+        status, body = client.request("POST", "/api/admin/reload/v1")
+        assert status == 200, body[:300]
+        rounds.append(time.monotonic() - t0)
+    quiet(daemon)
+    client.close()
+    logged, _ = logged_reloads(daemon.log, offset, trigger="api")
+    return {"rounds": rounds, "logged": logged, "rss": daemon.rss()}
+
+
 def part_edit(daemons: list[tuple[str, Sluiced]], trials: int) -> dict[str, list[float]]:
     """(c): save-to-effect of a one-suspension file, trials alternating between the daemons."""
     out: dict[str, list[float]] = {label: [] for label, _ in daemons}
@@ -346,6 +372,13 @@ def import_seconds() -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import sluice.daemon.main"], cwd=ROOT, check=True)
     return time.perf_counter() - t0
+
+
+def _logged(d: tuple[float, float, float]) -> str:
+    duration, read, build = d
+    if duration < 100:
+        return f"{duration:,.0f} ms"
+    return f"{duration:,.0f} ms ({read:,.0f} + {build:,.0f})"
 
 
 # -- main -------------------------------------------------------------------------
@@ -428,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         edits = part_edit([("example policy", small), (f"+ {n:,}-suspension file", reloading)],
                           edit_trials)
         rss_after_reloads = reloading.rss()
+        print("measuring (f) ten full reloads", flush=True)
+        full = part_full_reloads(reloading, texts, 10)
         reloading.stop()
         small.stop()
 
@@ -439,22 +474,24 @@ def main(argv: list[str] | None = None) -> int:
         for e in result["episodes"]:
             rows.append([
                 e["kind"], ms(e["reload"], 0),
-                "/".join(f"{d:,.0f}" for d in e["logged"]) + " ms" if e["logged"] else "-",
-                "<= 2 s" if e["kind"] != "no-op" else "", 
-                verdict(e["reload"] <= 2.0) if e["kind"] != "no-op" else "",
+                "/".join(_logged(d) for d in e["logged"]) if e["logged"] else "-",
+                "<= 1.5 s" if e["kind"] != "no-op" else "",
+                verdict(e["reload"] <= 1.5) if e["kind"] != "no-op" else "",
                 ms(e["outside"], 0), ms(e["outside_p99"], 0),
                 f"{e['outside_rate']:,.0f}/s vs {e['quiet_rate']:,.0f}/s",
                 ms(e["inside"], 0), ms(e["quiet_max"], 1) + " / " + ms(e["inside_quiet"], 1),
-                verdict(max(e["outside"], e["inside"]) <= 0.050),
+                verdict(max(e["outside"], e["inside"]) <= 0.020),
             ])
         print(table(["trigger", "reload", "daemon logs", "target", "verdict", "worst (outside)",
                      "p99", "probe rate (quiet)", "worst (inside)", "quiet: outside / inside",
-                     "stall <= 50 ms"], rows, "<>><<>>>>><"))
+                     "stall <= 20 ms"], rows, "<>><<>>>>><"))
         print(wrap(
             "reload: save = rename until a probe answer carries the new generation; POST = the "
             "reload call's round trip; SIGHUP = signal until READY=1; no-op = POST reload with "
             "nothing changed. daemon logs: duration_ms of each reload_applied in the episode "
-            "(the watcher's follow-up reload after POST/SIGHUP is the second). worst (outside): "
+            "(the watcher's follow-up reload after POST/SIGHUP is the second), and of the first "
+            "its read_ms (reading, parsing in child processes, checking) and build_ms (index "
+            "and diff); freeing the old policy comes after, before READY=1. worst (outside): "
             "the slowest probe answer in flight during the episode (from the rename until the "
             "daemon was quiet again, +0.3 s), a client's view of the longest stall; p99 and the "
             "probe's request rate against a quiet second before the episode. worst (inside): "
@@ -515,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([f"{n:,}-suspension file, after the reloads of (a)-(c)", "", "", "", "", "",
                      f"{rss_after_reloads[0]:.0f} MB", f"{rss_after_reloads[1]:.0f} MB",
                      "< 200 MB RSS", verdict(rss_after_reloads[0] < 200)])
+        rows.append([f"{n:,}-suspension file, after ten more full reloads (f)", "", "", "", "", "",
+                     f"{full['rss'][0]:.0f} MB", f"{full['rss'][1]:.0f} MB",
+                     "< 200 MB RSS", verdict(full["rss"][0] < 200)])
         print(table(["daemon holds", "READY", "runs", "import only", "target", "verdict",
                      "RSS", "peak RSS", "target", "verdict"], rows, "<>>><<>><<"))
         print(wrap(
@@ -524,7 +564,10 @@ def main(argv: list[str] | None = None) -> int:
             f"peak RSS: VmHWM (the start's high-water mark). The last row: the daemon of "
             f"(a)-(c), holding the {n:,}-suspension file after {len(kinds)} reload episodes "
             f"and {edit_trials} small edits (each reload builds a new snapshot while the old "
-            f"one is alive)."))
+            f"one is alive); the row after it, the same daemon after (f)'s ten full reloads by "
+            f"POST, each file replaced by the other: round trips "
+            f"{', '.join(f'{r:.2f}' for r in full['rounds'])} s; the daemon's logs (duration "
+            f"(read + build)) {', '.join(_logged(d) for d in full['logged'])}."))
         print()
         print(share.line())
         if profile is not None:

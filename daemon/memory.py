@@ -79,6 +79,8 @@ async def release(values: list, containers: list) -> None:
     only it held. After ``SLICE_TIME`` of that the event loop runs its other
     tasks before the next.
     """
+    if not (values or containers):
+        return
     clock = time.perf_counter
     deadline = clock() + SLICE_TIME
     containers.reverse()
