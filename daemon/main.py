@@ -65,7 +65,7 @@ from .parsing import Parser, load
 from .policy_dir import PolicyReader
 from .postfix import bind_loopback, postfix_service
 from .reload import Reloader, Watcher, debounced, follow
-from .memory import Trimmer
+from .memory import Trimmer, map_large_blocks
 from .serving import Service, Slots
 from .state import open_store
 from .state.base import RuntimeStore, StateUnavailable
@@ -555,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return validate(config.policy_path)
     logs.configure(config.log.format, config.log.level)
+    map_large_blocks()
     try:
         # log lines are written once per pass of the event loop
         trio.run(serve, config, instruments=[logs.OUTPUT])

@@ -30,15 +30,30 @@ BURST = 50  # connections closed since the last trim that make one worth it
 PERIOD = 2.0  # seconds between looks
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc(name: str) -> Callable[..., int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
 
 
-_TRIM = _malloc_trim()
+_TRIM = _libc("malloc_trim")
+_MALLOPT = _libc("mallopt")
+M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
+MAPPED_FROM = 128 * 1024  # bytes from which a block gets a mapping of its own
+
+
+def map_large_blocks() -> None:
+    """Give every block of ``MAPPED_FROM`` bytes or more a mapping of its own,
+    returned to the system as soon as it is freed.
+
+    glibc's default raises that threshold to the largest block freed so far
+    (up to 32 MiB): after a reload had freed the old policy's tables and the
+    file's bytes, the next ones came from the heap, and a heap cut in holes
+    kept tens of megabytes that trimming could not give back.
+    """
+    if _MALLOPT is not None:
+        _MALLOPT(M_MMAP_THRESHOLD, MAPPED_FROM)
 
 
 class Trimmer:

@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 from pathlib import Path
 
 import structlog
@@ -73,10 +73,8 @@ class Reloader:
         self.clock = clock
         self.lock = trio.Lock()
 
-    async def _rebuild(
-        self, policy: PolicySet
-    ) -> tuple[Snapshot, Snapshot, list[Change], dict[str, object]]:
-        """The snapshot in force, the one ``policy`` makes of it, what differs, and its summary.
+    async def _rebuild(self, policy: PolicySet) -> Built:
+        """The snapshot in force, the one ``policy`` makes of it, what differs.
 
         Building and diffing 100,000 entries takes long enough to matter, so
         it happens in a worker thread. A runtime change swapped in meanwhile
@@ -85,13 +83,13 @@ class Reloader:
         """
         old = self.current.snapshot
         if self.reader.parsed_last == 0 and policy.files == old.policy.files:
-            return old, old, [], _summary([])  # no file changed: nothing to build
+            return Built(old, old, [], _summary([]), None)  # no file changed: nothing to build
         for _ in range(3):
-            new, changes, summary = await trio.to_thread.run_sync(_build_and_diff, old, policy)
+            built = await trio.to_thread.run_sync(_build_and_diff, old, policy)
             if self.current.snapshot is old:
-                return old, new, changes, summary
+                return built
             old = self.current.snapshot
-        return (old, *_build_and_diff(old, policy))
+        return _build_and_diff(old, policy)
 
     async def reload(self, trigger: str) -> ReloadResult:
         """Reload the policy files now; returns how it went."""
@@ -135,12 +133,11 @@ class Reloader:
                 "reload_failed", result.generation, errors=list(errors), trigger=trigger
             )
         else:
-            old, new, changes, summary = await self._rebuild(policy)
-            built = time.perf_counter()
-            if changes or policy.files != old.policy.files:
+            built = await self._rebuild(policy)
+            built_at = time.perf_counter()
+            new, changes = built.new, built.changes
+            if new is not built.old:
                 self.current.swap(new)
-            else:
-                new = old  # nothing changed: the generation stays
             if self.tokens is not None:
                 self.tokens.current = tokens
             result = ReloadResult(
@@ -159,8 +156,8 @@ class Reloader:
                 files=len(policy.files),
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
                 read_ms=round((loaded - started) * 1000, 1),  # read, parsed, checked
-                build_ms=round((built - loaded) * 1000, 1),  # indexed, diffed
-                **summary,
+                build_ms=round((built_at - loaded) * 1000, 1),  # indexed, diffed
+                **built.summary,
             )
             self.events.publish(
                 "reload_applied",
@@ -172,19 +169,22 @@ class Reloader:
                 ],
                 **({"more_changes": len(changes) - MAX_LISTED} if len(changes) > MAX_LISTED else {}),
             )
-            if new is old or _replaced(old, new) < RELEASE_FROM:
-                return result, [], []  # little of the old policy is not the new one's too
-            values, containers = old.parts()
+            if built.going is None:
+                return result, [], []
+            # (on the loop: in a worker thread, parts() was seen to cost the
+            # loop 50 ms, for reasons not found)
+            values, containers = built.going.parts()
             values += changes
             return result, values, containers
         return result, [], []
 
 
-def _replaced(old: Snapshot, new: Snapshot) -> int:
-    """How many suspensions of ``old``'s files ``new`` no longer holds (the files
-    that went or changed): what freeing ``old`` frees."""
-    gone, _ = new.policy.changed_since(old.policy)
-    return sum(len(f.suspensions) for f in gone)
+class Built(NamedTuple):
+    old: Snapshot  # the snapshot in force when the reload began
+    new: Snapshot  # the one to swap in; ``old`` itself when nothing changed
+    changes: list[Change]
+    summary: dict[str, object]  # for the log line
+    going: Snapshot | None  # the one to free a part at a time (None: it holds little of its own)
 
 
 @contextlib.contextmanager
@@ -199,13 +199,23 @@ def _short_switches() -> Iterator[None]:
         sys.setswitchinterval(before)
 
 
-def _build_and_diff(old: Snapshot, policy: PolicySet) -> tuple[Snapshot, list[Change], dict[str, object]]:
+def _build_and_diff(old: Snapshot, policy: PolicySet) -> Built:
+    """The new snapshot, what changed, and the parts of the one that goes: in a
+    worker thread, all of it, so that the loop has only the swap to do."""
     # the policy lives until the next reload and holds no cycles: out of the
     # collector's sight (see collector_paused)
     with collector_paused():
         new = old.with_policy(policy, old.generation + 1)
+        new.active_count(0.0)  # its sorted ends made here: STATUS= would sort 100,000 on the loop
         changes = diff(old, new)
-    return new, changes, _summary(changes)
+    gone, came = policy.changed_since(old.policy)
+    if changes or policy.files != old.policy.files:
+        going, replaced = old, gone
+    else:  # nothing changed: the generation stays, and the one just built goes
+        going, new, replaced = new, old, came
+    # what ``going`` alone holds is worth freeing a part at a time
+    heavy = sum(len(f.suspensions) for f in replaced) >= RELEASE_FROM
+    return Built(old, new, changes, _summary(changes), going if heavy else None)
 
 
 def _summary(changes: list[Change]) -> dict[str, object]:

@@ -101,7 +101,7 @@ class PolicySet(msgspec.Struct, frozen=True):
     # the files combined, and every (kind, key) they hold -> its source: what
     # the next combine starts from, so that it checks only the files that changed
     parsed: tuple[ParsedFile, ...] = ()
-    seen: dict[tuple[str, str], str] = msgspec.field(default_factory=dict)
+    seen: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)  # kind -> key -> source
 
     def changed_since(self, previous: PolicySet) -> tuple[list[ParsedFile], list[ParsedFile]]:
         """``changed_files`` from ``previous``'s files to these."""
@@ -461,17 +461,20 @@ def combine(files: Sequence[ParsedFile], previous: PolicySet | None = None) -> P
     """
     problems = [p for f in files for p in f.problems]
     check: Sequence[ParsedFile] = files
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[str, dict[str, str]] = {}
     if previous is not None and previous.parsed:
         gone, came = changed_files(previous.parsed, files)
-        seen = dict(previous.seen)
+        seen = {kind: dict(keys) for kind, keys in previous.seen.items()}
         for f in gone:
             for kind, key, _source, _what in _keys_of(f):
-                seen.pop((kind, key), None)
+                seen[kind].pop(key, None)
         check = came
     for f in check:
         for kind, key, source, what in _keys_of(f):
-            first = seen.setdefault((kind, key), source)
+            keys = seen.get(kind)
+            if keys is None:
+                keys = seen[kind] = {}
+            first = keys.setdefault(key, source)
             if first is not source:
                 path, line = _where(source)
                 said = what if kind == "automation" else f"{what} {key!r}"

@@ -590,13 +590,15 @@ class Snapshot:
         index_values, index_tables = self._files_index.parts()
         values = [
             *policy.suspensions,
-            *policy.seen,
-            *(decision for table in memo for decision in table.values()),
+            # each memo read in one call: decisions may still be remembered
+            # meanwhile, by another thread than the caller's
+            *self._lasting.values(),
+            *self._timed.values(),
             *index_values,
         ]
         containers = [
-            policy, *policy.parsed, policy.seen, policy.suspensions, self.suspensions.files,
-            self._file_ends, *memo, *index_tables,
+            policy, *policy.parsed, policy.seen, *policy.seen.values(), policy.suspensions,
+            self.suspensions.files, self._file_ends, *memo, *index_tables,
         ]
         return values, containers
 
@@ -697,7 +699,7 @@ class Snapshot:
                 math.inf,
             )
         parallelism = None
-        holds = [_suspension_hold(e[2]) for e in found]
+        holds = [_suspension_hold(e[1]) for e in found]
         latest = max((e[0] for e in found), default=0.0)
         until = min((e[0] for e in found), default=math.inf)
         if view is not None:
