@@ -83,9 +83,13 @@ class Reloader:
         """
         old = self.current.snapshot
         if self.reader.parsed_last == 0 and policy.files == old.policy.files:
-            return Built(old, old, [], _summary([]), None)  # no file changed: nothing to build
+            return Built(old, old, [], _summary([]), [], [])  # no file changed: nothing to build
         for _ in range(3):
-            built = await trio.to_thread.run_sync(_build_and_diff, old, policy)
+            # Taken out of the list the thread hands back: trio holds what a
+            # thread returned until the task next waits, and that must not
+            # be the last reference to the old snapshot once its parts are
+            # being freed (it then went in one cascade, 50 ms of the loop).
+            built = (await trio.to_thread.run_sync(_build_and_diff_in_list, old, policy)).pop()
             if self.current.snapshot is old:
                 return built
             old = self.current.snapshot
@@ -169,13 +173,7 @@ class Reloader:
                 ],
                 **({"more_changes": len(changes) - MAX_LISTED} if len(changes) > MAX_LISTED else {}),
             )
-            if built.going is None:
-                return result, [], []
-            # (on the loop: in a worker thread, parts() was seen to cost the
-            # loop 50 ms, for reasons not found)
-            values, containers = built.going.parts()
-            values += changes
-            return result, values, containers
+            return result, built.values, built.containers
         return result, [], []
 
 
@@ -184,7 +182,10 @@ class Built(NamedTuple):
     new: Snapshot  # the one to swap in; ``old`` itself when nothing changed
     changes: list[Change]
     summary: dict[str, object]  # for the log line
-    going: Snapshot | None  # the one to free a part at a time (None: it holds little of its own)
+    # the parts of the snapshot that goes, for ``release`` (none when it
+    # holds little the other does not)
+    values: list[object]
+    containers: list[object]
 
 
 @contextlib.contextmanager
@@ -197,6 +198,10 @@ def _short_switches() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(before)
+
+
+def _build_and_diff_in_list(old: Snapshot, policy: PolicySet) -> list[Built]:
+    return [_build_and_diff(old, policy)]
 
 
 def _build_and_diff(old: Snapshot, policy: PolicySet) -> Built:
@@ -213,9 +218,12 @@ def _build_and_diff(old: Snapshot, policy: PolicySet) -> Built:
         going, replaced = old, gone
     else:  # nothing changed: the generation stays, and the one just built goes
         going, new, replaced = new, old, came
-    # what ``going`` alone holds is worth freeing a part at a time
-    heavy = sum(len(f.suspensions) for f in replaced) >= RELEASE_FROM
-    return Built(old, new, changes, _summary(changes), going if heavy else None)
+    values: list[object] = []
+    containers: list[object] = []
+    if sum(len(f.suspensions) for f in replaced) >= RELEASE_FROM:  # worth freeing a part at a time
+        values, containers = going.parts()
+        values += changes
+    return Built(old, new, changes, _summary(changes), values, containers)
 
 
 def _summary(changes: list[Change]) -> dict[str, object]:
