@@ -175,7 +175,13 @@ class Mutations:
                 if claim.result is None:
                     batch, self._claims = self._claims, []
                     with trio.CancelScope(shield=True):
-                        await self._store_claims(batch)
+                        try:
+                            await self._store_claims(batch)
+                        except Exception as exc:  # a bug: the batch's claims fail with it, not hang
+                            for waiting in batch:
+                                if waiting.result is None:
+                                    waiting.result = outcome.Error(exc)
+                            raise
         finally:
             if claim in self._claims:
                 self._claims.remove(claim)

@@ -400,3 +400,25 @@ async def test_a_suspension_cancelled_before_its_batch_is_never_stored(tmp_path)
     assert [sub.receive.receive_nowait()["id"] for _ in range(1)] == [s.id]
     with pytest.raises(trio.WouldBlock):
         sub.receive.receive_nowait()
+
+
+async def test_a_store_that_raises_fails_every_suspension_of_its_batch(tmp_path):
+    m, _ = make(tmp_path)
+
+    async def broken(claims):
+        raise RuntimeError("a bug in the store")
+
+    m.store.claim_all = broken
+    failed = []
+
+    async def client(i):
+        try:
+            await m.suspend({"domain": f"c{i}.example", "reason": "r"}, "alice")
+        except RuntimeError as exc:
+            failed.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(5):
+            nursery.start_soon(client, i)
+    assert failed == ["a bug in the store"] * 5
+    assert len(m.current.snapshot.runtime.suspensions) == 0
