@@ -223,8 +223,9 @@ class LogFile:
                 st = None  # moved away, the new one not yet made: the old one may still grow
             if st is not None and not self._at.same_file(st):
                 yield from self._read()  # what the old file got before it was rotated
-                if self._rest:
-                    yield self._rest.decode("utf-8", "replace"), self._at
+                if self._rest:  # a last line without its newline: it will get none now
+                    rest, self._rest = self._rest, b""
+                    yield rest.decode("utf-8", "replace"), self._at
                 yield IDLE
                 opened = self._open()
                 if opened is not None:
