@@ -120,13 +120,15 @@ def parse_answer(text: str) -> Answer | None:
     match = _CODE.match(text)
     if match is None:
         return None
-    code = match["code"]
-    enhanced = match["enhanced"]
-    # each following line of a multi-line answer starts again with the code (and enhanced code)
-    prefix = re.escape(code) + r"[ -]" + (re.escape(enhanced) + " " if enhanced else "")
-    continued = r" " + (prefix if enhanced else re.escape(code) + "-")
-    lines = re.split(continued, text[match.end():]) if match["sep"] == "-" else [text[match.end():]]
-    if not enhanced and match["sep"] == "-" and lines:
+    code, enhanced, rest = match["code"], match["enhanced"], text[match.end():]
+    if match["sep"] != "-":
+        lines = [rest]
+    elif enhanced:
+        # each following line starts again with the code, "-" or " " (the last), and the enhanced code
+        lines = re.split(f" {code}[ -]{re.escape(enhanced)} ", rest)
+    else:
+        # without an enhanced code only "NNN-" is sure to start a line; then the last line's "NNN "
+        lines = rest.split(f" {code}-")
         last, sep, tail = lines[-1].rpartition(f" {code} ")
         if sep:
             lines[-1:] = [last, tail]
