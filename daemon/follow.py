@@ -339,21 +339,26 @@ def follow(
         elif idle and monotonic() - saved_when >= SAVE_EVERY:
             save()
 
-    for item in source:
-        if item is IDLE:
-            flush(idle=True)
-            continue
-        text, at = item
-        unreadable = joiner.counts.unreadable
-        record = joiner.feed(text, clock())
-        if joiner.counts.unreadable != unreadable:
-            log.info("follow_unreadable_line", line=text[:MAX_SHOWN], unreadable=joiner.counts.unreadable)
-        if record is not None:
-            pending.append(record)
-            if len(pending) >= batch:
-                flush(idle=False)
-    flush(idle=False)
-    save()
+    try:
+        for item in source:
+            if item is IDLE:
+                flush(idle=True)
+                continue
+            text, at = item
+            unreadable = joiner.counts.unreadable
+            record = joiner.feed(text, clock())
+            if joiner.counts.unreadable != unreadable:
+                log.info("follow_unreadable_line", line=text[:MAX_SHOWN], unreadable=joiner.counts.unreadable)
+            if record is not None:
+                pending.append(record)
+                if len(pending) >= batch:
+                    flush(idle=False)
+        flush(idle=False)
+        save()
+    finally:
+        counts = joiner.counts
+        log.info("follow_stopped", lines=counts.lines, outcomes=counts.outcomes, unreadable=counts.unreadable,
+                 forgotten=counts.forgotten, posted=publisher.posted, skipped=publisher.skipped)
 
 
 def default_state_path(state_dir: Path, log_path: Path) -> Path:

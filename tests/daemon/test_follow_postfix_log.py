@@ -295,6 +295,8 @@ def test_standard_input_is_read_to_its_end(d, tmp_path):
     assert sum(line["records"] for line in logged if line["event"] == "follow_posted") == 2
     (unreadable,) = [line for line in logged if line["event"] == "follow_unreadable_line"]
     assert unreadable["line"] == "not a syslog line"
+    (stopped,) = [line for line in logged if line["event"] == "follow_stopped"]
+    assert stopped | {"lines": 9, "outcomes": 2, "unreadable": 1, "posted": 2, "skipped": 0} == stopped
     assert held_tenants(d) == {"piped", "piped2"}
 
 
