@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([f"{c} client{'s' if c > 1 else ''}", f"{best.rps:,.0f}/s", best.spread(),
                          ms(b["p50"], 1), ms(b["p99"], 1), f"{b['server_us'] / 1000:.2f} ms",
                          f"{disk.rps:,.0f}/s", f"{best.rps / disk.rps:.2f}x",
-                         ">= 300/s" if c == 100 else "", verdict(best.rps >= 300) if c == 100 else ""])
+                         ">= 500/s" if c == 100 else "", verdict(best.rps >= 500) if c == 100 else ""])
         print(table(["clients", "best", "rounds", "p50", "p99", "server CPU/req",
                      "disk: serial durable writes", "vs disk", "target", "verdict"],
                     rows, "<>>>>>>><<"))

@@ -337,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             f"ratio: sluice vs echo on the same kind of socket; postfwd vs sluice on TCP. "
             f"server CPU/req: CPU time of the server per answered request; server CPU and "
             f"client CPU: share of one CPU each used during the run (2 CPUs in all). Each run "
-            f"{seconds:g} s after {warmup:g} s of warm-up. sluice remembers DUNNO answers per "
-            f"connection within a snapshot (the load repeats 1,000 domains x 4 recipients), "
+            f"{seconds:g} s after {warmup:g} s of warm-up. sluice remembers DUNNO answers for "
+            f"all of a service's connections within a snapshot (the load repeats 1,000 domains x 4 recipients), "
             f"postfwd's request cache is off (tests/parts/postfwd_server.py). held: share of DEFER_IF_PERMIT "
             f"answers (10% expected)." + (f" {skipped}" if skipped else "")))
 

@@ -112,10 +112,13 @@ class AdminClient:
         *,
         body: Any = None,
         params: dict[str, str] | None = None,
+        content: bytes | None = None,
     ) -> Reply:
-        """Send one request; returns its Reply, raises Refused or Unreachable."""
+        """Send one request (``body`` as JSON, or ``content``, JSON already encoded);
+        returns its Reply, raises Refused or Unreachable."""
+        headers = {"content-type": "application/json"} if content is not None else None
         try:
-            response = self._http.request(method, path, json=body, params=params)
+            response = self._http.request(method, path, json=body, params=params, content=content, headers=headers)
         except httpx.TimeoutException:
             raise Unreachable(self.socket, f"no answer within {self._timeout():g} s") from None
         except httpx.TransportError as exc:
@@ -174,6 +177,10 @@ class AdminClient:
 
     def reload(self) -> Reply:
         return self.request("POST", "/api/admin/reload/v1")
+
+    def publish_log(self, records: bytes) -> Reply:
+        """Post delivery outcomes (a JSON array of kumod log records) to automation."""
+        return self.request("POST", "/publish_log_v1", content=records)
 
     def events(self) -> Iterator[str]:
         """The events stream, one JSON line at a time (heartbeat blank lines dropped).

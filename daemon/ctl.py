@@ -32,13 +32,14 @@ from sluice.policy.tokens import new_token
 
 from . import __version__
 from .client import AdminClient, Refused, Reply, Unreachable
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .offline import edit, plural, validate
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
 DEFAULT_CONFIG = "/etc/sluice/sluiced.toml"
 DEFAULT_SOCKET = "/run/sluice/admin.sock"
+DEFAULT_MAIL_LOG = "/var/log/mail.log"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO) -> None:
@@ -357,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_change_commands(command)
     _add_query_commands(command)
+    _add_follow_command(command)
     _add_offline_commands(command, commands, common)
     return parser
 
@@ -426,6 +428,83 @@ def _add_query_commands(command: Command) -> None:
         "lines with --json. Ends when the daemon ends the stream; ctrl-C exits 0.",
     )
 
+
+
+def _add_follow_command(command: Command) -> None:
+    p = command(
+        "follow-postfix-log", None, "post a Postfix mail log's delivery outcomes to automation",
+        description="Follow a Postfix mail log as 'tail -F' does (rotation and truncation "
+        "included) and post each deferral and bounce the remote answered, joined by queue id "
+        "to its message's sasl_username, to the daemon's automation (POST /publish_log_v1). "
+        "Where it stopped is kept in a state file, so a restart goes on from there and posts "
+        "nothing twice; with no state it starts at the log's end. While the daemon is away it "
+        "waits and posts the same batch again. '-' reads standard input to its end (no state). "
+        "Stopped by SIGTERM or ctrl-C, it exits 0.",
+        epilog="The state file is, unless --state says: <state_dir>/follow-postfix-log.<the "
+        "log's path, / as ->.json, state_dir being the config's (default /var/lib/sluice); "
+        "the tenant of a SASL login user@realm is user unless the config's [postfix] "
+        "strip_realm is false, as at the policy socket.",
+    )
+    p.add_argument("file", nargs="?", default=DEFAULT_MAIL_LOG, metavar="FILE|-",
+                   help=f"the mail log (default {DEFAULT_MAIL_LOG}); '-' for standard input")
+    p.add_argument("--state", metavar="FILE", help="where the position is kept (default: see below)")
+    p.add_argument("--from-start", action="store_true",
+                   help="with no state, read the log from its start rather than its end")
+    p.add_argument("--batch", type=_positive, default=500, metavar="N",
+                   help="at most N outcomes a request (default 500)")
+    p.add_argument("--max-queue-ids", type=_positive, default=100_000, metavar="N",
+                   help="remember the tenants of at most N queued messages (default 100000)")
+    p.add_argument("--poll", type=float, default=0.25, metavar="SECONDS",
+                   help="how often an idle log is looked at (default 0.25)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def follow_postfix_log(args: argparse.Namespace) -> int:
+    """sluicectl follow-postfix-log: runs until stopped (a file) or to the end of stdin."""
+    from sluice.policy.postfix_log import Joiner
+
+    from .follow import Guard, LogFile, Publisher, StateFile, Stopped, default_state_path, follow, stdin_lines
+    from .logs import configure
+
+    configure("auto", args.log_level)
+    path, asked = _config_path(args)
+    config = load_config(path) if asked or Path(path).exists() else Config()
+    guard = Guard()
+    guard.install()
+    state = None
+    if args.file != "-":
+        log_path = Path(args.file)
+        state = StateFile(Path(args.state) if args.state else default_state_path(config.state_path, log_path))
+    try:
+        with AdminClient(admin_socket(args)) as client:
+            publisher = Publisher(client, guard)
+            if state is None:
+                joiner = Joiner(max_queue_ids=args.max_queue_ids, strip_realm=config.postfix.strip_realm)
+                follow(stdin_lines(sys.stdin.buffer), joiner, publisher, None, batch=args.batch)
+                return EXIT_OK
+            stored = state.load()
+            joiner = Joiner(
+                () if stored is None else stored.tenants.items(),
+                max_queue_ids=args.max_queue_ids,
+                strip_realm=config.postfix.strip_realm,
+            )
+            source = LogFile(log_path, poll=args.poll)
+            source.start(None if stored is None else stored.position, from_start=args.from_start)
+            follow(source.lines(), joiner, publisher, state, batch=args.batch)
+    except Stopped:
+        pass
+    except OSError as exc:
+        where = exc.filename or args.file
+        print(f"sluicectl: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    return EXIT_OK
 
 
 def _add_offline_commands(command: Command, commands: Any, common: list) -> None:
@@ -539,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
             return edit(Path(args.file))
         if args.command == "state":
             return state_transfer(args)
+        if args.command == "follow-postfix-log":
+            return follow_postfix_log(args)
         if args.command == "token":
             return token_new(args.name, args.role, sys.stdout)
         with AdminClient(admin_socket(args)) as client:

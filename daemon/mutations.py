@@ -8,6 +8,12 @@ change lives there), the store makes the plan durable (before the call
 returns), one new snapshot is swapped in, and the plan's events are published.
 Changes are serialised, so none is lost and each gets its own generation.
 
+Suspensions (the admin API's, kcli's, automation's holds) are claimed by
+criteria in a group commit: those that arrive while a batch is being
+written wait together and are stored as the next batch, in one write, then
+swapped in and announced one by one in the order they came (``_claim``).
+So a hundred clients at once cost a few fsyncs, not a hundred.
+
 The store is a ``RuntimeStore`` (state/base.py): files on this host or etcd shared by
 a fleet. A store that cannot take a change raises ``StateUnavailable`` (503)
 before anything is swapped. Changes made elsewhere (hand edits of the files,
@@ -25,10 +31,12 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
+import outcome
 import structlog
 import trio
 
@@ -40,12 +48,23 @@ from sluice.policy.snapshot import Snapshot
 
 from .current import Current
 from .events import Broadcaster
-from .state.base import Announce, ReadUpdates, RuntimeStore
+from .state.base import Announce, Claim, ReadUpdates, RuntimeStore
 from .state.encoding import name_for
 
 log = structlog.get_logger("sluice.mutations")
 
 Planner = Callable[[Snapshot, datetime], Plan]
+
+
+@dataclass(eq=False)
+class _Claim:
+    """One upsert by criteria waiting for its batch (``Mutations._claim``)."""
+
+    criteria_key: str
+    build: Callable[[Suspension | None], Suspension]
+    actor: str
+    quiet_if_taken: bool = False  # a hold another node lengthened first is not announced
+    result: outcome.Outcome | None = None  # of (stored, plan), once a batch has taken it
 
 
 class Mutations:
@@ -62,6 +81,7 @@ class Mutations:
         self.clock = clock
         self.lock = trio.Lock()
         self.expiry_changed = trio.Event()
+        self._claims: list[_Claim] = []  # waiting for their batch
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), timezone.utc)
@@ -117,16 +137,10 @@ class Mutations:
         planned from its answer.
         """
         now = self._now()
-        async with self.lock:
-            new = suspension_from(body, mode="api", now=now)
-            snapshot = self.current.snapshot
-            build = functools.partial(changes.upserted, new, now=now, actor=actor)
-            stored, replaced = await self.store.claim(
-                new.criteria_key, snapshot.runtime_holder(new.criteria_key), build
-            )
-            plan = changes.suspended(snapshot.runtime, stored, replaced, actor=actor)
-            self._swap(plan)
-            return stored, plan.events[0].name == "suspension_added"
+        new = suspension_from(body, mode="api", now=now)
+        build = functools.partial(changes.upserted, new, now=now, actor=actor)
+        stored, plan = await self._claim(_Claim(new.criteria_key, build, actor))
+        return stored, plan.events[0].name == "suspension_added"
 
     async def hold(self, wanted: Suspension, actor: str) -> tuple[Suspension, str | None]:
         """Make or extend an automated hold: the runtime suspension with ``wanted``'s
@@ -138,17 +152,56 @@ class Mutations:
         """
         now = self._now()
         build = functools.partial(changes.extended, wanted, now=now, actor=actor)
-        async with self.lock:
-            snapshot = self.current.snapshot
-            known = snapshot.runtime_holder(wanted.criteria_key)
-            if known is not None and build(known) is known:
-                return known, None
-            stored, replaced = await self.store.claim(wanted.criteria_key, known, build)
-            plan = changes.suspended(snapshot.runtime, stored, replaced, actor=actor)
-            if stored is replaced:  # another node lengthened it first: take it, say nothing
-                plan = msgspec.structs.replace(plan, events=())
-            self._swap(plan)
-            return stored, plan.events[0].name if plan.events else None
+        known = self.current.snapshot.runtime_holder(wanted.criteria_key)
+        if known is not None and build(known) is known:
+            return known, None
+        stored, plan = await self._claim(_Claim(wanted.criteria_key, build, actor, quiet_if_taken=True))
+        return stored, plan.events[0].name if plan.events else None
+
+    async def _claim(self, claim: _Claim) -> tuple[Suspension, Plan]:
+        """Upsert by criteria, in a group commit with the others waiting.
+
+        The claims made while a batch is being stored queue here; the first
+        to get the lock takes every queued claim, stores them in one
+        ``claim_all`` (one write for the files backend), then plans, swaps
+        and announces each in order, as if each had had the lock alone. The
+        others find their outcome when their turn at the lock comes. A batch
+        taken is finished even if its taker is cancelled; a claim cancelled
+        before any batch took it is never stored.
+        """
+        self._claims.append(claim)
+        try:
+            async with self.lock:
+                if claim.result is None:
+                    batch, self._claims = self._claims, []
+                    with trio.CancelScope(shield=True):
+                        try:
+                            await self._store_claims(batch)
+                        except Exception as exc:  # a bug: the batch's claims fail with it, not hang
+                            for waiting in batch:
+                                if waiting.result is None:
+                                    waiting.result = outcome.Error(exc)
+                            raise
+        finally:
+            if claim in self._claims:
+                self._claims.remove(claim)
+        assert claim.result is not None
+        return claim.result.unwrap()
+
+    async def _store_claims(self, batch: list[_Claim]) -> None:
+        snapshot = self.current.snapshot
+        results = await self.store.claim_all(
+            [Claim(c.criteria_key, snapshot.runtime_holder(c.criteria_key), c.build) for c in batch]
+        )
+        for claim, result in zip(batch, results, strict=True):
+            if isinstance(result, outcome.Value):
+                stored, replaced = result.value
+                plan = changes.suspended(self.current.snapshot.runtime, stored, replaced, actor=claim.actor)
+                if claim.quiet_if_taken and stored is replaced:  # another node lengthened it first
+                    plan = msgspec.structs.replace(plan, events=())
+                self._swap(plan)
+                result = outcome.Value((stored, plan))
+            claim.result = result
 
     async def cancel_suspension(self, ident: Any, actor: str) -> Suspension:
         """Remove a runtime suspension; 404 for unknown or expired, 409 for a file's."""

@@ -64,7 +64,8 @@ import structlog
 import trio
 
 from sluice.policy.errors import InvalidQueueName
-from sluice.policy.queue_name import QueueName, check_component, parse
+from sluice.policy.postfix_log import login_tenant
+from sluice.policy.queue_name import QueueName, parse
 from sluice.policy.snapshot import Hold, Snapshot
 
 from .config import PostfixConfig
@@ -272,18 +273,10 @@ def _tenant(value: bytes, strip_realm: bool) -> tuple[str, str | None]:
     if not value:
         return "", None
     try:
-        tenant = value.decode()
+        login = value.decode()
     except UnicodeDecodeError:
         return "", value.decode("utf-8", "replace")
-    if strip_realm:
-        tenant = tenant.partition("@")[0]
-    try:
-        check_component(tenant, "tenant")
-    except InvalidQueueName:
-        return "", value.decode()
-    if ":" in tenant:  # it would turn into a campaign
-        return "", value.decode()
-    return tenant, None
+    return login_tenant(login, strip_realm)
 
 
 def reason_text(hold: Hold) -> str:

@@ -60,6 +60,7 @@ def test_the_sdist_carries_the_units_the_examples_and_the_docs(dist):
     for path in (
         "etc/sluiced.toml", "etc/policy.d/10-suspensions.toml", "systemd/sluiced.service",
         "systemd/sluiced.socket", "systemd/sluiced-policy.socket", "systemd/sluice.sysusers",
+        "systemd/sluice-follow-postfix-log.service",
         "docs/postfix.md", "docs/openapi.yaml", "setup.py", "pyproject.toml", "README.md",
     ):
         assert path in names, f"{path} is not in the sdist"

@@ -189,3 +189,54 @@ def test_exec_start_uses_the_daemon_cli() -> None:
     assert result.returncode == 0, result.stderr
     for flag in (arg for arg in argv[1:] if arg.startswith("--")):
         assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", result.stdout), result.stdout
+
+
+# -- sluice-follow-postfix-log.service: sluicectl following a mail log -------------
+
+FOLLOW = "sluice-follow-postfix-log.service"
+INSTALLED_CTL = "/usr/bin/sluicectl"
+
+
+def test_follow_unit_passes_verify_without_any_output(tmp_path: Path) -> None:
+    """`systemd-analyze verify` accepts the follower's unit (beside sluiced's) with no warning."""
+    analyze = _require("systemd-analyze")
+    for name in (*UNITS, FOLLOW):
+        shutil.copy(UNIT_DIR / name, tmp_path / name)
+    ctl = Path(sys.executable).parent / "sluicectl"
+    assert ctl.is_file(), "the sluicectl console script is not installed: pip install -e '.[test]'"
+    unit = tmp_path / FOLLOW
+    text = unit.read_text()
+    assert text.count(f"ExecStart={INSTALLED_CTL} ") == 1
+    unit.write_text(text.replace(f"ExecStart={INSTALLED_CTL} ", f"ExecStart={ctl} "))
+    service = tmp_path / SERVICE
+    service.write_text(service.read_text().replace(f"ExecStart={INSTALLED_EXEC} ", f"ExecStart={_installed_sluiced()} "))
+    env = {**os.environ, "SYSTEMD_LOG_LEVEL": "notice", "SYSTEMD_PAGER": "", "LC_ALL": "C"}
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_follow_unit_security_exposure_is_low() -> None:
+    analyze = _require("systemd-analyze", min_version=250)
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(UNIT_DIR / FOLLOW)],
+        capture_output=True, text=True, env={**os.environ, "SYSTEMD_COLORS": "0", "LC_ALL": "C"}, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    assert match and float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+
+
+def test_follow_unit_runs_sluicectl_as_its_cli_takes_it() -> None:
+    """ExecStart= is a follow-postfix-log command line sluicectl parses, as the daemon's own
+    user, whose state directory holds the default state file."""
+    from sluice.daemon.ctl import build_parser
+
+    (exec_start,) = _values(UNIT_DIR / FOLLOW, "Service", "ExecStart")
+    argv = shlex.split(exec_start)
+    assert argv[0] == INSTALLED_CTL
+    args = build_parser().parse_args(argv[1:])
+    assert (args.command, args.file, args.config) == ("follow-postfix-log", "/var/log/mail.log", "/etc/sluice/sluiced.toml")
+    for key in ("User", "Group", "StateDirectory"):
+        assert _values(UNIT_DIR / FOLLOW, "Service", key) == _values(UNIT_DIR / SERVICE, "Service", key)

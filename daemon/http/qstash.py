@@ -210,6 +210,11 @@ def flow_control_json(key: str, view: FlowControlView | None) -> dict[str, Any]:
     }
 
 
+def actor(request: Request) -> str:
+    """Who made a QStash change: the peer, as the admin API's log lines name it."""
+    return str(request.peer)
+
+
 def add_qstash_routes(
     router: Router,
     *,
@@ -218,9 +223,13 @@ def add_qstash_routes(
     file_time: FileTime,
     clock: Callable[[], float] = time.time,
 ) -> None:
-    def actor(request: Request) -> str:
-        return str(request.peer)
+    """QStash's queue, schedule and flow-control routes under /v2."""
+    add_queue_routes(router, current=current, mutations=mutations, file_time=file_time)
+    add_schedule_routes(router, current=current, mutations=mutations, file_time=file_time, clock=clock)
+    add_flow_control_routes(router, current=current, mutations=mutations, actor=actor)
 
+
+def add_queue_routes(router: Router, *, current: Current, mutations: Mutations, file_time: FileTime) -> None:
     def view(name: str) -> QueueView:
         found = current.snapshot.queues.get(check_qstash_name(name))
         if found is None:
@@ -271,6 +280,10 @@ def add_qstash_routes(
     router.add("GET", "/v2/queues", list_queues, style="qstash")
     router.add("POST", "/v2/queues", upsert, change=True, style="qstash")
 
+
+def add_schedule_routes(
+    router: Router, *, current: Current, mutations: Mutations, file_time: FileTime, clock: Callable[[], float]
+) -> None:
     def now() -> datetime:
         return datetime.fromtimestamp(clock(), timezone.utc)
 
@@ -315,8 +328,6 @@ def add_qstash_routes(
     router.add("GET", "/v2/schedules", list_schedules, style="qstash")
     # after the pause routes: a destination is a whole URL, slashes and all
     router.add("POST", "/v2/schedules/{destination*}", create_schedule, change=True, style="qstash")
-
-    add_flow_control_routes(router, current=current, mutations=mutations, actor=actor)
 
 
 def add_flow_control_routes(

@@ -20,6 +20,7 @@ the directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,23 +58,36 @@ def write_files(
 ) -> None:
     """Write (bytes) or remove (None) files of ``directory`` by name, each atomically.
 
-    The directory is created if missing and fsynced once at the end (if
-    anything changed). ``mode`` is that of new files, before the umask.
-    Raises OSError; files handled before the failure stay handled.
+    Every new content is written (and fsynced) to its temporary file before
+    any is renamed, so a write the disk refuses (full, read-only) changes
+    nothing: the temporary files are removed and OSError raised. Then the
+    renames and removals, and the directory is fsynced once at the end (if
+    anything changed). The directory is created if missing. ``mode`` is that
+    of new files, before the umask.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    changed = False
+    written: list[tuple[Path, Path]] = []
+    try:
+        for name, data in changes.items():
+            if data is not None:
+                tmp = directory / (name + TMP_SUFFIX)
+                written.append((tmp, directory / name))
+                _write_tmp(tmp, data, fsync=fsync_files, mode=mode)
+    except OSError:
+        for tmp, _target in written:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    changed = bool(written)
+    for tmp, target in written:
+        os.rename(tmp, target)
     for name, data in changes.items():
         if data is None:
             try:
                 os.unlink(directory / name)
             except FileNotFoundError:
                 continue
-        else:
-            tmp = directory / (name + TMP_SUFFIX)
-            _write_tmp(tmp, data, fsync=fsync_files, mode=mode)
-            os.rename(tmp, directory / name)
-        changed = True
+            changed = True
     if changed:
         fsync_directory(directory)
 

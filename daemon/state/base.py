@@ -21,13 +21,19 @@ through ``follow``.
 
 - ``open`` loads the whole runtime state once, at start (for etcd at a
   revision R that ``follow`` then watches from, R+1, so nothing is missed).
-- ``put``, ``delete`` and ``claim`` return only once the change is durable:
+- ``put``, ``delete`` and ``claim_all`` return only once the change is durable:
   fsynced for files, committed for etcd. If the store cannot take it they
   raise ``StateUnavailable`` and nothing changed.
-- ``claim`` is upsert-by-criteria made safe across nodes: ``build`` gets the
-  suspension that holds the criteria in the store (or None) and returns what
-  to store; for etcd this is a transaction on a key derived from the
-  criteria, retried with what etcd says if another node got there first.
+- ``claim_all`` is upsert-by-criteria made safe across nodes, for a batch of
+  claims at once (the requests that queued while the last batch was being
+  written: a group commit). Each ``Claim``'s ``build`` gets the suspension
+  that holds its criteria in the store (or None), a later claim of the batch
+  seeing what an earlier one with the same criteria stored, and returns what
+  to store. The answer is one ``outcome`` per claim: the stored suspension
+  and the holder it replaced, or the error. The files backend writes the
+  whole batch together, so it is all stored or none is; for etcd each claim
+  is a transaction on a key derived from the criteria, retried with what
+  etcd says if another node got there first (``claim_each``).
 - ``remove_expired`` removes a suspension whose expiry this node has seen
   pass; it never fails the caller (expiry is decided locally) and, for etcd,
   is a transaction on the key's revision, so racing sweepers are harmless.
@@ -52,12 +58,13 @@ backend, a ``Changes`` callable.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import msgspec
+import outcome
 import trio
 
 from sluice.policy.errors import FileProblem, PolicyError
@@ -68,6 +75,32 @@ Key = tuple[str, str]  # (kind, key): ("suspension", id), ("queue", name), ("sch
 Updates = dict[Key, Entry | None]
 ReadUpdates = Callable[[], Awaitable[Updates]]
 Announce = Literal["each", "summary"]
+
+
+class Claim(NamedTuple):
+    """Store ``build(holder)`` in place of the suspension holding ``criteria_key``.
+
+    ``known`` is the suspension this node believes holds the criteria.
+    """
+
+    criteria_key: str
+    known: Suspension | None
+    build: Callable[[Suspension | None], Suspension]
+
+
+# the stored suspension and the holder it replaced or updated, or the error
+Claimed = outcome.Outcome  # of tuple[Suspension, Suspension | None]
+
+async def claim_each(claim: Callable[..., Awaitable[tuple[Suspension, Suspension | None]]], claims: Sequence[Claim]) -> list[Claimed]:
+    """``claim_all`` for a backend that stores claims one at a time with ``claim``."""
+    holders: dict[str, Suspension] = {}
+    results: list[Claimed] = []
+    for criteria_key, known, build in claims:
+        result = await outcome.acapture(claim, criteria_key, holders.get(criteria_key, known), build)
+        if isinstance(result, outcome.Value):
+            holders[criteria_key] = result.value[0]
+        results.append(result)
+    return results
 
 
 class Apply(Protocol):
@@ -152,16 +185,8 @@ class RuntimeStore(Protocol):
 
     async def delete(self, entry: Entry) -> None: ...
 
-    async def claim(
-        self,
-        criteria_key: str,
-        known: Suspension | None,
-        build: Callable[[Suspension | None], Suspension],
-    ) -> tuple[Suspension, Suspension | None]:
-        """Store ``build(holder)``; returns it and the holder it replaced or updated.
-
-        ``known`` is the suspension this node believes holds the criteria.
-        """
+    async def claim_all(self, claims: Sequence[Claim]) -> list[Claimed]:
+        """Store each claim's ``build(holder)`` in order; one outcome per claim (see above)."""
 
     async def remove_expired(self, suspension: Suspension) -> None: ...
 

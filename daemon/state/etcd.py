@@ -42,7 +42,7 @@ one by one; a torn one is skipped when read.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -50,7 +50,7 @@ import trio
 
 from sluice.policy.model import Entry, Suspension
 
-from .base import Apply, Loaded, StateUnavailable, ignore_invalid
+from .base import Apply, Claim, Claimed, Loaded, StateUnavailable, claim_each, ignore_invalid
 from .cache import LocalCopy
 from .encoding import name_for, render, runtime_from
 from .etcd_keys import Keys
@@ -224,6 +224,10 @@ class EtcdStore:
                 return stored, holder
             value, candidate, holder, revision = await self._read_claim(ckey, criteria_key, known)
         raise StateUnavailable("too many nodes are changing these criteria at once; try again")
+
+    async def claim_all(self, claims: Sequence[Claim]) -> list[Claimed]:
+        """Each claim in turn, a transaction each (``claim``)."""
+        return await claim_each(self.claim, claims)
 
     async def remove_expired(self, suspension: Suspension) -> None:
         """Delete an expired suspension if nobody changed it since; never raises."""

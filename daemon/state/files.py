@@ -8,11 +8,13 @@ How this works
 format plus ``created_at`` and ``created_by``.
 
 The text is ``encoding.render``'s; a write is durable before it returns
-(``atomic.write_file``: a temporary file in the same directory, fsynced,
+(``atomic.write_files``: a temporary file in the same directory, fsynced,
 renamed over the object's file, and the directory fsynced). A crash at any
 instant leaves the old file or the new one, never a torn one; a leftover
 temporary file is ignored and cleaned up.
-One change writes one small file, whatever the number of objects.
+One change writes one small file, whatever the number of objects. The
+suspensions created while one batch is being written are written together
+as the next (``claim_all``), with one directory fsync for the batch.
 
 The store remembers the digest of what it last wrote to each file, so the
 daemon's own writes are not mistaken for hand edits by the watcher.
@@ -27,9 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import outcome
 import structlog
 import trio
 
@@ -38,11 +41,13 @@ from sluice.policy.files import ParsedFile, is_policy_file
 from sluice.policy.model import Entry, Suspension
 from sluice.policy.snapshot import Runtime
 
-from .atomic import TMP_SUFFIX, remove_file, write_file, write_files
+from .atomic import TMP_SUFFIX, write_files
 from .encoding import entry_key, file_name, key_of, name_for, only_entry, parse_entry, render, runtime_from
 from .base import (
     Apply,
     Changes,
+    Claim,
+    Claimed,
     Loaded,
     ReadUpdates,
     StateUnavailable,
@@ -234,29 +239,30 @@ class FileStore:
     async def put(self, entry: Entry) -> None:
         """Store ``entry`` durably (returns once it is on disk)."""
         name, data = file_name(entry), render(entry)
-        await self._durably(name, _digest(data), write_file, self.directory / name, data)
+        await self._durably({name: data})
 
     async def remove(self, kind: str, key: str) -> None:
         """Remove an entry durably; removing a missing one is not an error."""
-        name = name_for(kind, key)
-        await self._durably(name, None, remove_file, self.directory / name)
+        await self._durably({name_for(kind, key): None})
 
-    async def _durably(self, name: str, digest: bytes | None, write: Callable[..., None], *args: object) -> None:
-        """Run one write in a worker thread; a disk that refuses it is StateUnavailable.
+    async def _durably(self, changes: dict[str, bytes | None]) -> None:
+        """Write and remove files by name in a worker thread (``atomic.write_files``).
 
         A full or read-only disk degrades the store (status and STATUS= say
-        why) until the next write succeeds; nothing is acknowledged that is
-        not on disk.
+        why) until the next write succeeds, and the change is StateUnavailable:
+        nothing is acknowledged that is not on disk, and a refused batch
+        leaves every file as it was.
         """
-        before = self._written.get(name, _UNSET)
-        self._written[name] = digest
+        before = {name: self._written.get(name, _UNSET) for name in changes}
+        self._written.update({name: None if data is None else _digest(data) for name, data in changes.items()})
         try:
-            await trio.to_thread.run_sync(write, *args)
+            await trio.to_thread.run_sync(write_files, self.directory, changes)
         except OSError as exc:
-            if before is _UNSET:
-                self._written.pop(name, None)
-            else:
-                self._written[name] = before
+            for name, digest in before.items():
+                if digest is _UNSET:
+                    self._written.pop(name, None)
+                else:
+                    self._written[name] = digest
             reason = f"cannot write runtime state in {self.directory}: {exc.strerror or exc}"
             self.degraded = True
             self.on_degraded(True, reason)
@@ -269,18 +275,32 @@ class FileStore:
         """Remove ``entry`` durably."""
         await self.remove(*entry_key(entry))
 
-    async def claim(
-        self,
-        criteria_key: str,
-        known: Suspension | None,
-        build: Callable[[Suspension | None], Suspension],
-    ) -> tuple[Suspension, Suspension | None]:
-        """Upsert by criteria: on one host the mutations lock already makes it race-free."""
-        stored = build(known)
-        await self.put(stored)
-        if known is not None and known.id != stored.id:
-            await self.remove("suspension", known.id)
-        return stored, known
+    async def claim_all(self, claims: Sequence[Claim]) -> list[Claimed]:
+        """Upsert by criteria, the whole batch in one write: all stored, or none.
+
+        On one host the mutations lock already makes it race-free. A build
+        that raises fails its own claim only.
+        """
+        holders: dict[str, Suspension] = {}
+        results: list[Claimed] = []
+        files: dict[str, bytes | None] = {}
+        for criteria_key, known, build in claims:
+            holder = holders.get(criteria_key, known)
+            result = outcome.capture(build, holder)
+            if isinstance(result, outcome.Value):
+                stored = result.value
+                holders[criteria_key] = stored
+                if holder is not None and holder.id != stored.id:
+                    files[name_for("suspension", holder.id)] = None
+                files[file_name(stored)] = render(stored)
+                result = outcome.Value((stored, holder))
+            results.append(result)
+        if files:
+            try:
+                await self._durably(files)
+            except StateUnavailable as exc:
+                return [outcome.Error(exc) if isinstance(r, outcome.Value) else r for r in results]
+        return results
 
     async def remove_expired(self, suspension: Suspension) -> None:
         await self.remove("suspension", suspension.id)

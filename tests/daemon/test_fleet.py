@@ -17,8 +17,11 @@ import threading
 import time
 from pathlib import Path
 
+from datetime import datetime
+
 import httpx
 import pytest
+from websockets.sync.client import unix_connect
 
 import kumod_log
 from harness import TIMEOUT, Daemon, policy_request
@@ -286,6 +289,43 @@ def test_a_hold_an_automation_rule_makes_on_a_is_enforced_on_b_and_c_and_extende
         assert not node.held("auto.example")
     for node in (a, b):
         _load_rules(node, None)
+
+
+def test_a_hold_a_rule_makes_on_a_reaches_a_websocket_subscriber_on_b(fleet):
+    """kumod following node b (/subscribe_event_v1) is sent the hold a record posted to
+    node a made, as TSA's SubscriptionItem frame, and its lifting when it is cancelled on c."""
+    _, (a, b, c) = fleet
+    rule = '[[automation]]\ndomain = "ws.example"\nregex = "4\\\\.7\\\\.28"\naction = "SuspendTenant"\nduration = "1h"\n'
+    _load_rules(a, rule)
+    with unix_connect(str(b.d.admin), "ws://sluice/subscribe_event_v1", open_timeout=TIMEOUT, proxy=None) as ws:
+        sent = kumod_log.body(kumod_log.record(recipient="x@ws.example", queue="news:acme@ws.example"))
+        response = a.d.post("/publish_log_v1", content=sent, headers={"content-type": "application/json"})
+        assert response.status_code == 200, response.text
+        (held,) = response.json()["holds"]
+        frame = _frame_for(ws, held["id"])
+        assert frame == {
+            "rule_hash": held["id"], "tenant": "acme", "domain": "ws.example", "campaign": None,
+            "reason": frame["reason"], "expires": frame["expires"],
+        }
+        assert frame["reason"].startswith("automation rule: 4\\.7\\.28 tenant=acme domain=ws.example (50-auto.toml:1)")
+        assert abs(datetime.fromisoformat(frame["expires"]).timestamp()
+                   - datetime.fromisoformat(held["expires"]).timestamp()) < 1
+        with c.d.client() as client:
+            assert client.request("DELETE", "/api/admin/suspend/v1", json={"id": held["id"]}).status_code == 200
+        lifted = _frame_for(ws, held["id"])
+        assert datetime.fromisoformat(lifted["expires"]) < datetime.fromisoformat(frame["expires"])
+    _load_rules(a, None)
+
+
+def _frame_for(ws, ident: str) -> dict:
+    """The next SubscriptionItem frame for the hold ``ident`` (the set sent first may hold others)."""
+    while True:
+        data = json.loads(ws.recv(timeout=TIMEOUT))
+        assert list(data) == ["SchedQSuspension"], data
+        fields = data["SchedQSuspension"]
+        assert list(fields) == ["rule_hash", "tenant", "domain", "campaign", "reason", "expires"], fields
+        if fields["rule_hash"] == ident:
+            return fields
 
 
 def test_the_same_criteria_posted_on_every_node_at_once_get_one_id(fleet):

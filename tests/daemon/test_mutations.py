@@ -304,12 +304,12 @@ async def test_a_full_disk_is_503_naming_the_cause_and_the_next_write_after_reco
     m, _ = make(tmp_path)
     flips = []
     m.store.on_degraded = lambda degraded, reason: flips.append((degraded, reason))
-    write = files.write_file
+    write = files.write_files
 
     def full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(files, "write_file", full)
+    monkeypatch.setattr(files, "write_files", full)
     with pytest.raises(StateUnavailable) as info:
         await m.suspend({"domain": "x.com", "reason": "r"}, "alice")
     assert info.value.code == "STATE_UNAVAILABLE" and info.value.status_hint == 503
@@ -317,8 +317,114 @@ async def test_a_full_disk_is_503_naming_the_cause_and_the_next_write_after_reco
     assert m.current.snapshot.decide("x.com", clock()).deliver  # nothing acknowledged, nothing held
     assert m.store.degraded and flips[-1][0] is True
 
-    monkeypatch.setattr(files, "write_file", write)
+    monkeypatch.setattr(files, "write_files", write)
     s, _ = await m.suspend({"domain": "x.com", "reason": "r"}, "alice")
     assert not m.store.degraded and flips[-1] == (False, "")
     runtime, _ = FileStore(tmp_path).load()
     assert list(runtime.suspensions) == [s.id]
+
+
+class CountingStore(FileStore):
+    """The files backend, counting the batches it is asked to store."""
+
+    batches: list[int]
+
+    async def claim_all(self, claims):
+        self.batches.append(len(claims))
+        return await super().claim_all(claims)
+
+
+async def test_suspensions_made_at_once_are_stored_in_batches_each_announced_with_its_own_generation(tmp_path):
+    m, events = make(tmp_path)
+    m.store.__class__ = CountingStore
+    m.store.batches = []
+    sub = events.subscribe()
+    made = {}
+
+    async def client(i):
+        made[i] = await m.suspend({"domain": f"c{i}.example", "reason": f"load {i}"}, "alice")
+
+    async with trio.open_nursery() as nursery:
+        for i in range(50):
+            nursery.start_soon(client, i)
+    assert sum(m.store.batches) == 50 and len(m.store.batches) < 50  # group commit
+    assert all(created for _s, created in made.values())
+    announced = [sub.receive.receive_nowait() for _ in range(50)]
+    generations = [e["generation"] for e in announced]
+    assert generations == sorted(generations) and len(set(generations)) == 50
+    assert m.current.snapshot.generation == generations[-1]
+    assert {e["id"] for e in announced} == {s.id for s, _c in made.values()}
+    runtime, _ = FileStore(tmp_path).load()
+    assert set(runtime.suspensions) == {s.id for s, _c in made.values()}
+
+
+async def test_the_same_criteria_twice_in_one_batch_is_one_suspension_created_then_updated(tmp_path):
+    m, events = make(tmp_path)
+    sub = events.subscribe()
+    made = []
+
+    async def client(reason):
+        made.append(await m.suspend({"domain": "twice.example", "reason": reason}, "alice"))
+
+    async with trio.open_nursery() as nursery:
+        for reason in ("first", "second", "third"):
+            nursery.start_soon(client, reason)
+    assert [created for _s, created in made] == [True, False, False]
+    assert len({s.id for s, _c in made}) == 1
+    assert [sub.receive.receive_nowait()["event"] for _ in range(3)] == [
+        "suspension_added", "suspension_updated", "suspension_updated",
+    ]
+    runtime, _ = FileStore(tmp_path).load()
+    assert [s.reason for s in runtime.suspensions.values()] == [made[-1][0].reason]
+
+
+async def test_a_suspension_cancelled_before_its_batch_is_never_stored(tmp_path):
+    m, events = make(tmp_path)
+    sub = events.subscribe()
+    done = trio.Event()
+
+    async def busy(task_status=trio.TASK_STATUS_IGNORED):
+        async with m.lock:  # a change in progress: the suspension queues behind it
+            task_status.started()
+            await done.wait()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(busy)
+        with trio.move_on_after(1):
+            await m.suspend({"domain": "gone.example", "reason": "cancelled"}, "alice")
+        done.set()
+    s, _ = await m.suspend({"domain": "kept.example", "reason": "after"}, "alice")
+    runtime, _ = FileStore(tmp_path).load()
+    assert [x.domain for x in runtime.suspensions.values()] == ["kept.example"]
+    assert m.current.snapshot.decide("gone.example", clock()).deliver
+    assert [sub.receive.receive_nowait()["id"] for _ in range(1)] == [s.id]
+    with pytest.raises(trio.WouldBlock):
+        sub.receive.receive_nowait()
+
+
+async def test_a_store_that_raises_fails_every_suspension_of_its_batch(tmp_path):
+    m, _ = make(tmp_path)
+
+    works = m.store.claim_all
+    calls = []
+
+    async def broken(claims):  # once: the claims of the batch it took must not be retried
+        calls.append(len(claims))
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the store")
+        return await works(claims)
+
+    m.store.claim_all = broken
+    failed = []
+
+    async def client(i):
+        try:
+            await m.suspend({"domain": f"c{i}.example", "reason": "r"}, "alice")
+        except RuntimeError as exc:
+            failed.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(5):
+            nursery.start_soon(client, i)
+    assert failed == ["a bug in the store"] * 5 and calls == [5]
+    assert len(m.current.snapshot.runtime.suspensions) == 0

@@ -1,4 +1,5 @@
-"""The real sluiced on its policy sockets, and a real Postfix smtpd asking it at RCPT time."""
+"""The real sluiced on its policy sockets, and a real Postfix smtpd asking it at RCPT time;
+and a real Postfix's own log, followed by sluicectl follow-postfix-log, making the holds."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from pathlib import Path
 
 import pytest
 import throwaway_postfix
+from aiosmtpd.controller import Controller
+from dovecot_auth import DovecotAuth
 
 from harness import Daemon, policy_request, unavailable
+from test_fleet import Events
+from test_follow_postfix_log import Follower
 
 HOLDS = """
 [[suspension]]
@@ -168,3 +173,98 @@ def test_real_postfix_defers_recipients_at_suspended_domains(tmp_path, daemons, 
     log = postfix.log()
     assert "problem talking to server" not in log
     assert "Recipient address rejected: sluice test: blocked.example is on hold" in log
+
+
+# -- automation from Postfix's own log ----------------------------------------
+
+RATE_LIMIT = """
+[[automation]]
+domain = "ratelimited.example"
+regex = "4\\\\.7\\\\.28"
+action = "SuspendTenant"
+duration = "1 hour"
+"""
+GMAIL_421 = "421 4.7.28 [127.0.0.1] Our system has detected an unusual rate of unsolicited mail"
+
+
+class RateLimiting:
+    """An aiosmtpd handler that answers every RCPT as Gmail does when it rate-limits a sender."""
+
+    def __init__(self) -> None:
+        self.recipients: list[str] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        self.recipients.append(address)
+        return GMAIL_421
+
+
+def rcpt_as(port: int, login: str, recipient: str) -> tuple[int, str]:
+    """The answer to RCPT TO:<recipient> in a session logged in (SASL PLAIN) as ``login``."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.ehlo("client.localdomain")
+        smtp.login(login, "secret")
+        code, message = smtp.mail("news@sender.example")
+        assert code == 250, message
+        code, message = smtp.rcpt(recipient)
+        return code, message.decode(errors="replace")
+
+
+def test_a_remotes_421_in_postfixs_log_defers_that_tenants_next_message_at_rcpt(tmp_path, daemons, reachable_dir):
+    """Postfix relays acme's message to a server that answers 421 4.7.28; sluicectl
+    follow-postfix-log reads the deferral in Postfix's log, the rule holds acme at that
+    domain, and Postfix's smtpd, asking sluice's policy socket, defers acme's next
+    message at RCPT while beta's is accepted."""
+    require_postfix()
+    daemon = policy_daemon(tmp_path, reachable_dir / "policy.sock")
+    daemon.write("50-auto.toml", RATE_LIMIT)
+    daemons.append(daemon)
+    daemon.start()
+    remote = RateLimiting()
+    relay = Controller(remote, hostname="127.0.0.1", port=free_port())
+    relay.start()
+    follower = None
+    instance = throwaway_postfix.Instance(
+        reachable_dir / "postfix",
+        f"unix:{reachable_dir / 'policy.sock'}",
+        f"127.0.0.1:{free_port()}",
+        settings={
+            "default_transport": f"smtp:[127.0.0.1]:{relay.port}",
+            "relay_transport": f"smtp:[127.0.0.1]:{relay.port}",
+            "smtpd_sasl_auth_enable": "yes",
+            "smtpd_sasl_type": "dovecot",
+            "smtpd_sasl_path": str(reachable_dir / "auth.sock"),
+        },
+    )
+    try:
+        with DovecotAuth(reachable_dir / "auth.sock"):
+            instance.start()
+            port = int(instance.listen.rsplit(":", 1)[1])
+            events = Events(daemon)
+            follower = Follower(daemon.admin, instance.maillog, tmp_path / "follow.json")
+            follower.until("follow_started")
+
+            # acme's message is accepted, relayed, and deferred by the remote
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+                smtp.login("acme", "secret")
+                assert smtp.sendmail("news@sender.example", ["someone@ratelimited.example"], "Subject: hi\n\nhello\n") == {}
+            added = events.until("suspension_added", tenant="acme", timeout=60)
+            assert added["domain"] == "ratelimited.example" and added["by"] == "automation 50-auto.toml:1"
+            assert remote.recipients == ["someone@ratelimited.example"]
+            assert follower.until("follow_posted")["holds"] == 1
+
+            # acme's next message for that domain is deferred at RCPT, by sluice's hold ...
+            code, message = rcpt_as(port, "acme", "other@ratelimited.example")
+            assert code == 450, message
+            assert "automation rule: 4\\.7\\.28 tenant=acme domain=ratelimited.example" in message
+            # ... while another tenant's is accepted, and acme's mail for other domains too
+            assert rcpt_as(port, "beta", "other@ratelimited.example")[0] == 250
+            assert rcpt_as(port, "acme", "someone@elsewhere.example")[0] == 250
+            events.close()
+        log = instance.log()
+        assert "sasl_username=acme" in log and "status=deferred (host 127.0.0.1[127.0.0.1] said: 421 4.7.28" in log
+        assert "problem talking to server" not in log
+    finally:
+        if follower is not None:
+            follower.close()
+        instance.stop()
+        relay.stop()

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from datetime import datetime, timedelta, timezone
 
+import pytest
 import trio
 
 from sluice.daemon.state.encoding import render
 from sluice.daemon.state.files import FileStore
 from sluice.daemon.reload import Watcher, debounced
 from sluice.daemon.state import open_store
-from sluice.daemon.state.base import Loaded, RuntimeStore
+from sluice.daemon.state import atomic
+from sluice.daemon.state.base import Claim, Loaded, RuntimeStore, StateUnavailable
 from sluice.policy.model import QueuePolicy, Suspension
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 ID1 = "3b0b9a8e-6a52-4bd8-9d1c-5f1a0c1b2d3e"
 ID2 = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+ID3 = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 
-def suspension(ident: str, reason: str = "r", **kw) -> Suspension:
-    return Suspension(id=ident, domain="x.example", reason=reason, **kw)
+def suspension(ident: str, reason: str = "r", domain: str = "x.example", **kw) -> Suspension:
+    return Suspension(id=ident, domain=domain, reason=reason, **kw)
 
 
 def test_the_files_backend_is_a_runtime_store(tmp_path):
@@ -35,21 +40,80 @@ async def test_open_reads_what_put_wrote(tmp_path):
     assert loaded.runtime.queues["q.example"].paused
 
 
+async def claim(store, criteria_key, known, build):
+    [result] = await store.claim_all([Claim(criteria_key, known, build)])
+    return result.unwrap()
+
+
 async def test_claim_updates_the_holder_or_replaces_an_expired_one(tmp_path):
     store = FileStore(tmp_path)
     first = suspension(ID1)
-    stored, replaced = await store.claim(first.criteria_key, None, lambda holder: first)
+    stored, replaced = await claim(store, first.criteria_key, None, lambda holder: first)
     assert stored == first and replaced is None
-    updated, replaced = await store.claim(
-        first.criteria_key, first, lambda holder: Suspension(id=holder.id, domain="x.example", reason="new")
+    updated, replaced = await claim(
+        store, first.criteria_key, first, lambda holder: Suspension(id=holder.id, domain="x.example", reason="new")
     )
     assert replaced == first and updated.id == ID1
     assert (tmp_path / "runtime" / f"suspension-{ID1}.toml").read_bytes() == render(updated)
     fresh = suspension(ID2, expires=NOW + timedelta(hours=1))
-    stored, replaced = await store.claim(first.criteria_key, updated, lambda holder: fresh)
+    stored, replaced = await claim(store, first.criteria_key, updated, lambda holder: fresh)
     assert [p.name for p in (tmp_path / "runtime").iterdir()] == [f"suspension-{ID2}.toml"]
     await store.remove_expired(fresh)
     assert list((tmp_path / "runtime").iterdir()) == []
+
+
+async def test_a_batch_of_claims_sees_its_own_earlier_claims(tmp_path):
+    store = FileStore(tmp_path)
+    first, other, fresh = suspension(ID1), suspension(ID2, domain="y.example"), suspension(ID3)
+
+    def renamed(holder):
+        assert holder == first  # the batch's own first claim, not the None this node knew
+        return Suspension(id=holder.id, domain="x.example", reason="renamed")
+
+    def replacing(holder):
+        assert holder.reason == "renamed"
+        return fresh
+
+    def broken(holder):
+        raise ValueError("a build that fails")
+
+    results = await store.claim_all([
+        Claim(first.criteria_key, None, lambda holder: first),
+        Claim(other.criteria_key, None, lambda holder: other),
+        Claim(first.criteria_key, None, renamed),
+        Claim(other.criteria_key, other, broken),
+        Claim(first.criteria_key, None, replacing),
+    ])
+    assert [r.unwrap()[0].id for r in results[:3]] == [ID1, ID2, ID1]
+    with pytest.raises(ValueError, match="a build that fails"):
+        results[3].unwrap()
+    assert results[4].unwrap() == (fresh, Suspension(id=ID1, domain="x.example", reason="renamed"))
+    # the batch's net effect on disk: first came and went within it
+    names = sorted(p.name for p in (tmp_path / "runtime").iterdir())
+    assert names == sorted([f"suspension-{ID2}.toml", f"suspension-{ID3}.toml"])
+
+
+async def test_a_batch_the_disk_refuses_stores_nothing(tmp_path, monkeypatch):
+    store = FileStore(tmp_path)
+    await store.put(suspension(ID1))
+    real, calls = os.write, []
+
+    def fills_up(fd, data):  # the disk is full after the batch's first file
+        calls.append(fd)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(atomic.os, "write", fills_up)
+    results = await store.claim_all([
+        Claim(f"domain={d}", None, lambda holder, i=i, d=d: suspension(i, domain=d))
+        for i, d in ((ID2, "a.example"), (ID3, "b.example"))
+    ])
+    for result in results:
+        with pytest.raises(StateUnavailable, match="No space left on device"):
+            result.unwrap()
+    assert store.degraded
+    assert [p.name for p in (tmp_path / "runtime").iterdir()] == [f"suspension-{ID1}.toml"]
 
 
 async def test_follow_hands_hand_edits_to_apply_and_skips_own_writes(tmp_path):

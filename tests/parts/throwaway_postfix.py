@@ -88,11 +88,22 @@ SERVICES = [
 ]
 
 
+def mail_version() -> tuple[int, ...]:
+    """The installed Postfix's version (``postconf -d mail_version``), (0,) if it cannot be read."""
+    done = subprocess.run(["/usr/sbin/postconf", "-d", "-h", "mail_version"], capture_output=True, text=True)
+    try:
+        return tuple(int(part) for part in done.stdout.strip().split(".")[:2])
+    except ValueError:
+        return (0,)
+
+
 def missing() -> list[str]:
     """What this machine lacks to run an instance; empty when it can."""
     problems = []
     if not Path(POSTFIX).exists():
         problems.append("Postfix is not installed (apt-get install postfix)")
+    elif (version := mail_version()) < (3, 4):
+        problems.append(f"Postfix {'.'.join(map(str, version))} is older than 3.4, which has maillog_file")
     try:
         pwd.getpwnam("postfix")
     except KeyError:

@@ -10,7 +10,7 @@ def test_policy_imports_without_trio():
         "for name in ('trio', 'watchfiles', 'h11', 'socket', 'sluice.daemon'):\n"
         "    sys.modules[name] = None  # any import of these now fails\n"
         "import sluice.policy.snapshot, sluice.policy.files, sluice.policy.diff, sluice.policy.fields\n"
-        "import sluice.policy.changes, sluice.policy.times\n"
+        "import sluice.policy.changes, sluice.policy.times, sluice.policy.postfix_log\n"
         "from sluice.policy.files import combine, parse_policy\n"
         "from sluice.policy.snapshot import Snapshot\n"
         "s = Snapshot.build(combine([parse_policy('[[suspension]]\\ndomain = \"x.com\"\\n"
