@@ -4,6 +4,7 @@
     logs         structlog set-up
     systemd      sd_notify, watchdog, socket activation
     policy_dir   reading the policy directory, parsing only what changed
+    parsing      parsing off the loop: large files in child processes (parse_child)
     current      the snapshot in force, its generation and the last reload
     events       change broadcast with bounded per-consumer buffers
     state/       runtime state behind one interface: files on this host, or etcd
