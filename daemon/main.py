@@ -61,7 +61,7 @@ from .http.routes import Router
 from .http.subscribe import Subscribers, add_subscription_routes
 from .metrics import Metrics
 from .mutations import Mutations
-from .parsing import Parser, load
+from .parsing import Parser, ParsersDied, load
 from .policy_dir import PolicyReader
 from .postfix import bind_loopback, postfix_service
 from .reload import Reloader, Watcher, debounced, follow
@@ -75,11 +75,20 @@ from .tcp import bind_tcp, parse_listen, server_tls
 log = structlog.get_logger("sluice")
 
 EX_CONFIG = 78
+EX_TEMPFAIL = 75
 GRACE = 5.0
 
 
 class StartupError(Exception):
-    """The daemon cannot start; the message says why. Exit status EX_CONFIG."""
+    """The daemon cannot start; the message says why.
+
+    Exit status ``status``: EX_CONFIG (the files or the setup are wrong; a
+    restart cannot help), or EX_TEMPFAIL (trying again may succeed).
+    """
+
+    def __init__(self, message: str, status: int = EX_CONFIG) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -261,6 +270,10 @@ async def build_app(
     parser = Parser()
     try:
         policy = await load(reader, parser)
+    except ParsersDied as exc:  # killed (the kernel, for memory?): not the files' fault
+        raise StartupError(
+            "policy not read:\n" + "\n".join(str(p) for p in exc.problems), status=EX_TEMPFAIL
+        ) from None
     except PolicyLoadError as exc:
         raise StartupError("invalid policy:\n" + "\n".join(str(p) for p in exc.problems)) from None
     watcher = Watcher(stop)
@@ -562,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"sluiced: {exc}", file=sys.stderr)
         log.error("startup_failed", error=str(exc))
-        return EX_CONFIG
+        return exc.status
     except KeyboardInterrupt:
         return 0
     return 0

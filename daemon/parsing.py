@@ -31,13 +31,21 @@ import sys
 import trio
 
 from sluice.policy.bulk import collector_paused
-from sluice.policy.errors import FileProblem
+from sluice.policy.errors import FileProblem, PolicyLoadError
 from sluice.policy.files import ParsedFile, PolicySet, join_parts
 
 from .parse_child import unpack
 from .policy_dir import PolicyReader, parse_file
 
 LARGE = 1 * 2**20  # bytes from which a file is parsed in a child process
+
+
+class ParsersDied(PolicyLoadError):
+    """A load whose only problems are parser processes that ended without their result.
+
+    Nothing is known to be wrong with the files: at start, trying again may
+    succeed (the daemon exits EX_TEMPFAIL, not EX_CONFIG).
+    """
 
 
 class ParserDied(Exception):
@@ -147,4 +155,9 @@ async def load(reader: PolicyReader, parser: Parser) -> PolicySet:
         for name, data in scan.to_parse.items():
             nursery.start_soon(one, name, data)
     files = await trio.to_thread.run_sync(reader.take, scan, parsed, frozenset(died))
-    return await trio.to_thread.run_sync(reader.combine, files)
+    try:
+        return await trio.to_thread.run_sync(reader.combine, files)
+    except PolicyLoadError as exc:
+        if died and {problem.path for problem in exc.problems} <= died:
+            raise ParsersDied(exc.problems) from None
+        raise

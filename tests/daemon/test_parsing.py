@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import structlog
 import trio
 
 from sluice.daemon.parsing import Parser, load
@@ -128,3 +129,59 @@ def test_a_parser_process_killed_mid_parse_is_a_refused_reload_and_the_old_polic
     assert response.status_code == 200, response.text
     assert response.json()["ok"] is True
     assert held("new.example") and not held("old.example") and held("d1.example")
+
+
+async def test_a_load_whose_only_problem_is_a_dead_parser_says_so(tmp_path, monkeypatch):
+    """At start this is EX_TEMPFAIL, not EX_CONFIG: the files were never judged."""
+    import subprocess
+
+    from sluice.daemon import parsing
+
+    async def killed(command, **kwargs):
+        return subprocess.CompletedProcess(command, -9, b"", b"")
+
+    (tmp_path / NAME).write_text(BIG)
+    monkeypatch.setattr(parsing.trio, "run_process", killed)
+    with pytest.raises(parsing.ParsersDied) as died:
+        await load(PolicyReader(tmp_path), Parser(large=len(BIG) // 2))
+    assert "the parser process was killed by SIGKILL" in str(died.value)
+
+    # beside a file that is wrong in itself, the load is the files' fault: not ParsersDied
+    (tmp_path / "10-bad.toml").write_text('[[suspension]]\ndomian = "x.example"\n')
+    with pytest.raises(PolicyLoadError) as refused:
+        await load(PolicyReader(tmp_path), Parser(large=len(BIG) // 2))
+    assert type(refused.value) is PolicyLoadError and "10-bad.toml" in str(refused.value)
+
+
+def test_sluiced_exits_75_when_its_parser_is_killed_at_start(tmp_path, monkeypatch, capsys):
+    """75 (EX_TEMPFAIL) is restarted by the unit; 78 (EX_CONFIG, a wrong file) is not."""
+    import subprocess
+
+    from sluice.daemon import main as sluiced
+    from sluice.daemon import parsing
+
+    async def killed(command, **kwargs):
+        return subprocess.CompletedProcess(command, -9, b"", b"")
+
+    policy = tmp_path / "policy.d"
+    policy.mkdir()
+    (policy / NAME).write_text(suspensions(30_000))  # 2 MB: parsed in child processes
+    config = tmp_path / "sluiced.toml"
+    config.write_text(
+        f'policy_dir = "policy.d"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[admin]\nsocket = "{tmp_path / "admin.sock"}"\n[postfix]\nsocket = ""\n'
+    )
+    # main() configures logging and the allocator for its process: this one's are put back
+    logging_before = structlog.get_config()
+    monkeypatch.setattr(sluiced, "map_large_blocks", lambda: None)
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(parsing.trio, "run_process", killed)
+            assert sluiced.main(["--config", str(config)]) == sluiced.EX_TEMPFAIL
+        assert "the parser process was killed by SIGKILL" in capsys.readouterr().err
+
+        (policy / "10-bad.toml").write_text('[[suspension]]\ndomian = "x.example"\n')
+        assert sluiced.main(["--config", str(config)]) == sluiced.EX_CONFIG
+        assert "10-bad.toml" in capsys.readouterr().err
+    finally:
+        structlog.configure(**logging_before)
