@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -343,30 +343,29 @@ def _hidden(files: Mapping[str, Suspension], runtime: Mapping[str, Suspension]) 
     return frozenset(ident for ident in small if ident in large)
 
 
-def _merge_schedules(policy: PolicySet, runtime: Runtime) -> dict[str, ScheduleView]:
-    """File schedules with the runtime's pauses, then schedules made at runtime
-    (an id a file also declares is the file's)."""
-    views: dict[str, ScheduleView] = {}
-    for s in policy.schedules:
-        pause = runtime.schedule_pauses.get(s.id)
-        views[s.id] = ScheduleView(schedule=s, pause=pause if isinstance(pause, Pause) else None)
-    for ident, entry in runtime.schedule_pauses.items():
-        if isinstance(entry, Schedule) and ident not in views:
-            views[ident] = ScheduleView(schedule=entry)
+def _merge_made(declared, entries: Mapping, made: type, view: Callable) -> dict:
+    """Objects the files declare with the runtime's pauses of them, then those made at
+    runtime (``made`` entries; an id a file also declares is the file's)."""
+    views = {}
+    for obj in declared:
+        pause = entries.get(obj.id)
+        views[obj.id] = view(obj, pause if isinstance(pause, Pause) else None)
+    for ident, entry in entries.items():
+        if isinstance(entry, made) and ident not in views:
+            views[ident] = view(entry, None)
     return views
+
+
+def _merge_schedules(policy: PolicySet, runtime: Runtime) -> dict[str, ScheduleView]:
+    return _merge_made(
+        policy.schedules, runtime.schedule_pauses, Schedule, lambda s, pause: ScheduleView(schedule=s, pause=pause)
+    )
 
 
 def _merge_endpoints(policy: PolicySet, runtime: Runtime) -> dict[str, EndpointView]:
-    """File endpoints with the runtime's pauses, then endpoints made at runtime
-    (an id a file also declares is the file's)."""
-    views: dict[str, EndpointView] = {}
-    for e in policy.endpoints:
-        pause = runtime.endpoint_pauses.get(e.id)
-        views[e.id] = EndpointView(endpoint=e, pause=pause if isinstance(pause, Pause) else None)
-    for ident, entry in runtime.endpoint_pauses.items():
-        if isinstance(entry, Endpoint) and ident not in views:
-            views[ident] = EndpointView(endpoint=entry)
-    return views
+    return _merge_made(
+        policy.endpoints, runtime.endpoint_pauses, Endpoint, lambda e, pause: EndpointView(endpoint=e, pause=pause)
+    )
 
 
 def _merge_flow_controls(policy: PolicySet, runtime: Runtime) -> dict[str, FlowControlView]:
