@@ -61,7 +61,7 @@ from .http.routes import Router
 from .http.subscribe import Subscribers, add_subscription_routes
 from .metrics import Metrics
 from .mutations import Mutations
-from .parsing import Parser, ParsersDied, load
+from .parsing import Parser, PolicyNotRead, load
 from .policy_dir import PolicyReader
 from .postfix import bind_loopback, postfix_service
 from .reload import Reloader, Watcher, debounced, follow
@@ -270,7 +270,7 @@ async def build_app(
     parser = Parser()
     try:
         policy = await load(reader, parser)
-    except ParsersDied as exc:  # killed (the kernel, for memory?): not the files' fault
+    except PolicyNotRead as exc:  # killed (the kernel, for memory?): not the files' fault
         raise StartupError(
             "policy not read:\n" + "\n".join(str(p) for p in exc.problems), status=EX_TEMPFAIL
         ) from None

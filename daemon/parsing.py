@@ -40,7 +40,7 @@ from .policy_dir import PolicyReader, parse_file
 LARGE = 1 * 2**20  # bytes from which a file is parsed in a child process
 
 
-class ParsersDied(PolicyLoadError):
+class PolicyNotRead(PolicyLoadError):
     """A load whose only problems are parser processes that ended without their result.
 
     Nothing is known to be wrong with the files: at start, trying again may
@@ -159,5 +159,5 @@ async def load(reader: PolicyReader, parser: Parser) -> PolicySet:
         return await trio.to_thread.run_sync(reader.combine, files)
     except PolicyLoadError as exc:
         if died and {problem.path for problem in exc.problems} <= died:
-            raise ParsersDied(exc.problems) from None
+            raise PolicyNotRead(exc.problems) from None
         raise

@@ -142,11 +142,11 @@ async def test_a_load_whose_only_problem_is_a_dead_parser_says_so(tmp_path, monk
 
     (tmp_path / NAME).write_text(BIG)
     monkeypatch.setattr(parsing.trio, "run_process", killed)
-    with pytest.raises(parsing.ParsersDied) as died:
+    with pytest.raises(parsing.PolicyNotRead) as died:
         await load(PolicyReader(tmp_path), Parser(large=len(BIG) // 2))
     assert "the parser process was killed by SIGKILL" in str(died.value)
 
-    # beside a file that is wrong in itself, the load is the files' fault: not ParsersDied
+    # beside a file that is wrong in itself, the load is the files' fault: not PolicyNotRead
     (tmp_path / "10-bad.toml").write_text('[[suspension]]\ndomian = "x.example"\n')
     with pytest.raises(PolicyLoadError) as refused:
         await load(PolicyReader(tmp_path), Parser(large=len(BIG) // 2))
