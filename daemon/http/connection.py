@@ -20,9 +20,9 @@ while it reads a request, proven once a request from a known peer (its
 credentials, a token, a trusted address) has been dispatched. A
 broken request is answered with the error envelope and the connection
 closes. Every answered request is logged once with method, path (never the
-query), status, duration, peer and request id; the id is also bound as a
-structlog context variable while the request is read and answered, so
-every line logged meanwhile carries it.
+query), status, duration, peer and request id; the id is also set in
+``logs.REQUEST_ID`` while the request is read and answered, so every line
+logged meanwhile carries it.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import h11
 import structlog
 import trio
 
+from ..logs import REQUEST_ID, request_line
 from ..serving import Drain, Slot
 from .message import (
     NO_PARAMS,
@@ -221,12 +222,12 @@ class _Connection:
             self.request_id = new_request_id()
             self.head = None
             # the lines logged while this request is read and answered name it
-            bound = structlog.contextvars.bind_contextvars(request_id=self.request_id)
+            bound = REQUEST_ID.set(self.request_id)
             try:
                 if not await self._exchange():
                     return
             finally:
-                structlog.contextvars.reset_contextvars(**bound)
+                REQUEST_ID.reset(bound)
             if self.drain.draining:
                 return
             try:
@@ -340,14 +341,13 @@ class _Connection:
         return True
 
     def _log(self, request: Request, status: int, started: float) -> None:
-        log.info(
-            "request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            duration_ms=round((trio.current_time() - started) * 1000, 3),
-            peer=str(request.peer),  # a TCP request's token may name another than the connection's
-            request_id=request.request_id,
+        request_line(
+            request.method,
+            request.path,
+            status,
+            round((trio.current_time() - started) * 1000, 3),
+            request.peer.label,  # a TCP request's token may name another than the connection's
+            request.request_id,
         )
 
     async def _fail(self, status: int, code: str, message: str) -> None:

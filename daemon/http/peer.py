@@ -49,6 +49,11 @@ class Peer:
         return None if self.uid is None else user_name(self.uid)
 
     def __str__(self) -> str:
+        return self.label
+
+    @functools.cached_property
+    def label(self) -> str:
+        """How log lines name the peer: made once, as every request's line names it."""
         if self.uid is not None:
             return f"uid={self.uid}({self.user}) pid={self.pid}"
         if self.token is not None:

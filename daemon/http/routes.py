@@ -122,12 +122,7 @@ class Router:
                     403, "FORBIDDEN", f"{request.peer} may read but not change state"
                 )
             request.params = params
-            if route.change:
-                # the lines a change logs name the request that made it
-                with structlog.contextvars.bound_contextvars(request_id=request.request_id):
-                    response = await route.handler(request)
-            else:
-                response = await route.handler(request)
+            response = await route.handler(request)
         except Exception as exc:  # noqa: BLE001 - mapped in one place, re-raised if unknown
             style = route.style if route is not None else self._style_of(request.path)
             try:

@@ -14,6 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sluice.daemon.http.peer import Peer
+from sluice.daemon.logs import add_request_id
 from sluice.daemon.http.connection import Limits, serve_connection
 from sluice.daemon.http.message import Request, Response, parse_query
 from sluice.daemon.serving import Drain, Slots
@@ -262,7 +263,7 @@ async def test_a_read_routes_lines_carry_the_request_id_of_its_response(served, 
         return Response.json({})
 
     client = served(reading)
-    with structlog.testing.capture_logs([structlog.contextvars.merge_contextvars]) as logs:
+    with structlog.testing.capture_logs([add_request_id]) as logs:
         for _ in range(2):
             await client.send(get("/api/check/v1?queue=example.com"))
             status, headers, _ = await client.response()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from unittest import mock
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -11,7 +12,7 @@ import structlog
 import trio
 
 from sluice.daemon import logs
-from sluice.daemon.logs import LineOutput, Timestamp
+from sluice.daemon.logs import LineOutput
 
 
 class Recorder:
@@ -87,39 +88,42 @@ def test_pending_lines_are_written_when_the_run_fails():
 @pytest.mark.parametrize(
     "now", [1_800_000_000.0, 1_800_000_000.999999, 1_800_000_059.5, 1_798_761_599.25]
 )
-def test_timestamps_are_utc_iso_with_microseconds(now):
-    ours = Timestamp(clock=lambda: now)(None, "info", {})["timestamp"]
-    # what structlog's TimeStamper(fmt="iso", utc=True) writes for that instant
-    expected = datetime.fromtimestamp(now, timezone.utc).isoformat().replace("+00:00", "Z")
-    if "." not in expected:
-        expected = expected[:-1] + ".000000Z"
-    assert ours == expected
-    # a second later, in the same formatter, the date and time move on
-    stamp = Timestamp(clock=iter([now, now + 1]).__next__)
-    first, second = (stamp(None, "info", {})["timestamp"] for _ in range(2))
-    assert datetime.fromisoformat(second) - datetime.fromisoformat(first) == timedelta(seconds=1)
+def test_json_timestamps_are_what_structlogs_iso_utc_timestamper_writes(now):
+    instant = datetime.fromtimestamp(now, timezone.utc)
+    with mock.patch("sluice.daemon.logs.datetime") as clock:
+        clock.now.return_value = instant
+        ours = json.loads(logs._encode(logs.add_timestamp(None, "info", {})))["timestamp"]
+    # structlog.processors.TimeStamper(fmt="iso", utc=True) for that instant
+    assert ours == instant.isoformat().replace("+00:00", "Z")
+    assert datetime.fromisoformat(ours) == instant
 
 
 @pytest.fixture
 def configured():
     """``logs.configure`` for one test, then the configuration there was before it."""
-    before = structlog.get_config()
+    before = structlog.get_config(), logs.OUTPUT.request_lines, logs.OUTPUT.json_chain
     yield logs.configure
-    structlog.configure(**before)
+    structlog.configure(**before[0])
+    logs.OUTPUT.request_lines, logs.OUTPUT.json_chain = before[1:]
 
 
 def test_json_lines_are_compact_with_context_level_and_utc_time(configured, capsys):
     configured("json", "info")
     logger = structlog.get_logger("sluice.http")
     fields = dict(method="GET", path="/api/check/v1", status=200, duration_ms=0.25, peer="uid=0(root)")
-    with structlog.contextvars.bound_contextvars(node="mx1"):
+    answering = logs.REQUEST_ID.set("req_1")
+    try:
         logger.info("request", **fields)
-    (text,) = capsys.readouterr().out.splitlines()
+    finally:
+        logs.REQUEST_ID.reset(answering)
+    logger.info("reloaded")
+    text, outside = capsys.readouterr().out.splitlines()
     line = json.loads(text)
-    # the call's keys in order, the event, context variables, then level and time
-    assert list(line) == [*fields, "event", "node", "level", "timestamp"]
+    # the call's keys in order, the event, the request being answered, then level and time
+    assert list(line) == [*fields, "event", "request_id", "level", "timestamp"]
     assert text.startswith('{"method":"GET","path":"/api/check/v1","status":200,')
-    assert line["level"] == "info" and line["node"] == "mx1"
+    assert line["level"] == "info" and line["request_id"] == "req_1"
+    assert "request_id" not in json.loads(outside)
     stamp = datetime.fromisoformat(line["timestamp"])
     assert line["timestamp"].endswith("Z") and stamp.utcoffset() == timedelta(0)
     assert abs(datetime.now(timezone.utc) - stamp) < timedelta(minutes=1)
@@ -133,3 +137,33 @@ def test_lines_follow_the_level_and_the_console_format(configured, capsys):
     structlog.get_logger("b").info("request", status=200)
     line = capsys.readouterr().out
     assert "request" in line and "status" in line and "200" in line and not line.startswith("{")
+
+
+REQUEST = dict(
+    method="GET", path="/api/check/v1", status=200, duration_ms=0.125, peer="uid=0(root) pid=7",
+    request_id="req_0a1b2c3d00000001",
+)
+
+
+def test_a_request_line_is_the_line_structlog_writes_for_it(configured, capsys):
+    configured("json", "info")
+    logs.request_line(**REQUEST)
+    structlog.get_logger("sluice.http").info("request", **REQUEST)
+    ours, structlogs = (json.loads(text) for text in capsys.readouterr().out.splitlines())
+    assert list(ours) == list(structlogs) == [*REQUEST, "event", "level", "timestamp"]
+    assert ours.pop("timestamp") <= structlogs.pop("timestamp")
+    assert ours == structlogs == {**REQUEST, "event": "request", "level": "info"}
+
+
+def test_a_request_line_follows_the_level_the_console_and_structlogs_test_capture(configured, capsys):
+    configured("json", "warning")
+    logs.request_line(**REQUEST)
+    assert capsys.readouterr().out == ""
+    configured("console", "info")
+    logs.request_line(**REQUEST)
+    line = capsys.readouterr().out
+    assert "request" in line and "/api/check/v1" in line and "req_0a1b2c3d00000001" in line
+    assert not line.startswith("{")
+    with structlog.testing.capture_logs() as captured:
+        logs.request_line(**REQUEST)
+    assert captured == [{**REQUEST, "event": "request", "log_level": "info"}]
