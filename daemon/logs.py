@@ -151,7 +151,7 @@ def request_line(method: str, path: str, status: int, duration_ms: float, peer: 
         line = RequestLine(
             method, path, status, duration_ms, peer, request_id, "request", "info", datetime.now(timezone.utc)
         )
-        OUTPUT.msg(_encoder.encode(line).decode())
+        OUTPUT.msg(_encode(line))
     else:
         structlog.get_logger("sluice.http").info(
             "request", method=method, path=path, status=status, duration_ms=duration_ms, peer=peer,
