@@ -27,6 +27,8 @@ logged meanwhile carries it.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -101,12 +103,13 @@ class Deadlines:
     streaming  none: a stream ends with its source, or the shutdown grace
     """
 
-    __slots__ = ("scope", "reading", "first", "_limits", "_drain", "_timed")
+    __slots__ = ("scope", "reading", "first", "answered", "_limits", "_drain", "_timed")
 
     def __init__(self, limits: Limits, drain: Drain, opened: float) -> None:
         self.scope = trio.CancelScope(deadline=opened + limits.first_request_timeout)
         self.reading = False  # part of a request has arrived, not all of it
         self.first = True  # the first request's head is not whole yet
+        self.answered = opened  # when the last response was sent
         self._limits = limits
         self._drain = drain
         self._timed = False  # the request timeout is running
@@ -120,7 +123,7 @@ class Deadlines:
                 scope.deadline = trio.current_time() + self._limits.request_timeout
             return await stream.receive_some(RECEIVE_SIZE)
         if not self.first:
-            idle_until = trio.current_time() + self._limits.idle_timeout
+            idle_until = self.answered + self._limits.idle_timeout
             if idle_until - scope.deadline > 1.0:
                 scope.deadline = idle_until
         if self._drain.rest(scope):
@@ -218,44 +221,39 @@ class _Connection:
 
     async def _requests(self) -> None:
         """Read and answer requests until the connection should close."""
+        conn, slot = self.conn, self.slot
         while True:
             self.request_id = new_request_id()
             self.head = None
             # the lines logged while this request is read and answered name it
             bound = REQUEST_ID.set(self.request_id)
             try:
-                if not await self._exchange():
+                try:
+                    request = await self._read_request()
+                except h11.RemoteProtocolError as exc:
+                    self.failure = self._protocol_failure(exc)
                     return
+                except HttpError as exc:
+                    self.failure = (exc.status, exc.code, exc.message)
+                    return
+                if request is None:
+                    return
+                self.deadlines.answering()
+                if slot.proven:
+                    keep = await self._answer(request)
+                else:
+                    slot.waiting = False  # being answered: not to be evicted
+                    keep = await self._answer(request)
+                    if not slot.proven:
+                        slot.wait()
             finally:
                 REQUEST_ID.reset(bound)
-            if self.drain.draining:
+            if not keep or self.drain.draining:
                 return
             try:
-                self.conn.start_next_cycle()
+                conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return  # one side said Connection: close, or an HTTP/1.0 peer
-
-    async def _exchange(self) -> bool:
-        """Read one request and answer it; False if the connection ends with it."""
-        try:
-            request = await self._read_request()
-        except h11.RemoteProtocolError as exc:
-            self.failure = self._protocol_failure(exc)
-            return False
-        except HttpError as exc:
-            self.failure = (exc.status, exc.code, exc.message)
-            return False
-        if request is None:
-            return False
-        self.deadlines.answering()
-        slot = self.slot
-        if slot.proven:
-            return await self._answer(request)
-        slot.waiting = False  # being answered: not to be evicted
-        keep = await self._answer(request)
-        if not slot.proven:
-            slot.wait()
-        return keep
 
     def _timeout_message(self) -> str:
         if self.deadlines.first:
@@ -337,18 +335,21 @@ class _Connection:
                 return False
             await response.stream.aclose()  # HEAD: headers only, nothing subscribed
         await self.stream.send_all(_whole(self.conn, response, request.request_id, head_only))
-        self._log(request, response.status, started)
+        self.deadlines.answered = self._log(request, response.status, started)
         return True
 
-    def _log(self, request: Request, status: int, started: float) -> None:
+    def _log(self, request: Request, status: int, started: float) -> float:
+        """Log the answered ``request``; returns the time it was logged."""
+        now = trio.current_time()
         request_line(
             request.method,
             request.path,
             status,
-            round((trio.current_time() - started) * 1000, 3),
+            round((now - started) * 1000, 3),
             request.peer.label,  # a TCP request's token may name another than the connection's
             request.request_id,
         )
+        return now
 
     async def _fail(self, status: int, code: str, message: str) -> None:
         """Answer a broken request with the error envelope, then the connection closes."""
@@ -377,7 +378,7 @@ class _Connection:
 
 def _check_head_size(head: h11.Request, raw: list[tuple[bytes, bytes]], max_header: int) -> None:
     """431 for a head over ``max_header``: h11 caps only what is still incomplete."""
-    size = len(head.target) + sum(len(name) + len(value) + 4 for name, value in raw)
+    size = len(head.target) + sum(map(len, itertools.chain.from_iterable(raw))) + 4 * len(raw)
     if size > max_header:
         raise HttpError(431, "HEADERS_TOO_LARGE", f"request headers over {max_header} bytes")
 
@@ -397,11 +398,17 @@ def _body_limit(
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
+@functools.cache
+def _content_type(value: str) -> tuple[bytes, bytes]:
+    """The Content-Type header of ``value``: a route's constant, so there are few."""
+    return b"Content-Type", value.encode("latin-1")
+
+
 def _head(conn: h11.Connection, response: Response, request_id: str) -> bytes:
     """The status line and headers of ``response``, from h11."""
     headers = [(b"X-Request-Id", request_id.encode("ascii"))]
     if response.content_type and (response.body or response.stream is not None):
-        headers.append((b"Content-Type", response.content_type.encode("latin-1")))
+        headers.append(_content_type(response.content_type))
     headers.extend(response.headers)
     if response.stream is None:
         headers.append((b"Content-Length", b"%d" % len(response.body)))
