@@ -92,6 +92,11 @@ class Reloader:
             built = (await trio.to_thread.run_sync(_build_and_diff_in_list, old, policy)).pop()
             if self.current.snapshot is old:
                 return built
+            # This build goes. It holds an index of every entry: freed in
+            # one go, that too would hold the loop.
+            values, containers = _discarded_parts(built)
+            del built
+            await release(values, containers)
             old = self.current.snapshot
         return _build_and_diff(old, policy)
 
@@ -224,6 +229,14 @@ def _build_and_diff(old: Snapshot, policy: PolicySet) -> Built:
         values, containers = going.parts()
         values += changes
     return Built(old, new, changes, _summary(changes), values, containers)
+
+
+def _discarded_parts(built: Built) -> tuple[list[object], list[object]]:
+    """What freeing ``built``, a build that is not swapped in, frees (see ``release``)."""
+    if built.new is built.old:  # nothing changed: what it built was to be freed anyway
+        return built.values, built.containers
+    values, containers = built.new.parts()
+    return values + built.changes, containers
 
 
 def _summary(changes: list[Change]) -> dict[str, object]:

@@ -97,3 +97,58 @@ async def test_one_watcher_hands_each_tree_only_its_own_changes(tmp_path, monkey
     assert got_runtime == {("added", str(runtime / "queue-x.toml"))}
     with pytest.raises(RuntimeError, match="before the watcher runs"):
         watcher.tree(tmp_path / "late")
+
+
+async def test_a_build_overtaken_by_a_runtime_change_keeps_the_change_and_is_freed_a_part_at_a_time(
+    tmp_path, monkeypatch
+):
+    """A suspension created through the API while a reload builds is in the
+    reload's result; the build it overtook goes to ``release``, not all at once."""
+    from sluice.daemon import reload as reload_module
+    from sluice.daemon.current import Current
+    from sluice.daemon.events import Broadcaster
+    from sluice.daemon.parsing import Parser, load
+    from sluice.daemon.policy_dir import PolicyReader
+    from sluice.daemon.systemd import Notifier
+    from sluice.policy.model import Suspension
+    from sluice.policy.snapshot import Runtime, Snapshot
+
+    policy_dir = tmp_path / "policy.d"
+    policy_dir.mkdir()
+    (policy_dir / "a.toml").write_text('[[suspension]]\ndomain = "old.example"\nreason = "old"\n')
+    reader, parser = PolicyReader(policy_dir), Parser()
+    current = Current(Snapshot.build(await load(reader, parser)))
+    reloader = reload_module.Reloader(reader, current, Broadcaster(), Notifier(""), parser=parser)
+
+    created = Suspension(id="7d1f5a3e-0000-4000-8000-000000000001", reason="incident", domain="api.example")
+    real_build = reload_module._build_and_diff_in_list
+    overtaken = []
+
+    def build_while_the_api_writes(old, policy):
+        result = real_build(old, policy)
+        if not overtaken:  # the first build: an API write lands before it is done
+            overtaken.append(result[0].new)
+            snapshot = current.snapshot
+            current.swap(snapshot.with_runtime(Runtime(suspensions={created.id: created}),
+                                               snapshot.generation + 1, put=[created]))
+        return result
+
+    released = []
+    real_release = reload_module.release
+
+    async def recording_release(values, containers):
+        released.append([id(c) for c in containers])
+        await real_release(values, containers)
+
+    monkeypatch.setattr(reload_module, "_build_and_diff_in_list", build_while_the_api_writes)
+    monkeypatch.setattr(reload_module, "release", recording_release)
+    (policy_dir / "a.toml").write_text('[[suspension]]\ndomain = "new.example"\nreason = "new"\n')
+    result = await reloader.reload("test")
+
+    assert result.ok
+    now = 0.0
+    assert not current.snapshot.decide("x@api.example", now).deliver  # the API's change is kept
+    assert not current.snapshot.decide("x@new.example", now).deliver  # and the file's
+    assert current.snapshot.decide("x@old.example", now).deliver
+    # the overtaken build's index went to release, a part at a time
+    assert any(id(overtaken[0].suspensions.files) in ids for ids in released)
