@@ -21,6 +21,7 @@ policy files only); ``parse_runtime`` reads it.
 
 from __future__ import annotations
 
+import collections
 import difflib
 import functools
 import re
@@ -384,7 +385,7 @@ def parse_policy_part(text: str, name: str, part: int, parts: int) -> ParsedFile
     """The entries of the ``part``-th of ``parts`` pieces of a policy file, or None.
 
     A large file of ``[[kind]]`` tables is cut at table headers into
-    ``parts`` pieces of about as many tables, so that several processes can
+    ``parts`` pieces of about as many bytes, so that several processes can
     parse one file: ``join_parts`` of every part's result is what
     ``parse_policy`` gives for the whole text, lines, indexes and ids
     included. None when the file is not one to read in pieces (too few
@@ -394,16 +395,16 @@ def parse_policy_part(text: str, name: str, part: int, parts: int) -> ParsedFile
     """
     if _too_large(text, name) is not None:
         return None
-    starts = [m.start() for m in _ARRAY_HEADER.finditer(text)]
-    if len(starts) < parts * CHUNK_TABLES or _MEANINGFUL.search(text, 0, starts[0]):
+    # the lines that start with "[[" (_ARRAY_HEADER's matches), counted and
+    # found without a pass of Python over the text: every part's process makes these cuts
+    if text.count("\n[[") + text.startswith("[[") < parts * CHUNK_TABLES:
         return None
-    cuts = [0, *(starts[len(starts) * k // parts] for k in range(1, parts)), len(text)]
+    if _MEANINGFUL.search(text, 0, _array_header_from(text, 0)):
+        return None
+    cuts = [0, *(_array_header_from(text, len(text) * k // parts) for k in range(1, parts)), len(text)]
     begin, end = cuts[part], cuts[part + 1]
-    above = SourceLines(text[:begin]) if begin else None
     lines = SourceLines(
-        text[begin:end],
-        first_line=text.count("\n", 0, begin) + 1,
-        before={kind: len(found) for kind, found in above.headers.items()} if above else None,
+        text[begin:end], first_line=text.count("\n", 0, begin) + 1, before=_tables_above(text, begin)
     )
     with collector_paused():
         doc, problem = _decode(lines.text, name)
@@ -411,6 +412,21 @@ def parse_policy_part(text: str, name: str, part: int, parts: int) -> ParsedFile
             return None
         parsed = _build(doc, lines, name, "file")
     return None if parsed.problems else parsed
+
+
+def _array_header_from(text: str, pos: int) -> int:
+    """Where the first line starting with ``[[`` at or after ``pos`` starts (the text's end if none)."""
+    if pos == 0 and text.startswith("[["):
+        return 0
+    found = text.find("\n[[", max(pos - 1, 0))
+    return found + 1 if found >= 0 else len(text)
+
+
+def _tables_above(text: str, end: int) -> dict[str, int]:
+    """How many ``[[kind]]`` tables of each kind ``text`` has before ``end``."""
+    counts = collections.Counter(_HEADERS.findall(text, 0, end))
+    counts.pop("", None)  # a plain [table]
+    return dict(counts)
 
 
 def join_parts(parts: Sequence[ParsedFile]) -> ParsedFile:

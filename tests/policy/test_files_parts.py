@@ -62,3 +62,13 @@ def test_a_file_not_to_read_in_pieces_is_left_to_the_whole_parse(why, text):
     """None from any part: the daemon then parses the file whole, and reports its problems as always."""
     _, pieces = whole_and_parts(text, 2)
     assert None in pieces, why
+
+
+def test_a_part_with_no_table_of_its_own_still_joins_into_the_whole_file():
+    """Parts are cut by size: a long comment can hold two cuts, leaving a part empty."""
+    comment = "".join(f"# line {i} of a long note\n" for i in range(40_000))
+    text = tables(2 * CHUNK_TABLES) + comment + tables(4 * CHUNK_TABLES, 10_000)
+    whole, pieces = whole_and_parts(text, 4)
+    assert whole.ok and all(p is not None for p in pieces)
+    assert any(not p.suspensions and not p.queues and not p.endpoints for p in pieces)
+    assert join_parts(pieces) == whole
