@@ -17,6 +17,19 @@
     ctl          sluicectl
 """
 
-from importlib.metadata import version
+import functools
 
-__version__ = version("sluice")  # one source: pyproject.toml
+
+@functools.cache
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("sluice")  # one source: pyproject.toml
+
+
+def __getattr__(name: str) -> str:
+    # ``__version__`` looked up when asked for: importing importlib.metadata and
+    # finding the distribution takes 30 ms that a policy parser process never needs
+    if name == "__version__":
+        return _version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
