@@ -1,5 +1,7 @@
 """A large policy file read in pieces is the file read whole: entries, lines, indexes, ids."""
 
+from datetime import timezone
+
 import pytest
 
 from sluice.policy.files import CHUNK_TABLES, join_parts, parse_policy, parse_policy_part
@@ -43,6 +45,9 @@ def test_the_parts_joined_are_the_whole_file(parts, lead):
     assert joined == whole
     assert [s.source for s in joined.suspensions] == [s.source for s in whole.suspensions]
     assert [q.source for q in joined.queues][-1] == whole.queues[-1].source
+    # a piece's parser gives offset date-times its own tzinfo class; entries hold UTC as the whole parse does
+    expiring = [s for s in joined.suspensions if s.expires is not None]
+    assert expiring and all(s.expires.tzinfo is timezone.utc for s in expiring)
 
 
 @pytest.mark.parametrize(
@@ -53,6 +58,9 @@ def test_the_parts_joined_are_the_whole_file(parts, lead):
         ("a plain table", tables(2 * CHUNK_TABLES) + '[settings]\nx = 1\n' + tables(2 * CHUNK_TABLES, 10_000)),
         ("a problem in an entry", tables(4 * CHUNK_TABLES) + '[[suspension]]\ndomian = "x.example"\nreason = "r"\n'),
         ("a syntax error", tables(4 * CHUNK_TABLES) + "[[suspension]\n"),
+        ("a byte-order mark, which rtoml reads and tomli refuses", "\ufeff" + tables(4 * CHUNK_TABLES)),
+        ("a number tomli reads and rtoml refuses", tables(4 * CHUNK_TABLES) + "[[queue]]\nname = \"q@x.example\"\n"
+         "paused = true\nparallelism = 1e400\n"),
         ("a table header inside a multi-line string",
          tables(CHUNK_TABLES - 1) + '[[suspension]]\ndomain = "s.example"\nreason = """\n[[suspension]]\n"""\n'
          + tables(CHUNK_TABLES + 10, 10_000)),
