@@ -23,7 +23,10 @@ The suspensions are decide.py's mixed shapes (``make_rules``/``to_toml``).
     and a no-op reload (POST with nothing changed). Beside each, the reload
     time the daemon logs itself (``reload_applied`` duration_ms, and of it
     read_ms, reading and parsing the files, and build_ms, indexing and
-    diffing). Target: at most 1.5 s.
+    diffing). Beside it, tomllib.loads of the same file alone in the bench's
+    process (two runs before the episodes, one after, the best kept), as
+    DESIGN.md asks. Target: at most 1.5 s where tomllib takes 1.1 s, judged
+    as that ratio (1.36x) of this run's tomllib time, since machines differ.
 (b) The worst event-loop stall during each episode, measured two ways:
       outside  a client process hammers ``GET /api/check/v1?queue=`` over one
                keep-alive connection (one request at a time) throughout; the
@@ -71,6 +74,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,6 +87,10 @@ from benchlib import (
 WATCHDOG_USEC = 10_000  # the daemon pings every 5 ms
 PING = WATCHDOG_USEC / 2e6
 PROBE_QUEUE = "probe@stall.example"
+# DESIGN.md section 9: a changed 100,000-suspension file reloads in at most
+# 1.5 s where tomllib alone parses it in about 1.1 s
+RELOAD_TARGET = 1.5
+TOMLLIB_REFERENCE = 1.1
 
 
 # -- the outside probe (its own process) ------------------------------------------
@@ -368,6 +376,13 @@ def durable_write_seconds(directory: Path, count: int = 50) -> float:
     return statistics.median(times)
 
 
+def tomllib_seconds(text: str) -> float:
+    """tomllib.loads of ``text`` alone, as DESIGN.md's reload figure is set against."""
+    t = time.perf_counter()
+    tomllib.loads(text)
+    return time.perf_counter() - t
+
+
 def import_seconds() -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import sluice.daemon.main"], cwd=ROOT, check=True)
@@ -454,7 +469,11 @@ def main(argv: list[str] | None = None) -> int:
         reloading.write_policy("50-bulk.toml", texts[0])
         reloading.notify.wait_for("RELOADING=1", mark)
         quiet(reloading)
+        tomllib_times = [tomllib_seconds(texts[1]), tomllib_seconds(texts[0])]
         result = part_reload(reloading, texts, kinds, n)
+        tomllib_times.append(tomllib_seconds(texts[1]))
+        tomllib_best = min(tomllib_times)
+        reload_target = RELOAD_TARGET * tomllib_best / TOMLLIB_REFERENCE
 
         # -- (c) save-to-effect, example policy vs with the 100,000 file -----------------
         print("measuring (c) save-to-effect", flush=True)
@@ -469,26 +488,33 @@ def main(argv: list[str] | None = None) -> int:
         # -- report -----------------------------------------------------------------------
         print()
         print(f"(a)+(b) Reloading a {n:,}-suspension policy file in the running daemon "
-              f"({result['probe_requests']:,} probe requests in all)")
+              f"({result['probe_requests']:,} probe requests in all); tomllib.loads of the same "
+              f"file alone in this process: {tomllib_best:.2f} s (best of "
+              f"{', '.join(f'{t:.2f}' for t in tomllib_times)} s, two before and one after)")
         rows = []
         for e in result["episodes"]:
             rows.append([
                 e["kind"], ms(e["reload"], 0),
                 "/".join(_logged(d) for d in e["logged"]) if e["logged"] else "-",
-                "<= 1.5 s" if e["kind"] != "no-op" else "",
-                verdict(e["reload"] <= 1.5) if e["kind"] != "no-op" else "",
+                f"{e['reload'] / tomllib_best:.2f}x" if e["kind"] != "no-op" else "",
+                f"<= {RELOAD_TARGET / TOMLLIB_REFERENCE:.2f}x ({reload_target:.2f} s)" if e["kind"] != "no-op" else "",
+                verdict(e["reload"] <= reload_target) if e["kind"] != "no-op" else "",
                 ms(e["outside"], 0), ms(e["outside_p99"], 0),
                 f"{e['outside_rate']:,.0f}/s vs {e['quiet_rate']:,.0f}/s",
                 ms(e["inside"], 0), ms(e["quiet_max"], 1) + " / " + ms(e["inside_quiet"], 1),
                 verdict(max(e["outside"], e["inside"]) <= 0.020),
             ])
-        print(table(["trigger", "reload", "daemon logs", "target", "verdict", "worst (outside)",
-                     "p99", "probe rate (quiet)", "worst (inside)", "quiet: outside / inside",
-                     "stall <= 20 ms"], rows, "<>><<>>>>><"))
+        print(table(["trigger", "reload", "daemon logs", "vs tomllib", "target", "verdict",
+                     "worst (outside)", "p99", "probe rate (quiet)", "worst (inside)",
+                     "quiet: outside / inside", "stall <= 20 ms"], rows, "<>>><<>>>>><"))
         print(wrap(
             "reload: save = rename until a probe answer carries the new generation; POST = the "
             "reload call's round trip; SIGHUP = signal until READY=1; no-op = POST reload with "
-            "nothing changed. daemon logs: duration_ms of each reload_applied in the episode "
+            "nothing changed. vs tomllib: the reload's time over tomllib.loads of the file "
+            "alone (pure Python, one core, the probe stopped): DESIGN.md's 1.5 s is set "
+            f"where tomllib takes {TOMLLIB_REFERENCE} s, so the target here is that ratio, "
+            f"{RELOAD_TARGET / TOMLLIB_REFERENCE:.2f}x, of this run's tomllib time. "
+            "daemon logs: duration_ms of each reload_applied in the episode "
             "(the watcher's follow-up reload after POST/SIGHUP is the second), and of the first "
             "its read_ms (reading, parsing in child processes, checking) and build_ms (index "
             "and diff); freeing the old policy comes after, before READY=1. worst (outside): "

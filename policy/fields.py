@@ -446,6 +446,11 @@ def _file_suspension_fast(data: dict, file_name: str, source: str) -> Suspension
         return None
     expires = data.get("expires")
     if expires is not None:
+        if type(expires) is str:  # an RFC 3339 string, as the reader's moment() takes it
+            try:
+                expires = datetime.fromisoformat(expires.strip())
+            except ValueError:
+                return None
         if type(expires) is not datetime or expires.tzinfo is None:
             return None
         expires = expires.astimezone(timezone.utc)

@@ -19,6 +19,10 @@ moments = st.one_of(
     st.just(datetime(2030, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))),
     st.just(datetime(2030, 1, 1)),
     st.just("2030-01-01T00:00:00Z"),
+    st.just(" 2030-01-01T12:00:00+02:00 "),
+    st.just("2030-01-01T00:00:00"),
+    st.just("2030-01-01"),
+    st.just("soon"),
 )
 keys = st.sampled_from(
     ["campaign", "tenant", "domain", "queue_names", "everything", "reason", "expires", "id", "domian"]
@@ -63,6 +67,7 @@ def test_fast_path_takes_the_common_shapes():
         {"tenant": "acme", "campaign": "news", "reason": "r"},
         {"queue_names": ["a@b.example"], "reason": "r"},
         {"everything": True, "reason": "r"},
+        {"domain": "mail.example", "reason": "r", "expires": "2030-01-01T12:00:00+02:00"},
     ):
         fast = _file_suspension_fast(table, "a.toml", "a.toml:1")
         assert fast is not None and fast == slow(table)
