@@ -6,12 +6,14 @@ and holds in ``automation.py``, reloads through the events listener); gauges of 
 scrape time, so they can never drift from it. The two counters bumped on
 every request are plain integers in the event loop's thread, turned into
 counter families at scrape time: a prometheus_client child takes a lock per
-bump, which a request can do without. The Postfix server bumps its
-``DecisionCounts`` itself, an attribute per request rather than a call.
+bump, which a request can do without. The Postfix server's connections,
+each in a thread of its own, count their decisions through
+``DecisionCounts.count``, under its lock.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -60,13 +62,26 @@ class _PolicyCollector(Collector):
 
 
 class DecisionCounts:
-    """The decisions made in one place: two plain integers, read at scrape time."""
+    """The decisions made in one place: two plain integers, read at scrape time.
 
-    __slots__ = ("deliver", "hold")
+    The event loop adds to its own counts directly; the policy service's
+    connections, each in a thread of its own, through ``count``.
+    """
+
+    __slots__ = ("deliver", "hold", "_lock")
 
     def __init__(self) -> None:
         self.deliver = 0
         self.hold = 0
+        self._lock = threading.Lock()
+
+    def count(self, *, deliver: bool) -> None:
+        """One decision, counted from any thread."""
+        with self._lock:
+            if deliver:
+                self.deliver += 1
+            else:
+                self.hold += 1
 
 
 class _HotCounters(Collector):

@@ -6,10 +6,17 @@ Postfix's smtpd writes a request, ``name=value`` lines ended by an empty
 line, reads one ``action=...`` line and an empty line back, and keeps the
 connection for its next request. ``RequestReader`` is that protocol without
 any I/O, as h11's ``Connection`` is for HTTP: bytes in, complete requests
-out, or the reason a request is malformed. ``serve_postfix_connection`` is
-the trio shell: it reads whatever has arrived, answers every complete request
-in it with one write (pipelined requests are answered in order), and waits
-for more.
+out, or the reason a request is malformed. Each connection is served by a
+worker thread of its own (``Connection``), with blocking reads and writes:
+it reads whatever has arrived, answers every complete request in it with one
+write (pipelined requests are answered in order), and waits for more. The
+event loop accepts, caps and evicts connections as for HTTP
+(``serving.py``) and hands each admitted one to its thread
+(``serve_postfix_connection``); it stops a thread through its socket, by
+shutting down its reading side. smtpd keeps one request in flight per
+connection and a connection mostly waits, so the kernel waking a thread
+costs a third of what a pass of the event loop per request did, and Postfix,
+on the same CPUs, keeps the rest (docs/performance.md).
 
 The question asked of the policy: the recipient's domain (after its last
 ``@``) is the queue's domain, the configured attribute (``sasl_username`` by
@@ -41,10 +48,12 @@ Invariants:
   ``smtpd_policy_service_max_idle`` (300 s), so Postfix is the side that
   closes an idle connection and never writes into one being closed. A client
   that stops reading its answers is dropped when the idle timeout runs out;
-- at shutdown a connection is closed at once unless it holds requests already
-  read, which are answered first. (The whole connection runs in one cancel
-  scope registered with the drain, and answers read when it is cancelled are
-  sent under a shield, for at most ``CLOSING_SEND_TIMEOUT``.)
+- at shutdown a connection is closed at once unless requests have arrived on
+  it, which are answered first. (The whole connection runs in one cancel
+  scope registered with the drain; cancelled, it shuts down the socket's
+  reading side, so the thread reads what has arrived, answers it and ends,
+  and after ``CLOSING_SEND_TIMEOUT`` a write still waiting is cut off.)
+  Eviction stops a connection the same way.
 - the connection's ``serving.Slot`` is waiting whenever it waits for bytes,
   since its last answer: smtpd keeps a connection open between mails, so
   when the socket is full the one idle longest gives way (Postfix asks again
@@ -55,6 +64,7 @@ Invariants:
 from __future__ import annotations
 
 import socket
+import struct
 import time
 import unicodedata
 from collections.abc import Callable
@@ -320,13 +330,18 @@ class Remembered:
     """
 
     def __init__(self) -> None:
-        self.snapshot: Snapshot | None = None
-        self.requests: set[PolicyRequest] = set()
+        # The snapshot and its requests, replaced together in one assignment:
+        # connections' threads share them, and a request answered under one
+        # snapshot must never be remembered under the next.
+        self.under: tuple[Snapshot | None, set[PolicyRequest]] = (None, set())
 
-    def forget_all(self, snapshot: Snapshot) -> None:
-        """Start over under ``snapshot``."""
-        self.snapshot = snapshot
-        self.requests = set()
+    def requests(self, snapshot: Snapshot) -> set[PolicyRequest]:
+        """The requests answered ``DUNNO`` under ``snapshot``: to look up, and to add to."""
+        under, requests = self.under
+        if under is not snapshot or len(requests) >= MAX_REMEMBERED:
+            requests = set()
+            self.under = (snapshot, requests)
+        return requests
 
 
 class Answerer:
@@ -354,11 +369,9 @@ class Answerer:
 
     def answer(self, snapshot: Snapshot, request: PolicyRequest, now: float) -> bytes:
         """The ``action=...`` answer, with its ending empty line."""
-        remembered = self._remembered
-        if snapshot is not remembered.snapshot or len(remembered.requests) >= MAX_REMEMBERED:
-            remembered.forget_all(snapshot)
-        elif request in remembered.requests:
-            self._counts.deliver += 1
+        remembered = self._remembered.requests(snapshot)
+        if request in remembered:
+            self._counts.count(deliver=True)
             return DUNNO
         queue, unusable = queue_for(request, self._strip_realm)
         if unusable is not None and not self._warned:
@@ -371,11 +384,11 @@ class Answerer:
             return DUNNO
         decision = snapshot.decide(queue.name, now)
         if not decision.deliver:
-            self._counts.hold += 1
+            self._counts.count(deliver=False)
             return (self._prefix + reason_text(decision.holds[0]) + "\n\n").encode()
-        self._counts.deliver += 1
+        self._counts.count(deliver=True)
         if unusable is None:  # else each connection that sends it is to say so, once
-            remembered.requests.add(request)
+            remembered.add(request)
         return DUNNO
 
 
@@ -385,7 +398,7 @@ def malformed_answer(what: str) -> bytes:
 
 
 async def serve_postfix_connection(
-    stream: trio.abc.Stream,
+    stream: trio.SocketStream,
     current: Current,
     config: PostfixConfig,
     clock: Callable[[], float] = time.time,
@@ -393,79 +406,155 @@ async def serve_postfix_connection(
     remembered: Remembered | None = None,
     counts: DecisionCounts | None = None,
     slot: Slot | None = None,
+    threads: trio.CapacityLimiter | None = None,
 ) -> None:
     """Answer policy requests on ``stream`` until the client closes or misbehaves.
 
-    Never raises for anything the client does; the stream is closed on return.
-    ``remembered`` is shared by the service's connections; ``counts`` counts
-    each decision made; ``slot`` is the connection's place in its service.
+    A worker thread of its own, taken from ``threads``, serves the
+    connection (``Connection``). Never raises for anything the client does;
+    the socket is closed on return. ``remembered`` is shared by the
+    service's connections; ``counts`` counts each decision made; ``slot`` is
+    the connection's place in its service. Shutdown (``drain``) and eviction
+    (the slot's scope) stop the thread through its socket.
     """
     drain = drain if drain is not None else Drain()
     slot = slot if slot is not None else Slot()
-    reader = RequestReader(config.tenant_attribute)
-    answerer = Answerer(config, remembered, counts)
-    last_words = b""  # sent after the loop: answers not yet sent, or a refusal
+    # The thread owns the socket from here on: trio never waits on it.
+    sock = socket.socket(fileno=stream.socket.detach())
+    sock.setblocking(True)  # trio made it non-blocking
+    conn = Connection(sock, current, config, clock, remembered, counts, slot)
+    finished = trio.Event()
     try:
-        # One cancel scope for the connection's whole life: a scope per
-        # request costs more than answering it. Its deadline is the idle or
-        # the request timeout, and shutdown cancels it.
-        trio_clock = trio.lowlevel.current_clock()  # what trio.current_time() asks, asked directly
-        with drain.idle() as scope:
-            scope.deadline = trio_clock.current_time() + IDLE_TIMEOUT
-            request_deadline: float | None = None
-            while True:
-                if request_deadline is None:
-                    slot.since = trio_clock.current_time()  # idle from now
-                    idle_deadline = slot.since + IDLE_TIMEOUT
-                    if idle_deadline - scope.deadline > 1.0:  # moved at most once a second
-                        scope.deadline = idle_deadline
-                slot.waiting = True
-                data = await stream.receive_some(RECEIVE_SIZE)
-                slot.waiting = False
-                if not data:
-                    return
-                requests, error = reader.feed(data)
-                out = b""
-                if requests:
-                    snapshot = current.snapshot
-                    now = clock()
-                    try:
-                        out = b"".join([answerer.answer(snapshot, r, now) for r in requests])
-                    except Exception:
-                        # A bug must cost one connection a temporary failure, never the daemon.
-                        log.exception("postfix_internal_error")
-                        last_words = INTERNAL_ERROR
-                        break
-                if error is not None:
-                    log.info("postfix_malformed_request", what=error.what)
-                    last_words = out + malformed_answer(error.what)
-                    break
-                if scope.cancel_called or slot.scope.cancel_called:
-                    # Shutdown (or a timeout, or eviction) came as these
-                    # requests did: they were read, so they are answered.
-                    last_words = out
-                    break
-                if out:
-                    await stream.send_all(out)
-                if not reader.pending:
-                    request_deadline = None
-                elif request_deadline is None or requests:
-                    request_deadline = trio_clock.current_time() + REQUEST_TIMEOUT
-                    scope.deadline = request_deadline
-        if scope.cancelled_caught and reader.pending and not drain.draining:
-            what = f"request not complete within {REQUEST_TIMEOUT:g} s"
-            log.info("postfix_malformed_request", what=what)
-            last_words = malformed_answer(what)
-        if last_words:
-            with trio.move_on_after(CLOSING_SEND_TIMEOUT) as closing:
-                closing.shield = True
-                await stream.send_all(last_words)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return
+        with drain.idle():  # shutdown cancels it at once
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_when_cancelled, conn, finished)
+                try:
+                    # not abandoned on cancel: the thread ends with its socket, and this waits for it
+                    await trio.to_thread.run_sync(conn.serve, limiter=threads or trio.CapacityLimiter(1))
+                finally:
+                    finished.set()
+                    nursery.cancel_scope.cancel()
     finally:
-        with trio.move_on_after(1) as cleanup:
-            cleanup.shield = True
-            await stream.aclose()
+        sock.close()
+
+
+async def _stop_when_cancelled(conn: Connection, finished: trio.Event) -> None:
+    """Once the connection is cancelled (shutdown, eviction): stop its thread."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        if not finished.is_set():
+            # Nothing more is read: what has arrived is answered, then the
+            # thread ends. One still writing to a client that does not read
+            # is cut off.
+            conn.shutdown(socket.SHUT_RD)
+            with trio.move_on_after(CLOSING_SEND_TIMEOUT) as grace:
+                grace.shield = True
+                await finished.wait()
+            conn.shutdown(socket.SHUT_RDWR)
+
+
+class Connection:
+    """One policy connection as its worker thread serves it, with blocking reads and writes.
+
+    smtpd sends one request at a time and waits for its answer, so a policy
+    connection mostly waits. A thread blocked in ``recv`` is woken by the
+    kernel alone, where an event loop spends a pass of its own on each
+    request: two to three times the CPU (docs/performance.md). The time
+    limits are the socket's own (``SO_RCVTIMEO``, ``SO_SNDTIMEO``), so each
+    read and each write is one system call.
+
+    The thread touches its socket, its slot's ``waiting`` and ``since``,
+    the shared ``Remembered`` and ``DecisionCounts`` (each safe to share
+    between threads), and the snapshot in force, which is immutable.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        current: Current,
+        config: PostfixConfig,
+        clock: Callable[[], float],
+        remembered: Remembered | None,
+        counts: DecisionCounts | None,
+        slot: Slot,
+    ) -> None:
+        self.sock = sock
+        self.current = current
+        self.clock = clock
+        self.reader = RequestReader(config.tenant_attribute)
+        self.answerer = Answerer(config, remembered, counts)
+        self.slot = slot
+        self.trio_clock = trio.lowlevel.current_clock()  # the slots' clock, read from the thread
+
+    def shutdown(self, how: int) -> None:
+        try:
+            self.sock.shutdown(how)
+        except OSError:
+            pass  # closed already, or the peer is gone
+
+    def serve(self) -> None:
+        """Read, answer, repeat; then the last words: answers read, or a refusal."""
+        try:
+            last_words = self._serve()
+            if last_words:
+                _time_limits(self.sock, receive=IDLE_TIMEOUT, send=CLOSING_SEND_TIMEOUT)
+                self.sock.sendall(last_words)
+        except OSError:  # reset, broken pipe, a write timed out: the client is gone
+            pass
+
+    def _serve(self) -> bytes:
+        sock, reader, slot = self.sock, self.reader, self.slot
+        # a client that stops reading its answers is dropped after the idle timeout too
+        _time_limits(sock, receive=IDLE_TIMEOUT, send=IDLE_TIMEOUT)
+        request_deadline: float | None = None
+        while True:
+            if request_deadline is None:
+                slot.since = self.trio_clock.current_time()  # idle from now
+            slot.waiting = True
+            try:
+                data = sock.recv(RECEIVE_SIZE)
+            except BlockingIOError:  # SO_RCVTIMEO ran out
+                if reader.pending:
+                    what = f"request not complete within {REQUEST_TIMEOUT:g} s"
+                    log.info("postfix_malformed_request", what=what)
+                    return malformed_answer(what)
+                return b""
+            slot.waiting = False
+            if not data:
+                return b""
+            requests, error = reader.feed(data)
+            out = b""
+            if requests:
+                snapshot = self.current.snapshot
+                now = self.clock()
+                try:
+                    out = b"".join([self.answerer.answer(snapshot, r, now) for r in requests])
+                except Exception:
+                    # A bug must cost one connection a temporary failure, never the daemon.
+                    log.exception("postfix_internal_error")
+                    return INTERNAL_ERROR
+            if error is not None:
+                log.info("postfix_malformed_request", what=error.what)
+                return out + malformed_answer(error.what)
+            if out:
+                sock.sendall(out)
+            if not reader.pending:
+                if request_deadline is not None:
+                    request_deadline = None
+                    _time_limits(sock, receive=IDLE_TIMEOUT, send=IDLE_TIMEOUT)
+            elif request_deadline is None or requests:
+                # a partial request: it has REQUEST_TIMEOUT from its first byte to be whole
+                request_deadline = time.monotonic() + REQUEST_TIMEOUT
+            if request_deadline is not None:
+                _time_limits(sock, receive=request_deadline - time.monotonic(), send=IDLE_TIMEOUT)
+
+
+def _time_limits(sock: socket.socket, *, receive: float, send: float) -> None:
+    """How long one blocking read and one blocking write may wait (then they fail with EAGAIN)."""
+    for option, seconds in ((socket.SO_RCVTIMEO, receive), (socket.SO_SNDTIMEO, send)):
+        usec = max(round(seconds * 1e6), 1)  # 0 would mean no limit at all
+        sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", usec // 1_000_000, usec % 1_000_000))
 
 
 async def refuse_postfix(stream: trio.abc.Stream) -> None:
@@ -497,9 +586,12 @@ def postfix_service(
     drain = Drain()
     remembered = Remembered()
     slots = Slots("postfix", config.max_connections, config.max_connections_per_peer)
+    threads = trio.CapacityLimiter(config.max_connections)  # a thread for each connection
 
     async def handle(stream: trio.abc.Stream, slot: Slot) -> None:
-        await serve_postfix_connection(stream, current, config, clock, drain, remembered, counts, slot)
+        await serve_postfix_connection(
+            stream, current, config, clock, drain, remembered, counts, slot, threads
+        )
 
     return Service(handle, refuse_postfix, slots, drain)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import textwrap
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ import structlog
 import trio
 import trio.testing
 
+from sluice.daemon import postfix
 from sluice.daemon.config import PostfixConfig
 from sluice.daemon.current import Current
 from sluice.daemon.metrics import DecisionCounts
@@ -19,7 +21,6 @@ from sluice.daemon.serving import Drain, Service, Slot, Slots
 from sluice.daemon.postfix import (
     IDLE_TIMEOUT,
     MAX_REASON,
-    REQUEST_TIMEOUT,
     Remembered,
     RequestReader,
     bind_loopback,
@@ -109,8 +110,14 @@ def request(**attrs: str) -> bytes:
     return "".join(f"{k}={v}\n" for k, v in base.items()).encode() + b"\n"
 
 
+async def socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Two connected ends of a unix socket: the client's, and the one to serve."""
+    ours, theirs = trio.socket.socketpair()
+    return trio.SocketStream(ours), trio.SocketStream(theirs)
+
+
 class Client:
-    """The client end of an in-memory connection served by serve_postfix_connection."""
+    """The client end of a connection served by serve_postfix_connection."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
@@ -145,7 +152,7 @@ async def serve(nursery):
     """Start a served connection; returns a Client. Keyword arguments configure it."""
 
     async def start(cur: Current | None = None, drain: Drain | None = None, **config) -> Client:
-        ours, theirs = trio.testing.memory_stream_pair()
+        ours, theirs = await socket_pair()
         nursery.start_soon(
             serve_postfix_connection,
             theirs,
@@ -275,7 +282,7 @@ async def test_a_new_hold_applies_at_once_to_a_queue_answered_dunno_before(serve
 async def test_a_hold_ends_when_it_expires_on_a_long_connection(nursery):
     """Held answers are worked out each time, so an expiry takes effect without a new snapshot."""
     now = [NOW]
-    ours, theirs = trio.testing.memory_stream_pair()
+    ours, theirs = await socket_pair()
     policy = '[[suspension]]\ndomain = "soon.example"\nreason = "short hold"\nexpires = 2027-01-15T09:00:00Z\n'
     nursery.start_soon(serve_postfix_connection, theirs, current(policy), PostfixConfig(), lambda: now[0], None)
     client = Client(ours)
@@ -370,49 +377,66 @@ async def test_exactly_100_attributes_and_an_8_KiB_line_are_allowed(serve):
     assert await client.answer(data) == (DEFER + "Blocked for now").encode()
 
 
-async def test_idle_connection_is_closed_after_the_idle_timeout(serve, autojump_clock):
-    """Postfix closes idle policy connections after 300 s; sluice waits longer."""
-    client = await serve()
-    assert await client.answer(request()) == b"action=DUNNO"
-    start = trio.current_time()
-    with trio.move_on_after(300):
-        await client.closed()
-        pytest.fail("closed before Postfix's own idle limit")
-    assert await client.closed()
-    assert trio.current_time() - start == pytest.approx(IDLE_TIMEOUT)
+def test_the_idle_timeout_outlasts_postfix_s_own():
+    """Postfix closes idle policy connections after 300 s (smtpd_policy_service_max_idle): it is
+    the side that closes, and never writes into a connection sluice is closing."""
     assert IDLE_TIMEOUT > 300
 
 
-async def test_request_not_complete_in_time_is_refused(serve, autojump_clock):
+# The connection's thread keeps its time limits on its socket, in real time:
+# these tests make them short.
+@pytest.fixture
+def short_limits(monkeypatch):
+    monkeypatch.setattr(postfix, "IDLE_TIMEOUT", 0.5)
+    monkeypatch.setattr(postfix, "REQUEST_TIMEOUT", 0.8)
+
+
+async def test_idle_connection_is_closed_after_the_idle_timeout(serve, short_limits):
+    client = await serve()
+    assert await client.answer(request()) == b"action=DUNNO"
+    start = time.monotonic()
+    assert await client.closed()
+    assert 0.45 <= time.monotonic() - start < 2.0
+
+
+async def test_request_not_complete_in_time_is_refused(serve, short_limits):
     client = await serve()
     await client.send(b"request=smtpd_access_policy\nrecipient=u@exa")
-    start = trio.current_time()
-    assert await client.answers(1) == [
-        (MALFORMED + f"request not complete within {REQUEST_TIMEOUT:g} s").encode()
-    ]
-    assert trio.current_time() - start == pytest.approx(REQUEST_TIMEOUT)
+    start = time.monotonic()
+    assert await client.answers(1) == [(MALFORMED + "request not complete within 0.8 s").encode()]
+    assert 0.75 <= time.monotonic() - start < 2.0
     assert await client.closed()
 
 
-async def test_a_slow_request_keeps_its_deadline_from_its_first_byte(serve, autojump_clock):
+async def test_a_slow_request_keeps_its_deadline_from_its_first_byte(serve, short_limits):
     """Dribbling bytes does not extend the time a request may take."""
     client = await serve()
-    start = trio.current_time()
+    start = time.monotonic()
     await client.send(b"request=smtpd_access_policy\n")
     for piece in (b"rec", b"ipient=u@example.com\n"):
-        await trio.sleep(4)
+        await trio.sleep(0.3)
         await client.send(piece)
-    assert await client.answers(1) == [
-        (MALFORMED + f"request not complete within {REQUEST_TIMEOUT:g} s").encode()
-    ]
-    assert trio.current_time() - start == pytest.approx(REQUEST_TIMEOUT)
+    assert await client.answers(1) == [(MALFORMED + "request not complete within 0.8 s").encode()]
+    # from the first byte: 0.8 s; from the last piece it would be 1.4 s
+    assert 0.75 <= time.monotonic() - start < 1.35
 
+
+async def test_a_client_that_stops_reading_is_dropped(serve, short_limits):
+    """Answers nobody reads fill the socket; the write gives up after the idle timeout."""
+    client = await serve()
+    client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with trio.fail_after(10):
+        try:
+            while True:  # the server's writes fill both buffers, then it gives up and closes
+                await client.send(request(recipient="u@blocked.example") * 200)
+        except trio.BrokenResourceError:
+            pass
 
 
 async def test_every_decision_is_counted_remembered_or_not(nursery):
     """Deliveries answered from memory count as decisions; a request naming no queue asks for none."""
     counts = DecisionCounts()
-    ours, theirs = trio.testing.memory_stream_pair()
+    ours, theirs = await socket_pair()
     nursery.start_soon(
         serve_postfix_connection, theirs, current(), PostfixConfig(), lambda: NOW, None, None, counts
     )
@@ -431,7 +455,7 @@ async def test_connections_share_what_they_remember_and_a_new_hold_reaches_them_
     counts = DecisionCounts()
     clients = []
     for _ in range(2):
-        ours, theirs = trio.testing.memory_stream_pair()
+        ours, theirs = await socket_pair()
         nursery.start_soon(
             serve_postfix_connection, theirs, cur, PostfixConfig(), lambda: NOW, None, remembered, counts
         )
@@ -439,20 +463,20 @@ async def test_connections_share_what_they_remember_and_a_new_hold_reaches_them_
     first, second = clients
     assert await first.answer(request(recipient="a@example.com")) == b"action=DUNNO"
     assert await second.answer(request(recipient="b@example.com")) == b"action=DUNNO"
-    assert len(remembered.requests) == 1 and counts.deliver == 2
+    assert len(remembered.requests(cur.snapshot)) == 1 and counts.deliver == 2
     cur.swap(current('[[suspension]]\ndomain = "example.com"\nreason = "now held"\n').snapshot)
     for client in clients:
         assert await client.answer(request(recipient="c@example.com")) == (DEFER + "now held").encode()
 
 
-async def test_shutdown_closes_idle_connections_at_once(serve, autojump_clock):
+async def test_shutdown_closes_idle_connections_at_once(serve):
     drain = Drain()
     client = await serve(drain=drain)
     assert await client.answer(request()) == b"action=DUNNO"
-    start = trio.current_time()
+    start = time.monotonic()
     drain.start()
     assert await client.closed()
-    assert trio.current_time() == start
+    assert time.monotonic() - start < 0.5  # no time limit ran out
 
 
 async def test_shutdown_still_answers_requests_already_read(serve):
@@ -469,7 +493,7 @@ async def test_shutdown_still_answers_requests_already_read(serve):
 async def test_a_connection_pushed_out_as_its_request_arrives_still_answers_it(nursery):
     """Eviction closes a connection waiting for smtpd; one that has just read a request answers it first."""
     slot = Slot()
-    ours, theirs = trio.testing.memory_stream_pair()
+    ours, theirs = await socket_pair()
 
     async def served() -> None:
         with slot.scope:  # as Service runs it
