@@ -19,6 +19,7 @@ from sluice.daemon.current import Current
 from sluice.daemon.metrics import DecisionCounts
 from sluice.daemon.serving import Drain, Service, Slot, Slots
 from sluice.daemon.postfix import (
+    CLOSING_SEND_TIMEOUT,
     IDLE_TIMEOUT,
     MAX_REASON,
     Remembered,
@@ -477,6 +478,32 @@ async def test_shutdown_closes_idle_connections_at_once(serve):
     drain.start()
     assert await client.closed()
     assert time.monotonic() - start < 0.5  # no time limit ran out
+
+
+async def test_shutdown_cuts_off_a_write_to_a_client_that_does_not_read(nursery):
+    """A thread stuck writing answers nobody reads is cut off a moment after shutdown begins,
+    not at its write's own time limit (the idle timeout)."""
+    drain = Drain()
+    ours, theirs = await socket_pair()
+    theirs.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    done = trio.Event()
+
+    async def served() -> None:
+        await serve_postfix_connection(theirs, current(), PostfixConfig(), lambda: NOW, drain)
+        done.set()
+
+    nursery.start_soon(served)
+    client = Client(ours)
+    while True:  # until the server, its answers unread, stops reading too
+        with trio.move_on_after(0.3) as stuck:
+            await client.send(request() * 200)
+        if stuck.cancelled_caught:
+            break
+    start = time.monotonic()
+    drain.start()
+    with trio.fail_after(10):
+        await done.wait()
+    assert time.monotonic() - start < CLOSING_SEND_TIMEOUT + 1
 
 
 async def test_shutdown_still_answers_requests_already_read(serve):
