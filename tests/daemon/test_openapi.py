@@ -25,6 +25,7 @@ import json
 import re
 import signal
 import socket
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,7 @@ def test_every_operation_answers_as_documented(api: Api, d: Daemon) -> None:
     listed = api.call("GET", "/get_suspension_v1", expect=200)
     assert [s["tenant"] for s in listed["sched_q"]] == ["acme"] and listed["ready_q"] == []
     assert api.call("GET", "/get_suspension_v1/suspended.json", expect=200) == listed
+    assert tomllib.loads(api.call("GET", "/get_config_v1/shaping.toml", expect=200)) == {}  # kumod's overlay
     for template, tag in (("/subscribe_event_v1", "SchedQSuspension"), ("/subscribe_suspension_v1", "SchedQ")):
         frames = websocket_frames(unix_ws, template, len(listed["sched_q"]))
         assert [f[tag] for f in frames] == listed["sched_q"]

@@ -13,6 +13,7 @@ import json
 import signal
 import textwrap
 import time
+import tomllib
 from datetime import datetime, timezone
 
 import pytest
@@ -138,6 +139,17 @@ def test_get_suspension_answers_the_same_set_as_json(d):
         answer = d.get(path)
         assert answer.status_code == 200
         assert answer.json() == {"ready_q": [], "sched_q": streamed}
+
+
+def test_the_shaping_overlay_kumod_loads_is_empty_toml(d):
+    """kumod's shaping loader fetches <subscribe url>/get_config_v1/shaping.toml and parses it as
+    TOML; sluice sets no shaping options, so it is an empty document, whatever is held."""
+    suspend(d, tenant="shop", domain="outlook.com", reason="r", duration="1h")
+    answer = d.get("/get_config_v1/shaping.toml")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "text/plain; charset=utf-8"
+    assert tomllib.loads(answer.text) == {}
+    assert "Number of entries: 0" in answer.text
 
 
 def test_the_legacy_route_sends_suspension_entries(d):
