@@ -30,7 +30,8 @@ The recipients are in a domain none of them holds (``open.example``, a
 sequence number before each local part, ``-N``), so every message is
 accepted and every RCPT still asks the policy service; each service is first
 checked to defer a held domain. Rounds are interleaved (none, sluice, echo,
-postfwd, none, ...), each run waits for its instance's queue to drain to
+postfwd; the next round starts with sluice, the one after with echo, and so
+on, so that no service always runs first), each run waits for its instance's queue to drain to
 smtp-sink before the next starts (so deliveries do not take CPU from the next
 run), and the best round of each is kept. Beside the rates: the policy
 service's CPU per policy request (from /proc; sluice's requests counted by its
@@ -294,11 +295,12 @@ def main(argv: list[str] | None = None) -> int:
             send(service.postfix.port, min(warmup, service.messages or warmup))
             service.postfix.drain()
         for r in range(rounds):
-            line = []
-            for service in services:
-                run = service.run(messages)
-                line.append(f"{service.name} {run['rate']:,.0f}/s")
-            print(f"   round {r + 1}: " + ", ".join(line), flush=True)
+            # each round starts with the next service, so that none of them always runs
+            # first (or right after the same one)
+            first = r % len(services)
+            rates = {s.name: s.run(messages)["rate"] for s in services[first:] + services[:first]}
+            print(f"   round {r + 1}: " + ", ".join(f"{s.name} {rates[s.name]:,.0f}/s" for s in services),
+                  f"(from {services[first].name})", flush=True)
 
         none = services[0]
 
