@@ -470,6 +470,18 @@ async def test_connections_share_what_they_remember_and_a_new_hold_reaches_them_
         assert await client.answer(request(recipient="c@example.com")) == (DEFER + "now held").encode()
 
 
+def test_an_answer_made_under_one_snapshot_is_never_remembered_under_the_next():
+    """Connections' threads share the memory: one still answering under the old snapshot, while
+    another has moved to the new one, adds to the old snapshot's set, not to the new one's."""
+    remembered = Remembered()
+    old, new = current().snapshot, current('[[suspension]]\ndomain = "example.com"\nreason = "now held"\n').snapshot
+    slow_thread = remembered.requests(old)  # taken just before the swap
+    assert remembered.requests(new) == set()  # another thread, after it
+    held = RequestReader().feed(request(recipient="u@example.com"))[0][0]
+    slow_thread.add(held)  # the slow one's DUNNO, right under the old snapshot
+    assert held not in remembered.requests(new)
+
+
 async def test_shutdown_closes_idle_connections_at_once(serve):
     drain = Drain()
     client = await serve(drain=drain)
