@@ -104,7 +104,7 @@ class PolicySet(msgspec.Struct, frozen=True):
     # the files combined, and every (kind, key) they hold -> its source: what
     # the next combine starts from, so that it checks only the files that changed
     parsed: tuple[ParsedFile, ...] = ()
-    seen: dict[str, dict[str, str]] = msgspec.field(default_factory=dict)  # kind -> key -> source
+    seen: dict[str, Defined] = msgspec.field(default_factory=dict)  # kind -> where each key is defined
 
     def changed_since(self, previous: PolicySet) -> tuple[list[ParsedFile], list[ParsedFile]]:
         """``changed_files`` from ``previous``'s files to these."""
@@ -479,6 +479,57 @@ def _keys_of(f: ParsedFile) -> Iterator[tuple[str, str, str, str]]:
         yield "automation", rule.id, rule.source, f"the same automation rule (for {rule.domain}, {rule.regex_text()})"
 
 
+class Defined:
+    """Where each key of one kind is defined (key -> source), as ``combine`` keeps it between loads.
+
+    A big dict shared by the loads that follow, and a small one of what
+    changed since (None: a key gone): a small edit next to a 100,000-entry
+    file changes the small one, where a copy of the big one was most of its
+    combine. ``settled`` folds the changes in once they are an eighth of
+    the whole.
+    """
+
+    __slots__ = ("_base", "_changes")
+
+    def __init__(self, base: dict[str, str] | None = None, changes: dict[str, str | None] | None = None) -> None:
+        self._base = base if base is not None else {}
+        self._changes = changes if changes is not None else {}
+
+    def get(self, key: str) -> str | None:
+        changes = self._changes
+        return changes[key] if key in changes else self._base.get(key)
+
+    def setdefault(self, key: str, source: str) -> str:
+        """Where ``key`` is defined, ``source`` if nowhere yet."""
+        first = self.get(key)
+        if first is None:
+            self._changes[key] = first = source
+        return first
+
+    def remove(self, key: str) -> None:
+        if key in self._base:
+            self._changes[key] = None
+        else:
+            self._changes.pop(key, None)
+
+    def changed(self) -> Defined:
+        """A copy to change; this one stays as it is."""
+        return Defined(self._base, dict(self._changes))
+
+    def settled(self) -> Defined:
+        """The same keys, the changes folded in if they have grown to an eighth of the whole."""
+        if len(self._changes) * 8 <= len(self._base):
+            return self
+        return Defined(self._merged())
+
+    def _merged(self) -> dict[str, str]:
+        merged = {**self._base, **self._changes}
+        return {key: source for key, source in merged.items() if source is not None}
+
+    def __eq__(self, other: object) -> bool:  # the same keys defined at the same places
+        return isinstance(other, Defined) and self._merged() == other._merged()
+
+
 def combine(files: Sequence[ParsedFile], previous: PolicySet | None = None) -> PolicySet:
     """Merge parsed files in order; raises PolicyLoadError with every problem.
 
@@ -490,14 +541,17 @@ def combine(files: Sequence[ParsedFile], previous: PolicySet | None = None) -> P
     """
     problems = [p for f in files for p in f.problems]
     check: Sequence[ParsedFile] = files
-    seen: dict[str, dict[str, str]] = {}
+    # kind -> where each key is defined: the previous combine's, changed, when
+    # few entries changed; else plain dicts made afresh (both have setdefault)
+    seen: dict[str, Defined | dict[str, str]] = {}
     if previous is not None and previous.parsed:
         gone, came = changed_files(previous.parsed, files)
-        seen = {kind: dict(keys) for kind, keys in previous.seen.items()}
-        for f in gone:
-            for kind, key, _source, _what in _keys_of(f):
-                seen[kind].pop(key, None)
-        check = came
+        if sum(map(_key_count, (*gone, *came))) * 8 <= sum(map(_key_count, previous.parsed)):
+            seen = {kind: keys.changed() for kind, keys in previous.seen.items()}
+            for f in gone:
+                for kind, key, _source, _what in _keys_of(f):
+                    seen[kind].remove(key)
+            check = came
     for f in check:
         for kind, key, source, what in _keys_of(f):
             keys = seen.get(kind)
@@ -520,7 +574,15 @@ def combine(files: Sequence[ParsedFile], previous: PolicySet | None = None) -> P
         automation=tuple(r for f in files for r in f.automation),
         files=tuple(f.name for f in files),
         parsed=tuple(files),
-        seen=seen,
+        seen={kind: keys.settled() if isinstance(keys, Defined) else Defined(keys) for kind, keys in seen.items()},
+    )
+
+
+def _key_count(f: ParsedFile) -> int:
+    """How many keys ``_keys_of(f)`` gives."""
+    return (
+        len(f.suspensions) + len(f.queues) + len(f.schedules) + len(f.endpoints)
+        + len(f.flow_controls) + len(f.automation)
     )
 
 
