@@ -498,7 +498,7 @@ class Connection:
         try:
             last_words = self._serve()
             if last_words:
-                _time_limits(self.sock, receive=IDLE_TIMEOUT, send=CLOSING_SEND_TIMEOUT)
+                _time_limit(self.sock, socket.SO_SNDTIMEO, CLOSING_SEND_TIMEOUT)
                 self.sock.sendall(last_words)
         except OSError:  # reset, broken pipe, a write timed out: the client is gone
             pass
@@ -506,7 +506,8 @@ class Connection:
     def _serve(self) -> bytes:
         sock, reader, slot = self.sock, self.reader, self.slot
         # a client that stops reading its answers is dropped after the idle timeout too
-        _time_limits(sock, receive=IDLE_TIMEOUT, send=IDLE_TIMEOUT)
+        _time_limit(sock, socket.SO_SNDTIMEO, IDLE_TIMEOUT)
+        _time_limit(sock, socket.SO_RCVTIMEO, IDLE_TIMEOUT)
         request_deadline: float | None = None
         while True:
             if request_deadline is None:
@@ -542,19 +543,18 @@ class Connection:
             if not reader.pending:
                 if request_deadline is not None:
                     request_deadline = None
-                    _time_limits(sock, receive=IDLE_TIMEOUT, send=IDLE_TIMEOUT)
-            elif request_deadline is None or requests:
-                # a partial request: it has REQUEST_TIMEOUT from its first byte to be whole
-                request_deadline = time.monotonic() + REQUEST_TIMEOUT
-            if request_deadline is not None:
-                _time_limits(sock, receive=request_deadline - time.monotonic(), send=IDLE_TIMEOUT)
+                    _time_limit(sock, socket.SO_RCVTIMEO, IDLE_TIMEOUT)
+            else:
+                if request_deadline is None or requests:
+                    # a partial request: it has REQUEST_TIMEOUT from its first byte to be whole
+                    request_deadline = time.monotonic() + REQUEST_TIMEOUT
+                _time_limit(sock, socket.SO_RCVTIMEO, request_deadline - time.monotonic())
 
 
-def _time_limits(sock: socket.socket, *, receive: float, send: float) -> None:
-    """How long one blocking read and one blocking write may wait (then they fail with EAGAIN)."""
-    for option, seconds in ((socket.SO_RCVTIMEO, receive), (socket.SO_SNDTIMEO, send)):
-        usec = max(round(seconds * 1e6), 1)  # 0 would mean no limit at all
-        sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", usec // 1_000_000, usec % 1_000_000))
+def _time_limit(sock: socket.socket, option: int, seconds: float) -> None:
+    """How long one blocking read (SO_RCVTIMEO) or write (SO_SNDTIMEO) may wait; then it fails with EAGAIN."""
+    usec = max(round(seconds * 1e6), 1)  # 0 would mean no limit at all
+    sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", usec // 1_000_000, usec % 1_000_000))
 
 
 async def refuse_postfix(stream: trio.abc.Stream) -> None:
