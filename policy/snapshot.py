@@ -21,7 +21,6 @@ Where both sources speak of one thing:
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -32,6 +31,7 @@ import msgspec
 from croniter import croniter
 
 from . import queue_name
+from .ends import Ends
 from .files import PolicySet
 from .index import SuspensionIndex, order_key
 from .model import RUNTIME, Endpoint, FlowControl, Pause, QueuePolicy, Schedule, Suspension
@@ -262,41 +262,6 @@ def _suspension_hold(s: Suspension) -> Hold:
     return Hold(kind="suspension", id=s.id, reason=s.reason, expires=s.expires, source=s.source)
 
 
-Ends = tuple[int, list[float]]
-
-
-def _ends(suspensions: Iterable[Suspension]) -> Ends:
-    """How many of ``suspensions`` never end, and the others' ends, sorted."""
-    endless = 0
-    ends = []
-    for s in suspensions:
-        if s.expires is None:
-            endless += 1
-        else:
-            ends.append(s.expires.timestamp())
-    ends.sort()
-    return endless, ends
-
-
-def _evolved_ends(before: Ends | None, put: Iterable[Suspension], drop: Iterable[Suspension]) -> Ends | None:
-    """``before`` with ``drop`` taken out and ``put`` put in: a copy of the list
-    and a bisection each, not a sort of them all."""
-    if before is None:
-        return None
-    endless, ends = before[0], list(before[1])
-    for s in drop:
-        if s.expires is None:
-            endless -= 1
-        else:
-            del ends[bisect.bisect_left(ends, s.expires.timestamp())]
-    for s in put:
-        if s.expires is None:
-            endless += 1
-        else:
-            bisect.insort(ends, s.expires.timestamp())
-    return endless, ends
-
-
 class Suspensions(Mapping[str, Suspension]):
     """Every suspension by id: the files', then the runtime's (an id in both is the file's).
 
@@ -455,7 +420,7 @@ class Snapshot:
         self._lasting: dict[str, Decision] = {}
         self._timed: dict[str, tuple[Decision, float, float]] = {}
         self._since = -math.inf
-        # for active_count, per layer: (how many never end, sorted ends); None: not yet made
+        # for active_count, per layer; None: not yet made
         self._file_ends: Ends | None = None
         self._runtime_ends: Ends | None = None
         self._holders: immutables.Map | None = None  # for runtime_holder
@@ -532,7 +497,7 @@ class Snapshot:
         if after.suspensions.hidden == self.suspensions.hidden:
             after._runtime_ends = self._runtime_ends
         if evolved:
-            after._file_ends = _evolved_ends(self._file_ends, added, removed)
+            after._file_ends = None if self._file_ends is None else self._file_ends.evolve(added, removed)
         return after
 
     def with_runtime(
@@ -570,7 +535,7 @@ class Snapshot:
         after._holders = self._evolved_holders(put, drop)
         after._file_ends = self._file_ends
         if hidden == self.suspensions.hidden and not any(s.id in hidden for s in (*put, *drop)):
-            after._runtime_ends = _evolved_ends(self._runtime_ends, put, drop)
+            after._runtime_ends = None if self._runtime_ends is None else self._runtime_ends.evolve(put, drop)
         after._next_expiry = self._evolved_next_expiry(put, drop)
         return after
 
@@ -820,14 +785,11 @@ class Snapshot:
         """How many suspensions are in force at ``now``; O(log n) once the
         layers' sorted ends are made (each change evolves them)."""
         if self._file_ends is None:
-            self._file_ends = _ends(self.policy.suspensions)
+            self._file_ends = Ends.of(self.policy.suspensions)
         if self._runtime_ends is None:
             hidden = self.suspensions.hidden
-            self._runtime_ends = _ends(s for s in self.runtime.suspensions.values() if s.id not in hidden)
-        total = 0
-        for endless, ends in (self._file_ends, self._runtime_ends):
-            total += endless + len(ends) - bisect.bisect_right(ends, now)
-        return total
+            self._runtime_ends = Ends.of(s for s in self.runtime.suspensions.values() if s.id not in hidden)
+        return self._file_ends.in_force(now) + self._runtime_ends.in_force(now)
 
     def counts(self, now: float) -> dict[str, int]:
         return {

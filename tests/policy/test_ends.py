@@ -1,0 +1,69 @@
+"""Ends, evolved change by change (folding now and then), counts what a count afresh counts."""
+
+from datetime import datetime, timedelta, timezone
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sluice.policy.ends import Ends
+from sluice.policy.model import Suspension
+
+T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
+
+
+def suspension(i: int, minutes: int | None) -> Suspension:
+    return Suspension(
+        id=f"{i:08x}-0000-4000-8000-000000000000",
+        reason="r",
+        domain=f"d{i}.example",
+        expires=None if minutes is None else T0 + timedelta(minutes=minutes),
+    )
+
+
+# few distinct ends, so that equal ends (in the big list, added, removed) are common
+ends = st.one_of(st.none(), st.integers(0, 12))
+steps = st.lists(st.tuples(st.booleans(), ends, st.integers(0, 1_000)), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ends, max_size=20), steps, st.integers(1, 8))
+def test_evolved_ends_count_what_a_count_afresh_counts(start, changes, fold_at):
+    """Put (True) or drop (False, a held one picked by the number) in any order,
+    folding after every few changes: each version counts as one built afresh,
+    and the versions before it still count as they did."""
+    held = [suspension(i, m) for i, m in enumerate(start)]
+    versions = [(Ends.of(held), list(held))]
+    for put, minutes, pick in changes:
+        before, held = versions[-1][0], list(versions[-1][1])
+        if put:
+            s = suspension(len(start) + len(versions), minutes)
+            held.append(s)
+            after = before.evolve([s], [], fold_at=fold_at)
+        elif held:
+            s = held.pop(pick % len(held))
+            after = before.evolve([], [s], fold_at=fold_at)
+        else:
+            continue
+        versions.append((after, held))
+    for version, members in versions:
+        afresh = Ends.of(members)
+        assert version.sorted_ends() == afresh.sorted_ends()
+        for minute in range(-1, 14):
+            now = (T0 + timedelta(minutes=minute)).timestamp()
+            assert version.in_force(now) == afresh.in_force(now) == sum(
+                1 for s in members if s.is_active(now)
+            )
+
+
+def test_a_change_next_to_many_ends_copies_only_the_pending_ones():
+    """The big sorted list is shared by the versions a change makes, until a fold."""
+    many = Ends.of(suspension(i, i % 600) for i in range(100_000))
+    after = many.evolve([suspension(100_001, 5)], [])
+    assert after.base is many.base
+    assert after.in_force((T0 + timedelta(minutes=4)).timestamp()) == many.in_force(
+        (T0 + timedelta(minutes=4)).timestamp()
+    ) + 1
+    for i in range(400):
+        after = after.evolve([suspension(200_000 + i, 7)], [])
+    assert after.base is not many.base and len(after.added) < 400  # folded along the way
+    assert after.total == 100_401
