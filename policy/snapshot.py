@@ -435,7 +435,14 @@ class Snapshot:
         if not isinstance(runtime.suspensions, immutables.Map):
             runtime = msgspec.structs.replace(runtime, suspensions=immutables.Map(runtime.suspensions))
         runtime_index = SuspensionIndex.build(runtime.suspensions.values(), persistent=True)
-        return cls._with_files(policy, runtime, runtime_index, generation)
+        snapshot = cls._with_files(policy, runtime, runtime_index, generation)
+        # Derived now, once, not on the first change or status line (with
+        # 100,000 runtime suspensions each is a tenth of a second); later
+        # snapshots evolve them.
+        snapshot.runtime_holder("")
+        snapshot.next_runtime_expiry()
+        snapshot.active_count(0.0)
+        return snapshot
 
     @classmethod
     def _with_files(

@@ -340,3 +340,33 @@ def test_the_active_count_evolves_with_each_change_and_equals_a_fresh_count():
     assert s3.active_count(NOW) == len(s3.active_suspensions(NOW)) == 2
     s4 = s3.with_policy(combine([parse_policy('[[suspension]]\ndomain = "g.com"\nreason = "r"\n', "10-a.toml")], s3.policy), 4)
     assert s4.active_count(NOW + 10**8) == len(s4.active_suspensions(NOW + 10**8)) == 2
+
+
+def test_a_snapshot_built_at_start_derives_its_indexes_so_the_first_change_walks_nothing(monkeypatch):
+    """Who holds each criteria, the next expiry and the in-force count are
+    made when the start's snapshot is built: the first change next to many
+    runtime suspensions (or the first status line) does not walk them all on
+    the event loop."""
+    from sluice.policy import changes
+
+    runtime = Runtime(suspensions={
+        s.id: s for s in (
+            susp(i, domain=f"d{i}.example", source="runtime", expires=T0 + timedelta(minutes=i % 50 + 1))
+            for i in range(1, 2001)
+        )
+    })
+    built = snapshot(runtime=runtime)
+    walked = []
+    key = Suspension.criteria_key
+    monkeypatch.setattr(Suspension, "criteria_key", property(lambda s: walked.append(s) or key.fget(s)))
+    monkeypatch.setattr(Suspension, "is_active", lambda s, now: walked.append(s) or (
+        s.expires is None or s.expires.timestamp() > now))
+    new = susp(5000, domain="new.example", source="runtime", expires=T0 + timedelta(hours=1))
+    assert built.runtime_holder(new.criteria_key) is None
+    plan = changes.suspended(built.runtime, new, None, actor="test")
+    after = built.with_runtime(changes.apply(built.runtime, plan), 8, put=plan.put, drop=plan.drop)
+    assert after.runtime_holder(new.criteria_key) == new
+    assert after.next_runtime_expiry() == (T0 + timedelta(minutes=1)).timestamp()
+    assert after.active_count(NOW) == 2001
+    assert built.active_count(NOW) == 2000
+    assert len(walked) < 20
