@@ -6,16 +6,18 @@ Postfix's smtpd writes a request, ``name=value`` lines ended by an empty
 line, reads one ``action=...`` line and an empty line back, and keeps the
 connection for its next request. ``RequestReader`` is that protocol without
 any I/O, as h11's ``Connection`` is for HTTP: bytes in, complete requests
-out, or the reason a request is malformed. Each connection is served by a
-worker thread of its own (``Connection``), with blocking reads and writes:
-it reads whatever has arrived, answers every complete request in it with one
-write (pipelined requests are answered in order), and waits for more. The
-event loop accepts, caps and evicts connections as for HTTP
-(``serving.py``) and hands each admitted one to its thread
-(``serve_postfix_connection``); it stops a thread through its socket, by
-shutting down its reading side. smtpd keeps one request in flight per
-connection and a connection mostly waits, so the kernel waking a thread
-costs a third of what a pass of the event loop per request did, and Postfix,
+out, or the reason a request is malformed. The connections of a service are
+served by one thread of their own (``PolicyLoop``), which waits on all of
+them with epoll: for each connection with bytes (``Connection``) it reads
+what has arrived, answers every complete request in it with one write
+(pipelined requests are answered in order), and waits for more. The event
+loop accepts, caps and evicts connections as for HTTP (``serving.py``) and
+hands each admitted one to the policy thread (``serve_postfix_connection``);
+it stops one through its socket, by shutting down its reading side. smtpd
+keeps one request in flight per connection and a connection mostly waits,
+so one thread the kernel wakes for whichever connections are ready costs a
+request less than a pass of the event loop and half what a thread per
+connection costs (those threads contend for the interpreter), and Postfix,
 on the same CPUs, keeps the rest (docs/performance.md).
 
 The question asked of the policy: the recipient's domain (after its last
@@ -51,8 +53,9 @@ Invariants:
 - at shutdown a connection is closed at once unless requests have arrived on
   it, which are answered first. (The whole connection runs in one cancel
   scope registered with the drain; cancelled, it shuts down the socket's
-  reading side, so the thread reads what has arrived, answers it and ends,
-  and after ``CLOSING_SEND_TIMEOUT`` a write still waiting is cut off.)
+  reading side, so the policy thread reads what has arrived, answers it and
+  ends the connection, and after ``CLOSING_SEND_TIMEOUT`` a write still
+  waiting is cut off.)
   Eviction stops a connection the same way.
 - the connection's ``serving.Slot`` is waiting whenever it waits for bytes,
   since its last answer: smtpd keeps a connection open between mails, so
@@ -63,13 +66,20 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
+import math
+import os
+import select
 import socket
-import struct
+import threading
 import time
 import unicodedata
 from collections.abc import Callable
 from typing import NamedTuple
 
+import outcome
 import structlog
 import trio
 
@@ -331,7 +341,7 @@ class Remembered:
 
     def __init__(self) -> None:
         # The snapshot and its requests, replaced together in one assignment:
-        # connections' threads share them, and a request answered under one
+        # the policy threads share them, and a request answered under one
         # snapshot must never be remembered under the next.
         self.under: tuple[Snapshot | None, set[PolicyRequest]] = (None, set())
 
@@ -406,47 +416,51 @@ async def serve_postfix_connection(
     remembered: Remembered | None = None,
     counts: DecisionCounts | None = None,
     slot: Slot | None = None,
-    threads: trio.CapacityLimiter | None = None,
+    loop: PolicyLoop | None = None,
 ) -> None:
     """Answer policy requests on ``stream`` until the client closes or misbehaves.
 
-    A worker thread of its own, taken from ``threads``, serves the
-    connection (``Connection``). Never raises for anything the client does;
-    the socket is closed on return. ``remembered`` is shared by the
-    service's connections; ``counts`` counts each decision made; ``slot`` is
-    the connection's place in its service. Shutdown (``drain``) and eviction
-    (the slot's scope) stop the thread through its socket.
+    The service's ``loop`` (its one thread) serves the connection
+    (``Connection``); without one, the connection gets a loop of its own.
+    Never raises for anything the client does; the socket is closed on
+    return. ``remembered`` is shared by the service's connections;
+    ``counts`` counts each decision made; ``slot`` is the connection's place
+    in its service. Shutdown (``drain``) and eviction (the slot's scope)
+    stop the connection through its socket.
     """
     drain = drain if drain is not None else Drain()
     slot = slot if slot is not None else Slot()
-    # The thread owns the socket from here on: trio never waits on it.
+    loop = loop if loop is not None else PolicyLoop()
+    # The loop owns the socket from here on: trio never waits on it.
     sock = socket.socket(fileno=stream.socket.detach())
-    sock.setblocking(True)  # trio made it non-blocking
-    conn = Connection(sock, current, config, clock, remembered, counts, slot)
     finished = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    conn = Connection(
+        sock, current, config, clock, remembered, counts, slot,
+        finished=lambda: token.run_sync_soon(finished.set),
+    )
     try:
         with drain.idle():  # shutdown cancels it at once
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_when_cancelled, conn, finished)
-                try:
-                    # not abandoned on cancel: the thread ends with its socket, and this waits for it
-                    await trio.to_thread.run_sync(conn.serve, limiter=threads or trio.CapacityLimiter(1))
-                finally:
-                    finished.set()
-                    nursery.cancel_scope.cancel()
+                loop.add(conn)
+                # not left on cancel: the loop is done with the socket once this is set
+                with trio.CancelScope(shield=True):
+                    await finished.wait()
+                nursery.cancel_scope.cancel()
     finally:
         sock.close()
 
 
 async def _stop_when_cancelled(conn: Connection, finished: trio.Event) -> None:
-    """Once the connection is cancelled (shutdown, eviction): stop its thread."""
+    """Once the connection is cancelled (shutdown, eviction): stop it through its socket."""
     try:
         await trio.sleep_forever()
     finally:
         if not finished.is_set():
             # Nothing more is read: what has arrived is answered, then the
-            # thread ends. One still writing to a client that does not read
-            # is cut off.
+            # connection ends. One still writing to a client that does not
+            # read is cut off.
             conn.shutdown(socket.SHUT_RD)
             with trio.move_on_after(CLOSING_SEND_TIMEOUT) as grace:
                 grace.shield = True
@@ -454,19 +468,133 @@ async def _stop_when_cancelled(conn: Connection, finished: trio.Event) -> None:
             conn.shutdown(socket.SHUT_RDWR)
 
 
-class Connection:
-    """One policy connection as its worker thread serves it, with blocking reads and writes.
+class PolicyLoop:
+    """One thread that serves every connection of a policy service, waiting on them with epoll.
 
     smtpd sends one request at a time and waits for its answer, so a policy
-    connection mostly waits. A thread blocked in ``recv`` is woken by the
-    kernel alone, where an event loop spends a pass of its own on each
-    request: two to three times the CPU (docs/performance.md). The time
-    limits are the socket's own (``SO_RCVTIMEO``, ``SO_SNDTIMEO``), so each
-    read and each write is one system call.
+    connection mostly waits. One thread woken by the kernel for whichever
+    connections have bytes costs a request half the CPU of a thread per
+    connection (whose threads, each woken for its own request, contend for
+    the interpreter) and a fraction of a pass of the event loop
+    (docs/performance.md). Time limits are deadlines kept here, the
+    earliest first.
 
-    The thread touches its socket, its slot's ``waiting`` and ``since``,
-    the shared ``Remembered`` and ``DecisionCounts`` (each safe to share
-    between threads), and the snapshot in force, which is immutable.
+    The thread starts with the first connection added and ends when it has
+    none left; ``add`` may be called from the event loop at any time.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._incoming: list[Connection] = []
+        self._wake: int | None = None  # an eventfd while the thread runs
+
+    def add(self, conn: Connection) -> None:
+        """Serve ``conn`` from now on; ``conn.finished`` is called when it is done."""
+        with self._lock:
+            self._incoming.append(conn)
+            if self._wake is not None:
+                os.eventfd_write(self._wake, 1)
+                return
+            self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        trio.lowlevel.start_thread_soon(self._run, self._ended, name="sluice policy connections")
+
+    def _ended(self, result: outcome.Outcome) -> None:
+        if isinstance(result, outcome.Error):  # a bug: its connections were ended with it
+            log.error("postfix_loop_failed", exc_info=result.error)
+
+    def _run(self) -> None:
+        poll = select.epoll()
+        conns: dict[int, Connection] = {}
+        deadlines: list[tuple[float, int, Connection]] = []
+        wake = self._wake
+        try:
+            poll.register(wake, select.EPOLLIN)
+            while True:
+                with self._lock:
+                    incoming, self._incoming = self._incoming, []
+                    if not incoming and not conns:
+                        return
+                for conn in incoming:
+                    try:
+                        poll.register(conn.fd, select.EPOLLIN)
+                    except OSError:  # not a socket the loop can wait on: ends at once
+                        log.exception("postfix_connection_not_served")
+                        conn.finish()
+                        continue
+                    conns[conn.fd] = conn
+                    conn.start(time.monotonic())
+                    _queue_deadline(deadlines, conn)
+                wait = max(deadlines[0][0] - time.monotonic(), 0) if deadlines else -1
+                for fd, mask in poll.poll(wait):
+                    if fd == wake:
+                        with contextlib.suppress(BlockingIOError):
+                            os.eventfd_read(wake)
+                        continue
+                    conn = conns[fd]
+                    conn.ready(mask)
+                    self._settle(poll, conns, deadlines, conn)
+                now = time.monotonic()
+                while deadlines and deadlines[0][0] <= now:
+                    at, _, conn = heapq.heappop(deadlines)
+                    if conn.done:
+                        continue
+                    if conn.queued == at:
+                        conn.queued = math.inf
+                    if conn.deadline <= now:
+                        conn.expired()
+                        self._settle(poll, conns, deadlines, conn)
+                    else:
+                        _queue_deadline(deadlines, conn)
+        finally:
+            with self._lock:
+                leftover, self._incoming = self._incoming, []
+                self._wake = None
+                os.close(wake)
+            poll.close()
+            # after a bug: every connection ends, and trio closes its socket
+            for conn in (*conns.values(), *leftover):
+                conn.finish()
+
+    @staticmethod
+    def _settle(poll, conns: dict[int, Connection], deadlines: list, conn: Connection) -> None:
+        """After ``conn`` has run: what it waits for now, by when; or gone."""
+        if conn.done:
+            del conns[conn.fd]
+            poll.unregister(conn.fd)
+            conn.finish()
+            if len(deadlines) > 2 * len(conns) + 64:  # the ended connections' entries go
+                deadlines[:] = [entry for entry in deadlines if not entry[2].done]
+                heapq.heapify(deadlines)
+            return
+        if conn.events != conn.registered:
+            poll.modify(conn.fd, conn.events)
+            conn.registered = conn.events
+        if conn.deadline < conn.queued:
+            _queue_deadline(deadlines, conn)
+
+
+_order = itertools.count()
+
+
+def _queue_deadline(deadlines: list, conn: Connection) -> None:
+    conn.queued = conn.deadline
+    heapq.heappush(deadlines, (conn.deadline, next(_order), conn))
+
+
+class Connection:
+    """One policy connection as its service's ``PolicyLoop`` serves it: non-blocking reads and writes.
+
+    It reads whatever has arrived, answers every complete request in it with
+    one write (pipelined requests are answered in order), and waits for
+    more. While an answer cannot be written whole (a client that does not
+    read), nothing more is read. ``deadline`` is when its current wait runs
+    out (``expired``): the idle timeout between requests and for a write,
+    the request timeout from a partial request's first byte, a moment for
+    the last words before closing.
+
+    It touches its socket, its slot's ``waiting`` and ``since``, the shared
+    ``Remembered`` and ``DecisionCounts`` (each safe to share between
+    threads), and the snapshot in force, which is immutable.
     """
 
     def __init__(
@@ -478,14 +606,25 @@ class Connection:
         remembered: Remembered | None,
         counts: DecisionCounts | None,
         slot: Slot,
+        finished: Callable[[], object] | None = None,
     ) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.current = current
         self.clock = clock
         self.reader = RequestReader(config.tenant_attribute)
         self.answerer = Answerer(config, remembered, counts)
         self.slot = slot
-        self.trio_clock = trio.lowlevel.current_clock()  # the slots' clock, read from the thread
+        self.trio_clock = trio.lowlevel.current_clock()  # the slots' clock, read from the loop's thread
+        self.finished = finished
+        # what the loop waits for on the socket, and what it has registered
+        self.events = self.registered = select.EPOLLIN
+        self.deadline = math.inf
+        self.queued = math.inf  # its earliest entry in the loop's deadlines
+        self.unsent = b""  # answers the socket has not taken yet
+        self.closing = False  # after the last words are sent, done
+        self.request_deadline: float | None = None  # a partial request's
+        self.done = False
 
     def shutdown(self, how: int) -> None:
         try:
@@ -493,68 +632,105 @@ class Connection:
         except OSError:
             pass  # closed already, or the peer is gone
 
-    def serve(self) -> None:
-        """Read, answer, repeat; then the last words: answers read, or a refusal."""
+    def start(self, now: float) -> None:
+        self._wait(now)
+
+    def finish(self) -> None:
+        """The loop is done with the socket: tell the connection's task (once)."""
+        self.done = True
+        if self.finished is not None:
+            finished, self.finished = self.finished, None
+            finished()
+
+    def ready(self, mask: int) -> None:
+        """The socket is readable or writable (or broken): do what can be done now."""
         try:
-            last_words = self._serve()
-            if last_words:
-                _time_limit(self.sock, socket.SO_SNDTIMEO, CLOSING_SEND_TIMEOUT)
-                self.sock.sendall(last_words)
-        except OSError:  # reset, broken pipe, a write timed out: the client is gone
-            pass
-
-    def _serve(self) -> bytes:
-        sock, reader, slot = self.sock, self.reader, self.slot
-        # a client that stops reading its answers is dropped after the idle timeout too
-        _time_limit(sock, socket.SO_SNDTIMEO, IDLE_TIMEOUT)
-        _time_limit(sock, socket.SO_RCVTIMEO, IDLE_TIMEOUT)
-        request_deadline: float | None = None
-        while True:
-            if request_deadline is None:
-                slot.since = self.trio_clock.current_time()  # idle from now
-            slot.waiting = True
-            try:
-                data = sock.recv(RECEIVE_SIZE)
-            except BlockingIOError:  # SO_RCVTIMEO ran out
-                if reader.pending:
-                    what = f"request not complete within {REQUEST_TIMEOUT:g} s"
-                    log.info("postfix_malformed_request", what=what)
-                    return malformed_answer(what)
-                return b""
-            slot.waiting = False
-            if not data:
-                return b""
-            requests, error = reader.feed(data)
-            out = b""
-            if requests:
-                snapshot = self.current.snapshot
-                now = self.clock()
-                try:
-                    out = b"".join([self.answerer.answer(snapshot, r, now) for r in requests])
-                except Exception:
-                    # A bug must cost one connection a temporary failure, never the daemon.
-                    log.exception("postfix_internal_error")
-                    return INTERNAL_ERROR
-            if error is not None:
-                log.info("postfix_malformed_request", what=error.what)
-                return out + malformed_answer(error.what)
-            if out:
-                sock.sendall(out)
-            if not reader.pending:
-                if request_deadline is not None:
-                    request_deadline = None
-                    _time_limit(sock, socket.SO_RCVTIMEO, IDLE_TIMEOUT)
+            if self.unsent or self.closing:
+                self._send(b"")
             else:
-                if request_deadline is None or requests:
-                    # a partial request: it has REQUEST_TIMEOUT from its first byte to be whole
-                    request_deadline = time.monotonic() + REQUEST_TIMEOUT
-                _time_limit(sock, socket.SO_RCVTIMEO, request_deadline - time.monotonic())
+                self._read()
+        except OSError:  # reset, broken pipe: the client is gone
+            self.done = True
+        except Exception:
+            # A bug must cost one connection a temporary failure, never the daemon.
+            log.exception("postfix_internal_error")
+            with contextlib.suppress(OSError):
+                self.sock.send(INTERNAL_ERROR)
+            self.done = True
 
+    def expired(self) -> None:
+        """The current wait ran out."""
+        if self.unsent or self.closing:
+            self.done = True  # a client that stops reading its answers is dropped
+        elif self.reader.pending:
+            what = f"request not complete within {REQUEST_TIMEOUT:g} s"
+            log.info("postfix_malformed_request", what=what)
+            self._last_words(malformed_answer(what))
+        else:
+            self.done = True  # idle: closed quietly
 
-def _time_limit(sock: socket.socket, option: int, seconds: float) -> None:
-    """How long one blocking read (SO_RCVTIMEO) or write (SO_SNDTIMEO) may wait; then it fails with EAGAIN."""
-    usec = max(round(seconds * 1e6), 1)  # 0 would mean no limit at all
-    sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", usec // 1_000_000, usec % 1_000_000))
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(RECEIVE_SIZE)
+        except BlockingIOError:
+            return
+        self.slot.waiting = False
+        if not data:
+            self.done = True
+            return
+        requests, error = self.reader.feed(data)
+        out = b""
+        if requests:
+            snapshot = self.current.snapshot
+            now = self.clock()
+            out = b"".join([self.answerer.answer(snapshot, r, now) for r in requests])
+        if error is not None:
+            log.info("postfix_malformed_request", what=error.what)
+            self._last_words(out + malformed_answer(error.what))
+            return
+        now = time.monotonic()
+        if self.reader.pending:
+            if self.request_deadline is None or requests:
+                # a partial request: it has REQUEST_TIMEOUT from its first byte to be whole
+                self.request_deadline = now + REQUEST_TIMEOUT
+        else:
+            self.request_deadline = None
+        if out:
+            self._send(out, now)
+        else:
+            self._wait(now)
+
+    def _last_words(self, data: bytes) -> None:
+        self.closing = True
+        self._send(data)
+
+    def _send(self, data: bytes, now: float | None = None) -> None:
+        data = self.unsent + data if self.unsent else data
+        try:
+            sent = self.sock.send(data) if data else 0
+        except BlockingIOError:  # the socket's buffer is full
+            sent = 0
+        now = now if now is not None else time.monotonic()
+        if sent < len(data):
+            if sent or not self.unsent:  # progress: a write's time limit starts again
+                self.deadline = now + (CLOSING_SEND_TIMEOUT if self.closing else IDLE_TIMEOUT)
+            self.unsent = data[sent:]
+            self.events = select.EPOLLOUT
+        elif self.closing:
+            self.done = True
+        else:
+            self.unsent = b""
+            self.events = select.EPOLLIN
+            self._wait(now)
+
+    def _wait(self, now: float) -> None:
+        """Wait for the client's bytes: the request's deadline if one is partial, else idle."""
+        if self.request_deadline is None:
+            self.slot.since = self.trio_clock.current_time()  # idle from now
+            self.deadline = now + IDLE_TIMEOUT
+        else:
+            self.deadline = self.request_deadline
+        self.slot.waiting = True
 
 
 async def refuse_postfix(stream: trio.abc.Stream) -> None:
@@ -586,11 +762,11 @@ def postfix_service(
     drain = Drain()
     remembered = Remembered()
     slots = Slots("postfix", config.max_connections, config.max_connections_per_peer)
-    threads = trio.CapacityLimiter(config.max_connections)  # a thread for each connection
+    loop = PolicyLoop()  # one thread for all its connections
 
     async def handle(stream: trio.abc.Stream, slot: Slot) -> None:
         await serve_postfix_connection(
-            stream, current, config, clock, drain, remembered, counts, slot, threads
+            stream, current, config, clock, drain, remembered, counts, slot, loop
         )
 
     return Service(handle, refuse_postfix, slots, drain)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 import textwrap
+import threading
 import time
 
 import pytest
@@ -709,3 +711,72 @@ def test_a_request_reads_as_its_lines_say(lines):
         assert requests == [] and error is not None and error.what == expected
     else:
         assert error is None and [tuple(r) for r in requests] == [expected]
+
+
+def policy_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sluice policy connections"]
+
+
+async def serve_on(nursery, loop: postfix.PolicyLoop, cur: Current | None = None) -> Client:
+    ours, theirs = await socket_pair()
+    nursery.start_soon(
+        functools.partial(
+            serve_postfix_connection, theirs, cur or current(), PostfixConfig(), lambda: NOW, loop=loop
+        )
+    )
+    return Client(ours)
+
+
+async def test_one_thread_serves_a_service_s_connections_and_ends_with_the_last(nursery):
+    """Twenty connections, one policy thread; when the last connection closes, so does the thread."""
+    loop = postfix.PolicyLoop()
+    ended = threading.Event()
+    loop._ended = lambda result: ended.set()  # the thread's job is done
+    clients = [await serve_on(nursery, loop) for _ in range(20)]
+    for i, client in enumerate(clients):
+        held = i % 2 == 0
+        recipient = "u@blocked.example" if held else f"u{i}@example.com"
+        expected = (DEFER + "Blocked for now") if held else "action=DUNNO"
+        assert await client.answer(request(recipient=recipient)) == expected.encode()
+    assert len(policy_threads()) == 1
+    for client in clients:
+        await client.stream.aclose()
+    assert await trio.to_thread.run_sync(ended.wait, 5)
+    assert not policy_threads()
+    again = await serve_on(nursery, loop)  # and the next connection starts it again
+    assert await again.answer(request()) == b"action=DUNNO"
+
+
+async def test_a_client_that_does_not_read_holds_up_no_other_connection(nursery):
+    """One thread serves them all: a connection whose answers pile up unread waits alone."""
+    loop = postfix.PolicyLoop()
+    stuck = await serve_on(nursery, loop)
+    other = await serve_on(nursery, loop)
+    stuck.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    while True:  # until the server, its answers unread, stops reading from it
+        with trio.move_on_after(0.3) as full:
+            await stuck.send(request(recipient="u@blocked.example") * 200)
+        if full.cancelled_caught:
+            break
+    with trio.fail_after(2):
+        for i in range(50):
+            assert await other.answer(request(recipient=f"u{i}@example.com")) == b"action=DUNNO"
+
+
+async def test_a_bug_costs_its_request_a_temporary_failure_and_no_other_connection(nursery, monkeypatch):
+    loop = postfix.PolicyLoop()
+    answer = postfix.Answerer.answer
+
+    def broken(self, snapshot, request, now):
+        if request.domain == b"bug.example":
+            raise RuntimeError("a bug")
+        return answer(self, snapshot, request, now)
+
+    monkeypatch.setattr(postfix.Answerer, "answer", broken)
+    hit = await serve_on(nursery, loop)
+    other = await serve_on(nursery, loop)
+    with structlog.testing.capture_logs() as logs:
+        assert await hit.answer(request(recipient="u@bug.example")) == postfix.INTERNAL_ERROR[:-2]
+    assert await hit.closed()
+    assert any(line["event"] == "postfix_internal_error" for line in logs)
+    assert await other.answer(request(recipient="u@blocked.example")) == (DEFER + "Blocked for now").encode()
