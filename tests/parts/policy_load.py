@@ -5,8 +5,9 @@
     policy_load.py --target inet:127.0.0.1:10045 --domains 1000 --json
 
 Each of ``--conns`` persistent connections sends one request at a time, back
-to back (smtpd never has two in flight on one connection), with every
-attribute smtpd 3.x sends; the recipient domain cycles over d0.example ..
+to back (smtpd never has two in flight on one connection; ``--pause MS``
+makes each wait after an answer, as an smtpd busy with its mail does), with
+every attribute smtpd 3.x sends; the recipient domain cycles over d0.example ..
 d{N-1}.example. Prints requests/s, latency percentiles and how many answers
 began with each action (DUNNO, DEFER_IF_PERMIT, HOLD, ...); ``--json`` prints
 one JSON object. ``--procs P`` spreads the connections over P processes (on 2
@@ -65,7 +66,7 @@ class Tally:
         self.errors: list[str] = []
 
 
-async def one_connection(target, requests, measure_from, until, tally: Tally, first: int) -> None:
+async def one_connection(target, requests, measure_from, until, tally: Tally, first: int, pause: float) -> None:
     try:
         reader, writer = await connect(target)
     except OSError as exc:
@@ -84,18 +85,22 @@ async def one_connection(target, requests, measure_from, until, tally: Tally, fi
             if sent >= measure_from:
                 tally.latencies.append(clock() - sent)
                 tally.actions[answer[7:].split(None, 1)[0].decode(errors="replace")] += 1
+            if pause:
+                await asyncio.sleep(pause)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         tally.errors.append(f"{type(exc).__name__}: {exc}")
     finally:
         writer.close()
 
 
-async def group(target: str, conns: int, seconds: float, warmup: float, domains: int, first: int) -> Tally:
+async def group(
+    target: str, conns: int, seconds: float, warmup: float, domains: int, first: int, pause: float = 0.0
+) -> Tally:
     requests = [request(i, domains) for i in range(max(domains, 1) * 4)]
     measure_from = time.perf_counter() + warmup
     tally = Tally()
     await asyncio.gather(*(
-        one_connection(target, requests, measure_from, measure_from + seconds, tally, (first + c) * 7919)
+        one_connection(target, requests, measure_from, measure_from + seconds, tally, (first + c) * 7919, pause)
         for c in range(conns)
     ))
     return tally
@@ -114,12 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--domains", type=int, default=1000, help="distinct recipient domains")
     parser.add_argument("--procs", type=int, default=1, help="client processes")
+    parser.add_argument("--pause", type=float, default=0.0, metavar="MS",
+                        help="each connection waits this long after an answer, as smtpd between mails")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
     args = parser.parse_args(argv)
 
     procs = max(1, min(args.procs, args.conns))
     shares = [args.conns // procs + (p < args.conns % procs) for p in range(procs)]
-    jobs = [(args.target, shares[p], args.seconds, args.warmup, args.domains, sum(shares[:p])) for p in range(procs)]
+    jobs = [
+        (args.target, shares[p], args.seconds, args.warmup, args.domains, sum(shares[:p]), args.pause / 1000)
+        for p in range(procs)
+    ]
     if procs == 1:
         results = [run_group(jobs[0])]
     else:
