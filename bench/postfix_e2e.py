@@ -5,7 +5,7 @@ Run from the repository root with the project's virtualenv, as root, with
 Debian's ``postfix`` and ``postfwd`` packages (without postfwd its column is
 skipped):
 
-    .venv/bin/python bench/postfix_e2e.py            # 3 rounds of 2,000 messages (about 2 minutes)
+    .venv/bin/python bench/postfix_e2e.py            # 7 rounds of 2,000 messages (about 2 minutes)
     .venv/bin/python bench/postfix_e2e.py --quick    # 1 round of 500 messages
 
 What it measures (DESIGN.md section 9, "end to end through a real
@@ -224,7 +224,7 @@ def reachable(path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one round of 500 messages")
-    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 1)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 7, quick 1)")
     ap.add_argument("--messages", type=int, help="messages a run (default 2,000, quick 500)")
     ap.add_argument("--postfwd-messages", type=int,
                     help="messages a postfwd run (default 400, or --messages if fewer)")
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("postfix_e2e.py cannot run: " + "; ".join(problems))
         return 1
-    rounds = args.rounds or (1 if args.quick else 5)
+    rounds = args.rounds or (1 if args.quick else 7)
     messages = args.messages or (500 if args.quick else 2000)
     warmup = max(SESSIONS * 10, messages // 10)
     # postfwd accepts about 50 a second whatever the count: fewer keep its runs short
