@@ -67,6 +67,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import itertools
 import math
@@ -435,15 +436,19 @@ async def serve_postfix_connection(
     sock = socket.socket(fileno=stream.socket.detach())
     finished = trio.Event()
     token = trio.lowlevel.current_trio_token()
-    conn = Connection(
-        sock, current, config, clock, remembered, counts, slot,
-        finished=lambda: token.run_sync_soon(finished.set),
-    )
     try:
+        conn = Connection(
+            sock, current, config, clock, remembered, counts, slot,
+            finished=lambda: token.run_sync_soon(finished.set),
+        )
+        try:
+            loop.add(conn)
+        except (OSError, RuntimeError):  # no descriptor or thread to be had: this one is closed
+            log.exception("postfix_connection_not_served")
+            return
         with drain.idle():  # shutdown cancels it at once
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_when_cancelled, conn, finished)
-                loop.add(conn)
                 # not left on cancel: the loop is done with the socket once this is set
                 with trio.CancelScope(shield=True):
                     await finished.wait()
@@ -489,49 +494,65 @@ class PolicyLoop:
         self._wake: int | None = None  # an eventfd while the thread runs
 
     def add(self, conn: Connection) -> None:
-        """Serve ``conn`` from now on; ``conn.finished`` is called when it is done."""
+        """Serve ``conn`` from now on; ``conn.finished`` is called when it is done.
+
+        Raises OSError or RuntimeError, and takes nothing, if the thread is
+        not running and cannot be started.
+        """
         with self._lock:
-            self._incoming.append(conn)
-            if self._wake is not None:
+            if self._wake is None:
+                wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                try:
+                    trio.lowlevel.start_thread_soon(
+                        functools.partial(self._run, wake), self._ended, name="sluice policy connections"
+                    )
+                except BaseException:
+                    os.close(wake)
+                    raise
+                self._wake = wake
+            else:
                 os.eventfd_write(self._wake, 1)
-                return
-            self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        trio.lowlevel.start_thread_soon(self._run, self._ended, name="sluice policy connections")
+            self._incoming.append(conn)
 
     def _ended(self, result: outcome.Outcome) -> None:
         if isinstance(result, outcome.Error):  # a bug: its connections were ended with it
             log.error("postfix_loop_failed", exc_info=result.error)
 
-    def _run(self) -> None:
-        poll = select.epoll()
+    def _run(self, wake: int) -> None:
         conns: dict[int, Connection] = {}
         deadlines: list[tuple[float, int, Connection]] = []
-        wake = self._wake
+        poll = None
         try:
+            poll = select.epoll()
             poll.register(wake, select.EPOLLIN)
             while True:
                 with self._lock:
                     incoming, self._incoming = self._incoming, []
                     if not incoming and not conns:
+                        # in the same hold of the lock as the decision, so
+                        # that a connection added after it starts a new thread
+                        self._wake = None
+                        os.close(wake)
                         return
                 for conn in incoming:
+                    conns[conn.fd] = conn
                     try:
                         poll.register(conn.fd, select.EPOLLIN)
                     except OSError:  # not a socket the loop can wait on: ends at once
                         log.exception("postfix_connection_not_served")
+                        del conns[conn.fd]
                         conn.finish()
                         continue
-                    conns[conn.fd] = conn
                     conn.start(time.monotonic())
                     _queue_deadline(deadlines, conn)
                 wait = max(deadlines[0][0] - time.monotonic(), 0) if deadlines else -1
-                for fd, mask in poll.poll(wait):
+                for fd, _mask in poll.poll(wait):
                     if fd == wake:
                         with contextlib.suppress(BlockingIOError):
                             os.eventfd_read(wake)
                         continue
                     conn = conns[fd]
-                    conn.ready(mask)
+                    conn.ready()
                     self._settle(poll, conns, deadlines, conn)
                 now = time.monotonic()
                 while deadlines and deadlines[0][0] <= now:
@@ -539,18 +560,21 @@ class PolicyLoop:
                     if conn.done:
                         continue
                     if conn.queued == at:
-                        conn.queued = math.inf
+                        conn.queued = math.inf  # its earliest entry: requeued below if still waiting
                     if conn.deadline <= now:
                         conn.expired()
                         self._settle(poll, conns, deadlines, conn)
-                    else:
+                    elif conn.deadline < conn.queued:
                         _queue_deadline(deadlines, conn)
         finally:
+            leftover: list[Connection] = []
             with self._lock:
-                leftover, self._incoming = self._incoming, []
-                self._wake = None
-                os.close(wake)
-            poll.close()
+                if self._wake == wake:  # ended by a bug, not for want of connections
+                    leftover, self._incoming = self._incoming, []
+                    self._wake = None
+                    os.close(wake)
+            if poll is not None:
+                poll.close()
             # after a bug: every connection ends, and trio closes its socket
             for conn in (*conns.values(), *leftover):
                 conn.finish()
@@ -642,24 +666,27 @@ class Connection:
             finished, self.finished = self.finished, None
             finished()
 
-    def ready(self, mask: int) -> None:
+    def ready(self) -> None:
         """The socket is readable or writable (or broken): do what can be done now."""
+        self._guarded(self._send if self.unsent or self.closing else self._read)
+
+    def expired(self) -> None:
+        """The current wait ran out."""
+        self._guarded(self._expired)
+
+    def _guarded(self, step: Callable[[], None]) -> None:
         try:
-            if self.unsent or self.closing:
-                self._send(b"")
-            else:
-                self._read()
+            step()
         except OSError:  # reset, broken pipe: the client is gone
             self.done = True
         except Exception:
-            # A bug must cost one connection a temporary failure, never the daemon.
+            # A bug must cost one connection a temporary failure, never the others.
             log.exception("postfix_internal_error")
             with contextlib.suppress(OSError):
                 self.sock.send(INTERNAL_ERROR)
             self.done = True
 
-    def expired(self) -> None:
-        """The current wait ran out."""
+    def _expired(self) -> None:
         if self.unsent or self.closing:
             self.done = True  # a client that stops reading its answers is dropped
         elif self.reader.pending:
@@ -704,8 +731,9 @@ class Connection:
         self.closing = True
         self._send(data)
 
-    def _send(self, data: bytes, now: float | None = None) -> None:
-        data = self.unsent + data if self.unsent else data
+    def _send(self, data: bytes = b"", now: float | None = None) -> None:
+        blocked = bool(self.unsent)
+        data = self.unsent + data if blocked else data
         try:
             sent = self.sock.send(data) if data else 0
         except BlockingIOError:  # the socket's buffer is full
@@ -722,6 +750,10 @@ class Connection:
             self.unsent = b""
             self.events = select.EPOLLIN
             self._wait(now)
+            if blocked:
+                # what came while the answers waited (the rest of a partial
+                # request, say) is read before its deadline is judged
+                self._read()
 
     def _wait(self, now: float) -> None:
         """Wait for the client's bytes: the request's deadline if one is partial, else idle."""

@@ -780,3 +780,63 @@ async def test_a_bug_costs_its_request_a_temporary_failure_and_no_other_connecti
     assert await hit.closed()
     assert any(line["event"] == "postfix_internal_error" for line in logs)
     assert await other.answer(request(recipient="u@blocked.example")) == (DEFER + "Blocked for now").encode()
+
+
+async def test_a_client_gone_quiet_mid_request_costs_the_other_connections_nothing(nursery, short_limits):
+    """A partial request from a client that then shuts its reading side: when the request's time
+    runs out, the refusal cannot be written, and that connection alone ends."""
+    loop = postfix.PolicyLoop()
+    gone = await serve_on(nursery, loop)
+    other = await serve_on(nursery, loop)
+    await gone.send(b"request=smtpd_access_policy\nrecipient=u@exa")
+    gone.stream.socket.shutdown(socket.SHUT_RD)
+    loop_failed = []
+    with structlog.testing.capture_logs() as logs, trio.fail_after(5):
+        with pytest.raises(trio.BrokenResourceError):
+            while True:  # until the server has given up on it, the other asking all the while
+                assert await other.answer(request()) == b"action=DUNNO"
+                await trio.sleep(0.1)
+                await gone.send(b"x")
+        loop_failed = [line for line in logs if line["event"] == "postfix_loop_failed"]
+    assert not loop_failed
+    assert await other.answer(request(recipient="u@blocked.example")) == (DEFER + "Blocked for now").encode()
+
+
+async def test_a_connection_that_cannot_be_given_a_thread_is_closed_and_the_next_is_served(
+    nursery, monkeypatch
+):
+    loop = postfix.PolicyLoop()
+    start = trio.lowlevel.start_thread_soon
+
+    def no_thread(*args, **kwargs):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(trio.lowlevel, "start_thread_soon", no_thread)
+    with structlog.testing.capture_logs() as logs:
+        refused = await serve_on(nursery, loop)
+        assert await refused.closed()
+    assert [line["event"] for line in logs] == ["postfix_connection_not_served"]
+    monkeypatch.setattr(trio.lowlevel, "start_thread_soon", start)
+    served = await serve_on(nursery, loop)
+    assert await served.answer(request()) == b"action=DUNNO"
+
+
+async def test_a_request_completed_in_time_behind_unread_answers_is_answered(nursery, monkeypatch):
+    """Pipelined requests whose answers the client has not read yet, and the next request
+    completed at once: the server reads its rest when the answers drain, and answers it,
+    though that is after the request's own time limit."""
+    monkeypatch.setattr(postfix, "REQUEST_TIMEOUT", 0.3)
+    monkeypatch.setattr(postfix, "IDLE_TIMEOUT", 5.0)
+    ours, theirs = await socket_pair()
+    theirs.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    nursery.start_soon(serve_postfix_connection, theirs, current(), PostfixConfig(), lambda: NOW)
+    client = Client(ours)
+    held = request(recipient="u@blocked.example")
+    count = 200  # more answers than both buffers hold, and a request cut at the first read's end
+    await client.send(held * count)
+    await trio.sleep(0.8)  # the server's answers wait, unread, past the request time limit
+    assert len(await client.answers(count)) == count
+    assert set(await client.answers(0) or []) <= {b""}
+    # nothing was refused along the way
+    assert await client.answer(request()) == b"action=DUNNO"
