@@ -840,3 +840,35 @@ async def test_a_request_completed_in_time_behind_unread_answers_is_answered(nur
     assert set(await client.answers(0) or []) <= {b""}
     # nothing was refused along the way
     assert await client.answer(request()) == b"action=DUNNO"
+
+
+async def test_requests_then_end_of_input_are_answered_before_the_close(serve):
+    """As nc does: requests, then the writing side shut; every answer comes, then the close."""
+    client = await serve()
+    await client.send(request() + request(recipient="u@blocked.example"))
+    await client.stream.send_eof()
+    assert await client.answers(2) == [b"action=DUNNO", (DEFER + "Blocked for now").encode()]
+    assert await client.closed()
+
+
+async def test_a_refusal_nobody_reads_is_given_up_on_in_a_moment(nursery):
+    """After a malformed request the connection closes once its last words are written; a client
+    that does not read them is cut off after CLOSING_SEND_TIMEOUT, not the idle timeout."""
+    ours, theirs = await socket_pair()
+    theirs.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    done = trio.Event()
+
+    long_reason = current(f'[[suspension]]\ndomain = "blocked.example"\nreason = "{"r" * 190}"\n')
+
+    async def served() -> None:
+        await serve_postfix_connection(theirs, long_reason, PostfixConfig(), lambda: NOW)
+        done.set()
+
+    nursery.start_soon(served)
+    # in one read: answers more than the buffers hold, then the refusal
+    await ours.send_all(request(recipient="u@blocked.example") * 100 + b"not a line\n\n")
+    start = time.monotonic()
+    with trio.fail_after(10):
+        await done.wait()
+    assert CLOSING_SEND_TIMEOUT * 0.9 <= time.monotonic() - start < CLOSING_SEND_TIMEOUT + 1
