@@ -58,7 +58,8 @@ Invariants:
   waiting is cut off.)
   Eviction stops a connection the same way.
 - the connection's ``serving.Slot`` is waiting whenever it waits for bytes,
-  since its last answer: smtpd keeps a connection open between mails, so
+  since its last answer, or for its client to read answers written (since
+  the write stopped): smtpd keeps a connection open between mails, so
   when the socket is full the one idle longest gives way (Postfix asks again
   on a new connection), and ``max_connections_per_peer`` keeps one local
   user from filling the socket that every user may connect to.
@@ -740,8 +741,13 @@ class Connection:
             sent = 0
         now = now if now is not None else time.monotonic()
         if sent < len(data):
-            if sent or not self.unsent:  # progress: a write's time limit starts again
+            if sent or not blocked:  # progress: a write's time limit starts again
                 self.deadline = now + (CLOSING_SEND_TIMEOUT if self.closing else IDLE_TIMEOUT)
+            if not blocked:
+                # the client's turn, to read its answers: a connection that
+                # does not may give way, as an idle one does
+                self.slot.since = self.trio_clock.current_time()
+                self.slot.waiting = True
             self.unsent = data[sent:]
             self.events = select.EPOLLOUT
         elif self.closing:

@@ -872,3 +872,31 @@ async def test_a_refusal_nobody_reads_is_given_up_on_in_a_moment(nursery):
     with trio.fail_after(10):
         await done.wait()
     assert CLOSING_SEND_TIMEOUT * 0.9 <= time.monotonic() - start < CLOSING_SEND_TIMEOUT + 1
+
+
+async def test_a_client_that_does_not_read_its_answers_gives_way_as_an_idle_one_does(nursery):
+    """The socket full: the connection that has waited longest for its client gives way, and one
+    whose answers sit unread has been waiting since its write stopped."""
+    service = postfix.postfix_service(
+        current(), PostfixConfig(max_connections=2, max_connections_per_peer=2), lambda: NOW
+    )
+    unread_ours, unread = await socket_pair()
+    unread.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    nursery.start_soon(service, unread)
+    while True:  # until the server, its answers unread, stops reading
+        with trio.move_on_after(0.3) as stuck:
+            await unread_ours.send_all(request(recipient="u@blocked.example") * 200)
+        if stuck.cancelled_caught:
+            break
+    idle_ours, idle = await socket_pair()
+    nursery.start_soon(service, idle)
+    idle_client = Client(idle_ours)
+    assert await idle_client.answer(request()) == b"action=DUNNO"  # answered after the write stopped
+    newcomer_ours, newcomer = await socket_pair()
+    nursery.start_soon(service, newcomer)
+    assert await Client(newcomer_ours).answer(request()) == b"action=DUNNO"
+    with trio.fail_after(5):  # the unread one went: its answers end, then the close
+        while await unread_ours.receive_some():
+            pass
+    assert await idle_client.answer(request(recipient="u@blocked.example")) == (DEFER + "Blocked for now").encode()
+    assert service.slots.evicted == 1
