@@ -8,42 +8,41 @@ at ``now`` is a bisection. A snapshot is never changed, so a change makes a
 new ``Ends`` and the old one stays valid for whoever still holds the old
 snapshot.
 
-Copying a sorted list of 100,000 ends for each runtime change would make
-every change O(n). Instead the big sorted list is shared between versions and
-never changed; each version carries the small sorted lists of the ends added
-and removed since, which a change copies. Once those hold more than about
-the square root of the big list's length they are folded into a new big list:
-a change costs O(sqrt n) on average and a count three bisections.
+Copying one sorted list of 100,000 ends for each runtime change would make
+every change O(n). Instead the sorted ends are cut into chunks of about the
+square root of their number, each sorted, each chunk's ends at most the
+next one's. Versions share their chunks: a change copies the list of chunks
+and the one chunk it touches, so it costs O(sqrt n) and never more; a
+count is two bisections and a lookup.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterable
 
 from .model import Suspension
 
+MIN_CHUNK = 64
+
 
 class Ends:
     """How many suspensions never end, and the ends of the others (immutable)."""
 
-    __slots__ = ("endless", "base", "added", "removed")
+    __slots__ = ("endless", "chunks", "_tops", "_before", "_chunk")
 
-    def __init__(
-        self,
-        endless: int,
-        base: list[float],
-        added: list[float] | None = None,
-        removed: list[float] | None = None,
-    ) -> None:
+    def __init__(self, endless: int, chunks: list[list[float]], chunk: int) -> None:
         self.endless = endless
-        self.base = base  # sorted; shared between versions, never changed
-        self.added = added or []  # sorted: ends put since ``base`` was made
-        self.removed = removed or []  # sorted: ends of ``base`` dropped since
+        self.chunks = chunks  # sorted, none empty; shared between versions, never changed
+        self._chunk = chunk  # a chunk is split when it grows to twice this
+        self._tops = [c[-1] for c in chunks]  # each chunk's last end
+        self._before = list(itertools.accumulate((len(c) for c in chunks), initial=0))  # ends before chunk i
 
     @classmethod
-    def of(cls, suspensions: Iterable[Suspension]) -> Ends:
+    def of(cls, suspensions: Iterable[Suspension], *, chunk: int | None = None) -> Ends:
+        """``chunk`` (for tests): the chunks' size; by default about the square root of their number."""
         endless = 0
         ends = []
         for s in suspensions:
@@ -52,66 +51,68 @@ class Ends:
             else:
                 ends.append(s.expires.timestamp())
         ends.sort()
-        return cls(endless, ends)
+        size = chunk or max(MIN_CHUNK, math.isqrt(len(ends)))
+        return cls(endless, [ends[i : i + size] for i in range(0, len(ends), size)], size)
 
     @property
     def total(self) -> int:
         """How many suspensions, ended or not."""
-        return self.endless + len(self.base) + len(self.added) - len(self.removed)
+        return self.endless + self._before[-1]
 
     def in_force(self, now: float) -> int:
         """How many have not ended at ``now`` (those ending at ``now`` have)."""
-        ended = (
-            bisect.bisect_right(self.base, now)
-            + bisect.bisect_right(self.added, now)
-            - bisect.bisect_right(self.removed, now)
-        )
+        i = bisect.bisect_right(self._tops, now)  # chunks before i have all ended
+        ended = self._before[i]
+        if i < len(self.chunks):
+            ended += bisect.bisect_right(self.chunks[i], now)
         return self.total - ended
 
     def sorted_ends(self) -> list[float]:
-        """Every end, sorted: the two sorted lists merged (one sort of two
-        runs, in C), then the removed ones cut out by position."""
-        merged = sorted(self.base + self.added)
-        if not self.removed:
-            return merged
-        out: list[float] = []
-        start, previous, repeat = 0, None, 0
-        for end in self.removed:
-            repeat = repeat + 1 if end == previous else 0
-            previous = end
-            cut = bisect.bisect_left(merged, end) + repeat
-            out += merged[start:cut]
-            start = cut + 1
-        out += merged[start:]
-        return out
+        """Every end, sorted (for tests)."""
+        return [end for c in self.chunks for end in c]
 
-    def evolve(self, put: Iterable[Suspension], drop: Iterable[Suspension], *, fold_at: int | None = None) -> Ends:
-        """These ends with ``drop``'s taken out and ``put``'s put in.
-
-        ``drop`` must be suspensions counted here. ``fold_at`` (for tests) is
-        how many pending changes are folded into a new big list; by default
-        about the square root of its length.
-        """
+    def evolve(self, put: Iterable[Suspension], drop: Iterable[Suspension]) -> Ends:
+        """These ends with ``drop``'s taken out and ``put``'s put in (``drop``: suspensions counted here)."""
         endless = self.endless
-        added, removed = list(self.added), list(self.removed)
+        chunks = list(self.chunks)
+        tops = list(self._tops)
+        copied: set[int] = set()  # ids of the chunks this version owns already
+
+        def own(i: int) -> list[float]:
+            if id(chunks[i]) not in copied:
+                chunks[i] = list(chunks[i])
+                copied.add(id(chunks[i]))
+            return chunks[i]
+
         for s in drop:
             if s.expires is None:
                 endless -= 1
                 continue
             end = s.expires.timestamp()
-            at = bisect.bisect_left(added, end)
-            if at < len(added) and added[at] == end:
-                del added[at]
+            i = bisect.bisect_left(tops, end)
+            chunk = own(i)
+            del chunk[bisect.bisect_left(chunk, end)]
+            if chunk:
+                tops[i] = chunk[-1]
             else:
-                bisect.insort(removed, end)
+                del chunks[i], tops[i]
         for s in put:
             if s.expires is None:
                 endless += 1
-            else:
-                bisect.insort(added, s.expires.timestamp())
-        after = Ends(endless, self.base, added, removed)
-        if fold_at is None:
-            fold_at = max(64, math.isqrt(len(self.base)))
-        if len(added) + len(removed) > fold_at:
-            after = Ends(endless, after.sorted_ends())
-        return after
+                continue
+            end = s.expires.timestamp()
+            if not chunks:
+                chunks.append([end])
+                copied.add(id(chunks[0]))
+                tops.append(end)
+                continue
+            i = min(bisect.bisect_left(tops, end), len(chunks) - 1)
+            chunk = own(i)
+            bisect.insort(chunk, end)
+            tops[i] = chunk[-1]
+            if len(chunk) >= 2 * self._chunk:
+                half = len(chunk) // 2
+                chunks[i : i + 1] = [chunk[:half], chunk[half:]]
+                copied.update((id(chunks[i]), id(chunks[i + 1])))
+                tops[i : i + 1] = [chunks[i][-1], chunks[i + 1][-1]]
+        return Ends(endless, chunks, self._chunk)

@@ -1,4 +1,4 @@
-"""Ends, evolved change by change (folding now and then), counts what a count afresh counts."""
+"""Ends, evolved change by change (chunks splitting and emptying), counts what a count afresh counts."""
 
 from datetime import datetime, timedelta, timezone
 
@@ -26,22 +26,22 @@ steps = st.lists(st.tuples(st.booleans(), ends, st.integers(0, 1_000)), max_size
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(ends, max_size=20), steps, st.integers(1, 8))
-def test_evolved_ends_count_what_a_count_afresh_counts(start, changes, fold_at):
+@given(st.lists(ends, max_size=20), steps, st.integers(1, 4))
+def test_evolved_ends_count_what_a_count_afresh_counts(start, changes, chunk):
     """Put (True) or drop (False, a held one picked by the number) in any order,
-    folding after every few changes: each version counts as one built afresh,
-    and the versions before it still count as they did."""
+    in chunks so small that they split and empty often: each version counts as
+    one built afresh, and the versions before it still count as they did."""
     held = [suspension(i, m) for i, m in enumerate(start)]
-    versions = [(Ends.of(held), list(held))]
+    versions = [(Ends.of(held, chunk=chunk), list(held))]
     for put, minutes, pick in changes:
         before, held = versions[-1][0], list(versions[-1][1])
         if put:
             s = suspension(len(start) + len(versions), minutes)
             held.append(s)
-            after = before.evolve([s], [], fold_at=fold_at)
+            after = before.evolve([s], [])
         elif held:
             s = held.pop(pick % len(held))
-            after = before.evolve([], [s], fold_at=fold_at)
+            after = before.evolve([], [s])
         else:
             continue
         versions.append((after, held))
@@ -55,15 +55,17 @@ def test_evolved_ends_count_what_a_count_afresh_counts(start, changes, fold_at):
             )
 
 
-def test_a_change_next_to_many_ends_copies_only_the_pending_ones():
-    """The big sorted list is shared by the versions a change makes, until a fold."""
+def test_a_change_next_to_many_ends_copies_one_chunk_of_them():
+    """Versions share their chunks: a change copies the one it touches, so its cost stays
+    about the square root of the ends, however many changes come."""
     many = Ends.of(suspension(i, i % 600) for i in range(100_000))
+    assert 300 <= len(many.chunks) <= 320
     after = many.evolve([suspension(100_001, 5)], [])
-    assert after.base is many.base
-    assert after.in_force((T0 + timedelta(minutes=4)).timestamp()) == many.in_force(
-        (T0 + timedelta(minutes=4)).timestamp()
-    ) + 1
-    for i in range(400):
+    shared = sum(1 for a, b in zip(after.chunks, many.chunks) if a is b)
+    assert shared == len(many.chunks) - 1
+    at = (T0 + timedelta(minutes=4)).timestamp()
+    assert after.in_force(at) == many.in_force(at) + 1
+    for i in range(2_000):
         after = after.evolve([suspension(200_000 + i, 7)], [])
-    assert after.base is not many.base and len(after.added) < 400  # folded along the way
-    assert after.total == 100_401
+    assert max(map(len, after.chunks)) < 2 * 316  # split as they grow
+    assert after.total == 102_001
