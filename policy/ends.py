@@ -11,9 +11,11 @@ snapshot.
 Copying one sorted list of 100,000 ends for each runtime change would make
 every change O(n). Instead the sorted ends are cut into chunks of about the
 square root of their number, each sorted, each chunk's ends at most the
-next one's. Versions share their chunks: a change copies the list of chunks
-and the one chunk it touches, so it costs O(sqrt n) and never more; a
-count is two bisections and a lookup.
+next one's. Versions share their chunks: a change copies the list of
+chunks and the one chunk it touches, so it costs O(sqrt n). When the
+number of ends has moved far from what the chunks were cut for (about four
+times more or fewer), they are cut again: once in about n changes, so
+O(1) a change on average. A count is two bisections and a lookup.
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ class Ends:
             else:
                 ends.append(s.expires.timestamp())
         ends.sort()
-        size = chunk or max(MIN_CHUNK, math.isqrt(len(ends)))
+        return cls._chunked(endless, ends, chunk or _size(len(ends)))
+
+    @classmethod
+    def _chunked(cls, endless: int, ends: list[float], size: int) -> Ends:
         return cls(endless, [ends[i : i + size] for i in range(0, len(ends), size)], size)
 
     @property
@@ -115,4 +120,14 @@ class Ends:
                 chunks[i : i + 1] = [chunk[:half], chunk[half:]]
                 copied.update((id(chunks[i]), id(chunks[i + 1])))
                 tops[i : i + 1] = [chunks[i][-1], chunks[i + 1][-1]]
+        count = sum(map(len, chunks))
+        size = _size(count)
+        if len(chunks) > 2 * size + 8 or self._chunk > 2 * size:
+            # grown or shrunk far from the size the chunks were cut for
+            return Ends._chunked(endless, [end for c in chunks for end in c], size)
         return Ends(endless, chunks, self._chunk)
+
+
+def _size(count: int) -> int:
+    """The chunks' size for ``count`` ends: about its square root."""
+    return max(MIN_CHUNK, math.isqrt(count))

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sluice.policy import ends as ends_module
 from sluice.policy.ends import Ends
 from sluice.policy.model import Suspension
 
@@ -20,18 +21,36 @@ def suspension(i: int, minutes: int | None) -> Suspension:
     )
 
 
-# few distinct ends, so that equal ends (in the big list, added, removed) are common
+# few distinct ends, so that equal ends (within a chunk and across chunks) are common
 ends = st.one_of(st.none(), st.integers(0, 12))
 steps = st.lists(st.tuples(st.booleans(), ends, st.integers(0, 1_000)), max_size=60)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(ends, max_size=20), steps, st.integers(1, 4))
-def test_evolved_ends_count_what_a_count_afresh_counts(start, changes, chunk):
+@given(st.lists(ends, max_size=20), steps, st.integers(1, 4), st.booleans())
+def test_evolved_ends_count_what_a_count_afresh_counts(start, changes, chunk, recut):
     """Put (True) or drop (False, a held one picked by the number) in any order,
     in chunks so small that they split and empty often: each version counts as
     one built afresh, and the versions before it still count as they did."""
     held = [suspension(i, m) for i, m in enumerate(start)]
+    # recut: the chunks are cut again as the count moves, as they are at a
+    # larger scale (at these sizes only without the smallest chunk size)
+    smallest, ends_module.MIN_CHUNK = ends_module.MIN_CHUNK, 1 if recut else ends_module.MIN_CHUNK
+    try:
+        versions = evolved(held, start, changes, chunk)
+    finally:
+        ends_module.MIN_CHUNK = smallest
+    for version, members in versions:
+        afresh = Ends.of(members)
+        assert version.sorted_ends() == afresh.sorted_ends()
+        for minute in range(-1, 14):
+            now = (T0 + timedelta(minutes=minute)).timestamp()
+            assert version.in_force(now) == afresh.in_force(now) == sum(
+                1 for s in members if s.is_active(now)
+            )
+
+
+def evolved(held, start, changes, chunk):
     versions = [(Ends.of(held, chunk=chunk), list(held))]
     for put, minutes, pick in changes:
         before, held = versions[-1][0], list(versions[-1][1])
@@ -45,14 +64,7 @@ def test_evolved_ends_count_what_a_count_afresh_counts(start, changes, chunk):
         else:
             continue
         versions.append((after, held))
-    for version, members in versions:
-        afresh = Ends.of(members)
-        assert version.sorted_ends() == afresh.sorted_ends()
-        for minute in range(-1, 14):
-            now = (T0 + timedelta(minutes=minute)).timestamp()
-            assert version.in_force(now) == afresh.in_force(now) == sum(
-                1 for s in members if s.is_active(now)
-            )
+    return versions
 
 
 def test_a_change_next_to_many_ends_copies_one_chunk_of_them():
@@ -69,3 +81,22 @@ def test_a_change_next_to_many_ends_copies_one_chunk_of_them():
         after = after.evolve([suspension(200_000 + i, 7)], [])
     assert max(map(len, after.chunks)) < 2 * 316  # split as they grow
     assert after.total == 102_001
+
+
+def test_ends_grown_from_none_or_shrunk_to_few_keep_chunks_of_about_their_square_root(monkeypatch):
+    """Built empty (a runtime with nothing yet) and grown one change at a time, then shrunk:
+    the chunks are cut again as the count moves, so a change stays O(sqrt n). (The smallest
+    chunk size is lowered, so that this shows at 10,000.)"""
+    monkeypatch.setattr(ends_module, "MIN_CHUNK", 4)
+    grown = Ends.of([])
+    members = []
+    for i in range(10_000):
+        s = suspension(i, i % 700)
+        members.append(s)
+        grown = grown.evolve([s], [])
+    assert len(grown.chunks) <= 2 * 100 + 8 and max(map(len, grown.chunks)) < 2 * 100
+    for s in members[100:]:
+        grown = grown.evolve([], [s])
+    assert len(grown.chunks) <= 2 * 10 + 8 and max(map(len, grown.chunks)) < 2 * 10
+    at = (T0 + timedelta(minutes=50)).timestamp()
+    assert grown.total == 100 and grown.in_force(at) == sum(1 for s in members[:100] if s.is_active(at))
