@@ -16,9 +16,10 @@ hands each admitted one to the policy thread (``serve_postfix_connection``);
 it stops one through its socket, by shutting down its reading side. smtpd
 keeps one request in flight per connection and a connection mostly waits,
 so one thread the kernel wakes for whichever connections are ready costs a
-request less than a pass of the event loop and half what a thread per
-connection costs (those threads contend for the interpreter), and Postfix,
-on the same CPUs, keeps the rest (docs/performance.md).
+request less than a pass of the event loop and less than a thread per
+connection does (those threads contend for the interpreter: three context
+switches a request against one), and Postfix, on the same CPUs, keeps the
+rest (docs/performance.md).
 
 The question asked of the policy: the recipient's domain (after its last
 ``@``) is the queue's domain, the configured attribute (``sasl_username`` by
@@ -479,7 +480,7 @@ class PolicyLoop:
 
     smtpd sends one request at a time and waits for its answer, so a policy
     connection mostly waits. One thread woken by the kernel for whichever
-    connections have bytes costs a request half the CPU of a thread per
+    connections have bytes costs a request less CPU than a thread per
     connection (whose threads, each woken for its own request, contend for
     the interpreter) and a fraction of a pass of the event loop
     (docs/performance.md). Time limits are deadlines kept here, the
