@@ -711,8 +711,8 @@ class Connection:
         out = b""
         if requests:
             snapshot = self.current.snapshot
-            now = self.clock()
-            out = b"".join([self.answerer.answer(snapshot, r, now) for r in requests])
+            at = self.clock()
+            out = b"".join([self.answerer.answer(snapshot, r, at) for r in requests])
         if error is not None:
             log.info("postfix_malformed_request", what=error.what)
             self._last_words(out + malformed_answer(error.what))

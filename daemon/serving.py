@@ -23,7 +23,8 @@ as evicted. Waiting means unproven and waiting for its client to send a
 whole request, since it connected or was last answered; a connection
 reading a request head a byte at a time is waiting, one being answered is
 not (a policy connection whose client does not read its answers is: it is
-the client's turn). When nothing in the scope is waiting, the new connection is refused.
+the client's turn). When nothing in the scope is waiting, the new
+connection is refused.
 
 So connections that never complete a request (idle, or slowloris) cannot
 keep out a client that does: each newcomer pushes out the oldest of them,

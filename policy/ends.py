@@ -73,7 +73,7 @@ class Ends:
         return self.total - ended
 
     def sorted_ends(self) -> list[float]:
-        """Every end, sorted (for tests)."""
+        """Every end, sorted."""
         return [end for c in self.chunks for end in c]
 
     def evolve(self, put: Iterable[Suspension], drop: Iterable[Suspension]) -> Ends:
@@ -120,12 +120,12 @@ class Ends:
                 chunks[i : i + 1] = [chunk[:half], chunk[half:]]
                 copied.update((id(chunks[i]), id(chunks[i + 1])))
                 tops[i : i + 1] = [chunks[i][-1], chunks[i + 1][-1]]
-        count = sum(map(len, chunks))
-        size = _size(count)
+        after = Ends(endless, chunks, self._chunk)
+        size = _size(after.total - endless)
         if len(chunks) > 2 * size + 8 or self._chunk > 2 * size:
             # grown or shrunk far from the size the chunks were cut for
-            return Ends._chunked(endless, [end for c in chunks for end in c], size)
-        return Ends(endless, chunks, self._chunk)
+            return Ends._chunked(endless, after.sorted_ends(), size)
+        return after
 
 
 def _size(count: int) -> int:

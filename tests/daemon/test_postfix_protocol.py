@@ -150,6 +150,15 @@ class Client:
         return await self.stream.receive_some() == b""
 
 
+async def send_until_unread(stream: trio.abc.Stream, one: bytes) -> None:
+    """Send ``one`` request after another, answers unread, until the server stops reading too."""
+    while True:
+        with trio.move_on_after(0.3) as stuck:
+            await stream.send_all(one * 200)
+        if stuck.cancelled_caught:
+            return
+
+
 @pytest.fixture
 async def serve(nursery):
     """Start a served connection; returns a Client. Keyword arguments configure it."""
@@ -509,11 +518,7 @@ async def test_shutdown_cuts_off_a_write_to_a_client_that_does_not_read(nursery)
 
     nursery.start_soon(served)
     client = Client(ours)
-    while True:  # until the server, its answers unread, stops reading too
-        with trio.move_on_after(0.3) as stuck:
-            await client.send(request() * 200)
-        if stuck.cancelled_caught:
-            break
+    await send_until_unread(client.stream, request())
     start = time.monotonic()
     drain.start()
     with trio.fail_after(10):
@@ -753,11 +758,7 @@ async def test_a_client_that_does_not_read_holds_up_no_other_connection(nursery)
     stuck = await serve_on(nursery, loop)
     other = await serve_on(nursery, loop)
     stuck.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    while True:  # until the server, its answers unread, stops reading from it
-        with trio.move_on_after(0.3) as full:
-            await stuck.send(request(recipient="u@blocked.example") * 200)
-        if full.cancelled_caught:
-            break
+    await send_until_unread(stuck.stream, request(recipient="u@blocked.example"))
     with trio.fail_after(2):
         for i in range(50):
             assert await other.answer(request(recipient=f"u{i}@example.com")) == b"action=DUNNO"
@@ -883,11 +884,7 @@ async def test_a_client_that_does_not_read_its_answers_gives_way_as_an_idle_one_
     unread_ours, unread = await socket_pair()
     unread.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     nursery.start_soon(service, unread)
-    while True:  # until the server, its answers unread, stops reading
-        with trio.move_on_after(0.3) as stuck:
-            await unread_ours.send_all(request(recipient="u@blocked.example") * 200)
-        if stuck.cancelled_caught:
-            break
+    await send_until_unread(unread_ours, request(recipient="u@blocked.example"))
     idle_ours, idle = await socket_pair()
     nursery.start_soon(service, idle)
     idle_client = Client(idle_ours)
